@@ -1,0 +1,17 @@
+"""Layer redundancy in speech transformers: the workflow's entry point.
+
+Stages live in rules/*.smk; helpers (config validation, per-cell params) in rules/common.smk.
+"""
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

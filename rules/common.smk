@@ -1,0 +1,37 @@
+"""Helpers shared by every rule: config validation and per-cell params."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_scripts.config import ConfigError, cell_json, validate_config
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+SYNTH_ROOT = f"{RESULTS}/corpus/speech_commands_v0.02"
+
+
+def data_root():
+    """The Speech Commands directory every data rule reads: the real one or the synthetic."""
+    return config["data"]["root"] or SYNTH_ROOT
+
+
+def corpus_cell():
+    """The corpus rule's config slice (the whole corpus section, and nothing else)."""
+    return cell_json(config["corpus"])
+
+
+def manifest_cell():
+    """The manifest rule's slice: where the data is and which words form the task."""
+    return cell_json({"root": data_root(), "words": config["corpus"]["words"]})
+
+
+def all_targets():
+    return [f"{RESULTS}/data/manifest.parquet"]

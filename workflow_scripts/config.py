@@ -1,0 +1,111 @@
+"""Config validation (JSON schema + cross-field checks) and per-cell config slices."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from .provenance import canonical_json
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that must not run; the message names every bad key."""
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _fill_defaults(validator_cls):
+    """A validator class that also writes schema defaults into the instance."""
+    from jsonschema import validators
+
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def _describe(err) -> str:
+    where = "config" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        pattern = err.schema.get("patternProperties")
+        if pattern:
+            return f"{where}: key(s) {extra} do not match the allowed name pattern {list(pattern)}"
+        return f"{where}: unknown key(s) {extra}; allowed keys: {allowed}"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of the allowed values {err.validator_value}"
+    if err.validator == "propertyNames":
+        return f"{where}: {err.message}; allowed names: {err.validator_value}"
+    return f"{where}: {err.message}"
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (filling defaults) and return it, or raise ConfigError
+    listing every problem with the key's path and the allowed values."""
+    from jsonschema import Draft202012Validator
+
+    schema = schema or load_schema()
+    validator = _fill_defaults(Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
+    problems = [_describe(e) for e in errors]
+    if not problems:
+        problems = cross_checks(config)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def cross_checks(config: dict) -> list[str]:
+    """Checks a JSON schema cannot express (relations between keys)."""
+    problems = []
+    corpus = config.get("corpus", {})
+    v, t = corpus.get("validation_percentage", 0), corpus.get("testing_percentage", 0)
+    if v + t >= 100:
+        problems.append(
+            f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
+            "training speakers (must be < 100)"
+        )
+    for key in ("rate", "pitch", "pitch_range", "snr_db"):
+        rng = corpus.get(key)
+        if rng and rng[0] > rng[1]:
+            problems.append(f"config.corpus.{key}: range {rng} has min > max")
+    for name, model in (config.get("models") or {}).items():
+        n_layers = model_num_layers(model)
+        for key in ("mimic_targets",):
+            for idx in model.get(key) or []:
+                if n_layers is not None and not 0 <= idx < n_layers:
+                    problems.append(
+                        f"config.models.{name}.{key}: layer index {idx} out of range "
+                        f"0..{n_layers - 1}"
+                    )
+    return problems
+
+
+def model_num_layers(model_cfg: dict) -> int | None:
+    """Transformer layer count of a model entry when knowable without loading weights."""
+    if "pretrain" in model_cfg:
+        return model_cfg["pretrain"].get("layers")
+    path = Path(str(model_cfg.get("hf", ""))) / "config.json"
+    if path.is_file():
+        import json
+
+        return json.loads(path.read_text()).get("num_hidden_layers")
+    return model_cfg.get("num_layers")
+
+
+def cell_json(obj) -> str:
+    """The canonical JSON of one cell's config slice, for a rule's ``params``."""
+    return canonical_json(obj)

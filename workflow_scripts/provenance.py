@@ -1,0 +1,174 @@
+"""Provenance of every result: canonical cell config + hash, code version, environment, inputs,
+and atomic parquet writes that carry all of it as key-value metadata."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata as _md
+from pathlib import Path
+
+PROVENANCE_KEY = "provenance"
+TRACKED_PACKAGES = (
+    "torch", "torchaudio", "transformers", "snakemake", "numpy", "pandas", "pyarrow", "peft",
+    "safetensors", "espeakng-loader", "soundfile", "altair",
+)  # fmt: skip
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def canonical_json(obj) -> str:
+    """Sorted-key, whitespace-free JSON: equal configs give byte-equal strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (first 16 hex digits)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a directory's sorted (relative path, file hash) list."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f"{f.relative_to(p)}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def git_info(repo: str | os.PathLike = REPO_ROOT) -> dict:
+    """Commit of HEAD and whether tracked files differ from it ("unknown" outside git)."""
+
+    def run(*args):
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "HEAD")
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
+    except Exception:
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = _md.version(name)
+        except _md.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def device_info() -> dict:
+    info = {"host": socket.gethostname(), "platform": platform.platform()}
+    try:
+        import torch
+
+        info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(0)
+            info["cudnn_benchmark"] = str(torch.backends.cudnn.benchmark)
+            info["cudnn_deterministic"] = str(torch.backends.cudnn.deterministic)
+        info["torch_threads"] = str(torch.get_num_threads())
+    except ImportError:  # pragma: no cover
+        info["device"] = "cpu"
+    return info
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def collect(
+    cell: dict,
+    inputs: dict[str, str] | None = None,
+    seed: int | None = None,
+    rule: str = "",
+    wildcards: dict | None = None,
+    started: str | None = None,
+) -> dict:
+    """Everything a result needs to be traced back: a flat dict of JSON-able values."""
+    return {
+        "cell_config": canonical_json(cell),
+        "cell_hash": config_hash(cell),
+        **git_info(),
+        "packages": canonical_json(package_versions()),
+        "inputs_sha256": canonical_json(
+            {k: sha256_path(v) for k, v in sorted((inputs or {}).items())}
+        ),
+        "seed": "" if seed is None else str(seed),
+        **{k: str(v) for k, v in device_info().items()},
+        "rule": rule,
+        "wildcards": canonical_json(wildcards or {}),
+        "start_time": started or now(),
+        "end_time": now(),
+        "argv": " ".join(sys.argv[:3]),
+    }
+
+
+def content_hash(df) -> str:
+    """Hash of a table's values, stored with it so that hand edits are detectable."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(canonical_json(list(map(str, df.columns))).encode())
+    h.update(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_parquet(df, path: str | os.PathLike, meta: dict) -> None:
+    """Write ``df`` to ``path`` atomically (temp file in the same folder, then rename), with
+    ``meta`` (plus the table's content hash) as parquet key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**meta, "content_hash": content_hash(df)}
+    kv = {**(table.schema.metadata or {})}
+    kv.update({k.encode(): str(v).encode() for k, v in meta.items()})
+    kv[PROVENANCE_KEY.encode()] = canonical_json(meta).encode()
+    table = table.replace_schema_metadata(kv)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    """The provenance dict stored in a parquet written by :func:`write_parquet`."""
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(path).metadata or {}
+    raw = md.get(PROVENANCE_KEY.encode())
+    return json.loads(raw) if raw else {}
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,24 @@
+"""Rule adapter: synthesise the spoken-keyword corpus (see workflow_scripts.corpus)."""
+
+import json
+import shutil
+from pathlib import Path
+
+from workflow_scripts.corpus import synthesize_corpus
+from workflow_scripts.provenance import collect
+from workflow_scripts.scripts._common import RuleContext
+
+ctx = RuleContext(snakemake)  # noqa: F821
+out = Path(snakemake.output[0])  # noqa: F821
+tmp = out.with_name(out.name + ".partial")
+shutil.rmtree(tmp, ignore_errors=True)
+summary = synthesize_corpus(tmp, ctx.cell)
+(tmp / "provenance.json").write_text(
+    json.dumps(
+        {**collect(ctx.cell, seed=ctx.cell["seed"], rule="synthesize_corpus"), "summary": summary},
+        indent=1,
+    )  # fmt: skip
+)
+shutil.rmtree(out, ignore_errors=True)
+tmp.rename(out)
+ctx.log.info("corpus written: %s", summary)
