@@ -1,5 +1,6 @@
 """Helpers shared by every rule: config validation and per-cell params."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -33,5 +34,29 @@ def manifest_cell():
     return cell_json({"root": data_root(), "words": config["corpus"]["words"]})
 
 
+PRETRAINED = [m for m, spec in config["models"].items() if "pretrain" in spec]
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, config["models"])) or "NO_MODEL",
+
+
+def pretrain_cell(model):
+    """The pretraining rule's slice: that model's pretrain spec only."""
+    return cell_json(config["models"][model]["pretrain"])
+
+
+def gpu_request(wildcards):
+    """GPUs a model job asks for: the model's `resources.gpu`, else 0 (CPU)."""
+    spec = config["models"].get(getattr(wildcards, "model", ""), {})
+    return spec.get("resources", {}).get("gpu", 0)
+
+
 def all_targets():
-    return [f"{RESULTS}/data/manifest.parquet"]
+    outputs = set(config["outputs"])
+    targets = []
+    if "manifest" in outputs:
+        targets.append(f"{RESULTS}/data/manifest.parquet")
+    if "pretrained" in outputs:
+        targets += [f"{config['pretrained_dir']}/{m}" for m in PRETRAINED]
+    return targets

@@ -1,0 +1,22 @@
+"""Self-supervised pretraining of the small backbones (models with a `pretrain` spec)."""
+
+
+rule pretrain_backbone:
+    input:
+        manifest=f"{RESULTS}/data/manifest.parquet",
+    output:
+        directory(f"{config['pretrained_dir']}/{{model}}"),
+    params:
+        cell=lambda w: pretrain_cell(w.model),
+        root=data_root(),
+        work=lambda w: f"{RESULTS}/pretrain_work/{w.model}",
+    log:
+        f"{LOGS}/pretrain/{{model}}.log",
+    benchmark:
+        f"{BENCH}/pretrain/{{model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        gpu=gpu_request,
+    script:
+        "../workflow_scripts/scripts/pretrain_backbone.py"
