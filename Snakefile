@@ -10,6 +10,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/backbones.smk"
 
 
 rule all:

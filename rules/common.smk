@@ -52,6 +52,49 @@ def gpu_request(wildcards):
     return spec.get("resources", {}).get("gpu", 0)
 
 
+def words():
+    from workflow_scripts.corpus import SPEECH_COMMANDS_WORDS
+
+    return list(config["corpus"]["words"] or SPEECH_COMMANDS_WORDS)
+
+
+def model_source(model):
+    """Where a model's weights come from: its `hf` id/path or its pretraining output."""
+    spec = config["models"][model]
+    if "pretrain" in spec:
+        return f"{config['pretrained_dir']}/{model}"
+    return spec["hf"]
+
+
+def finetune_inputs(wildcards):
+    """The manifest, plus the backbone folder when it is a local path or a pretraining output
+    (a hub id is fetched by transformers and is not a file input)."""
+    inputs = {"manifest": f"{RESULTS}/data/manifest.parquet"}
+    src = model_source(wildcards.model)
+    if "pretrain" in config["models"][wildcards.model] or Path(src).exists():
+        inputs["backbone"] = src
+    return inputs
+
+
+def finetune_cell(model):
+    """Fine-tuning slice: the backbone source, the resolved settings and the label set."""
+    from workflow_scripts.finetune import resolve_finetune
+
+    spec = config["models"][model]
+    return cell_json(
+        {
+            "source": model_source(model),
+            "finetune": resolve_finetune(config.get("finetune"), spec.get("finetune")),
+            "labels": words(),
+        }
+    )
+
+
+def cache_cell(split):
+    """Hidden-state cache slice: which split, how many clips, batch size."""
+    return cell_json({"split": split, **config["cache"]})
+
+
 def all_targets():
     outputs = set(config["outputs"])
     targets = []
@@ -59,4 +102,8 @@ def all_targets():
         targets.append(f"{RESULTS}/data/manifest.parquet")
     if "pretrained" in outputs:
         targets += [f"{config['pretrained_dir']}/{m}" for m in PRETRAINED]
+    if "baseline" in outputs:
+        targets += [f"{RESULTS}/cells/baseline/{m}.parquet" for m in config["models"]]
+    if "cache" in outputs:
+        targets += [f"{RESULTS}/cache/{m}/validation.safetensors" for m in config["models"]]
     return targets

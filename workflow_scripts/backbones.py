@@ -97,7 +97,7 @@ def load_classifier(path: str, num_labels: int | None = None, labels: list[str] 
     checkpoint has none (a pretrained backbone)."""
     from transformers import AutoModelForAudioClassification
 
-    kwargs: dict = {"use_safetensors": True}
+    kwargs: dict = {"use_safetensors": True, "dtype": torch.float32}
     if labels is not None:
         kwargs.update(
             num_labels=len(labels),

@@ -103,7 +103,7 @@ def scan_speech_commands(root: str | os.PathLike, words=SPEECH_COMMANDS_WORDS) -
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} is not a directory")
     val, test = _read_list(root, "validation_list.txt"), _read_list(root, "testing_list.txt")
-    if not val and not test:
+    if not any((root / n).is_file() for n in ("validation_list.txt", "testing_list.txt")):
         raise FileNotFoundError(
             f"{root} has no validation_list.txt / testing_list.txt: not a Speech Commands layout"
         )

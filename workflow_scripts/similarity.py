@@ -397,10 +397,13 @@ def _choose_method(st: _Stack, method: str, kernel: str, debiased: bool, limit: 
     return "rowblock"
 
 
-def _centred_grams(
-    st: _Stack, kernel: str, debiased: bool, rbf_sigma_frac: float
-) -> tuple[torch.Tensor, list[float]]:
-    """All layers' centred (or U-centred) kernel matrices, shape (L, N, N), float64."""
+def _centred_grams(st: _Stack, kernel: str, rbf_sigma_frac: float) -> tuple[torch.Tensor, list[float]]:
+    """All layers' double-centred kernel matrices ``H K H``, shape (L, N, N), float64.
+
+    The biased centring is stored for the debiased estimator too (U-centring is applied in
+    :func:`_hsic_from_centred`): unlike a U-centred matrix it keeps the diagonal, i.e. the
+    self-similarities that tied pairs of a bootstrap resample need.
+    """
     V = torch.empty((st.L, st.N, st.N), dtype=_F64, device=st.device)
     sigmas: list[float] = []
     for layer in range(st.L):
@@ -411,15 +414,33 @@ def _centred_grams(
             sq = K.diagonal().clone()
             K = _rbf_from_gram(K, sq, sq, s)
             K.fill_diagonal_(1.0)
-        V[layer] = _centre_rows(K, 0, K.sum(1), K.diagonal().clone(), debiased)
+        V[layer] = _centre_rows(K, 0, K.sum(1), K.diagonal().clone(), False)
         del K
     return V, sigmas
 
 
 def _hsic_from_centred(V: torch.Tensor, debiased: bool) -> torch.Tensor:
+    """All-pairs HSIC from double-centred Grams (L, N, N): one (L, N^2) @ (N^2, L) product.
+
+    For the debiased estimator the U-centred rows are formed block by block (U-centring of
+    ``H K H`` equals U-centring of ``K``) and the block products are summed.
+    """
     L, n = V.shape[0], V.shape[1]
-    flat = V.reshape(L, -1)
-    return (flat @ flat.T) * _hsic_norm(n, debiased)
+    if not debiased:
+        flat = V.reshape(L, -1)
+        return (flat @ flat.T) * _hsic_norm(n, False)
+    rowsums = V.sum(2)
+    diags = V.diagonal(dim1=1, dim2=2)
+    acc = torch.zeros((L, L), dtype=_F64, device=V.device)
+    B = int(max(1, min(n, _WORK_BYTES // (8 * L * n))))
+    for a in range(0, n, B):
+        b = min(a + B, n)
+        U = V[:, a:b].clone()
+        for layer in range(L):
+            _centre_rows(U[layer], a, rowsums[layer], diags[layer], True)
+        flat = U.reshape(L, -1)
+        acc += flat @ flat.T
+    return acc * _hsic_norm(n, True)
 
 
 def _hsic_rowblock(
@@ -498,7 +519,7 @@ def hsic_matrix(
     limit = GRAM_MEMORY_LIMIT if memory_limit is None else int(memory_limit)
     m = _choose_method(st, method, kernel, debiased, limit)
     if m == "gram":
-        V, _ = _centred_grams(st, kernel, debiased, rbf_sigma_frac)
+        V, _ = _centred_grams(st, kernel, rbf_sigma_frac)
         out = _hsic_from_centred(V, debiased)
     elif m == "features":
         out = _hsic_features(st)
@@ -554,7 +575,7 @@ def _resampled_cka(
         Vb = V[:, idx[:, None], idx[None, :]]
         for layer in range(L):
             K = Vb[layer]
-            _centre_rows(K, 0, K.sum(1), K.diagonal().clone(), debiased)
+            _centre_rows(K, 0, K.sum(1), K.diagonal().clone(), False)
         out[b] = _cka_from_hsic(_np(_hsic_from_centred(Vb, debiased)))
     return out
 
@@ -589,7 +610,7 @@ def _cka_point_and_ci(
                 " GiB); raise memory_limit or subsample utterances"
             )
         return cka_matrix(H, kernel, debiased, rbf_sigma_frac, "auto", limit), None, None
-    V, _ = _centred_grams(st, kernel, debiased, rbf_sigma_frac)
+    V, _ = _centred_grams(st, kernel, rbf_sigma_frac)
     point = _cka_from_hsic(_np(_hsic_from_centred(V, debiased)))
     if n_boot <= 0:
         return point, None, None

@@ -1,0 +1,44 @@
+"""Backbones: keyword fine-tuning (+ baseline evaluation) and the hidden-state cache."""
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        model=directory(f"{RESULTS}/finetuned/{{model}}"),
+        baseline=f"{RESULTS}/cells/baseline/{{model}}.parquet",
+    params:
+        cell=lambda w: finetune_cell(w.model),
+        root=data_root(),
+        work=lambda w: f"{RESULTS}/finetune_work/{w.model}",
+    log:
+        f"{LOGS}/finetune/{{model}}.log",
+    benchmark:
+        f"{BENCH}/finetune/{{model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=gpu_request,
+    script:
+        "../workflow_scripts/scripts/finetune.py"
+
+
+rule hidden_cache:
+    input:
+        model=f"{RESULTS}/finetuned/{{model}}",
+        manifest=f"{RESULTS}/data/manifest.parquet",
+    output:
+        f"{RESULTS}/cache/{{model}}/{{split}}.safetensors",
+    params:
+        cell=lambda w: cache_cell(w.split),
+        root=data_root(),
+    log:
+        f"{LOGS}/cache/{{model}}/{{split}}.log",
+    benchmark:
+        f"{BENCH}/cache/{{model}}/{{split}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        gpu=gpu_request,
+    script:
+        "../workflow_scripts/scripts/hidden_cache.py"

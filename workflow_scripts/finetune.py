@@ -1,0 +1,179 @@
+"""Keyword fine-tuning and evaluation of a backbone (the paper's head: projector, mean pooling
+over frames, linear classifier; full fine-tuning with the CNN feature encoder frozen).
+
+Resumable: a checkpoint (safetensors weights, optimizer state read with ``weights_only=True``,
+step, RNG state) is written every ``checkpoint_every`` steps; a finished model folder gets a
+``DONE`` marker last, so a killed save is never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbones import normalize_audio
+
+DEFAULT_FINETUNE = {
+    "steps": 400,
+    "batch_size": 32,
+    "lr": 5e-4,
+    "warmup_frac": 0.1,
+    "seed": 0,
+    "eval_clips": None,
+    "freeze_feature_encoder": True,
+    "checkpoint_every": 100,
+}
+
+
+def resolve_finetune(global_spec: dict | None, model_spec: dict | None) -> dict:
+    """Defaults < the config's top-level ``finetune`` < the model's own ``finetune``."""
+    return {**DEFAULT_FINETUNE, **(global_spec or {}), **(model_spec or {})}
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (where it pays), nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    warm = max(1, int(total * warmup_frac))
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+@torch.inference_mode()
+def predict(model, audio: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
+    """Logits (N, classes) of a classifier on float32 clips (N, samples)."""
+    model.eval()
+    out = []
+    for start in range(0, len(audio), batch_size):
+        x = normalize_audio(torch.from_numpy(audio[start : start + batch_size])).to(device)
+        with autocast(device):
+            out.append(model(x).logits.float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels))
+
+
+def bootstrap_accuracy_ci(
+    correct: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of a 0/1 vector (resampling utterances)."""
+    if len(correct) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
+    means = correct[idx].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def accuracy_report(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, its bootstrap CI and per-class accuracy (NaN for absent classes)."""
+    pred = logits.argmax(1)
+    correct = (pred == labels).astype(np.float64)
+    lo, hi = bootstrap_accuracy_ci(correct)
+    per_class = [
+        float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
+        for c in range(n_classes)
+    ]
+    return {
+        "accuracy": float(correct.mean()) if len(correct) else float("nan"),
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "n": len(correct),
+        "per_class_accuracy": per_class,
+    }
+
+
+def _save_ckpt(path: Path, model, opt, step, rng, history) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history})
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def train_classifier(
+    model,
+    audio: np.ndarray,
+    labels: np.ndarray,
+    spec: dict,
+    device: torch.device,
+    work_dir: str | Path | None = None,
+    log=print,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune ``model`` in place for ``spec['steps']`` steps of random batches; resumes
+    from ``work_dir/checkpoint`` if present. Returns {history, seconds, resumed_from}."""
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    torch.manual_seed(spec["seed"])
+    rng = np.random.default_rng(spec["seed"])
+    if spec.get("freeze_feature_encoder", True):
+        model.freeze_feature_encoder()
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.01)
+    history: list[dict] = []
+    start = 0
+    ckpt = Path(work_dir) / "checkpoint" if work_dir else None
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        model.load_state_dict(load_file(ckpt / "model.safetensors"))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        state = json.loads((ckpt / "state.json").read_text())
+        start, history = state["step"], state["history"]
+        rng.bit_generator.state = state["rng"]
+        log(f"resuming fine-tuning from step {start}")
+    x_all = torch.from_numpy(audio)
+    y_all = torch.from_numpy(labels)
+    t0 = time.time()
+    steps, bs = spec["steps"], min(spec["batch_size"], len(audio))
+    bar = tqdm(range(start, steps), desc="fine-tune", disable=not progress, mininterval=10)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"])
+        idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
+        x = normalize_audio(x_all[idx]).to(device)
+        with autocast(device):
+            loss = model(x, labels=y_all[idx].to(device)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            history.append({"step": step, "loss": loss.item()})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        every = spec.get("checkpoint_every", 100)
+        if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
+            _save_ckpt(ckpt, model, opt, step + 1, rng, history)
+    model.eval()
+    return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
+
+
+def save_model(model, out_dir: str | Path, extra: dict) -> None:
+    """save_pretrained (safetensors) into a temp folder, write ``extra`` files, DONE, rename."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for name, content in extra.items():
+        (tmp / name).write_text(content)
+    (tmp / "DONE").write_text("complete\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
