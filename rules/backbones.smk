@@ -19,6 +19,8 @@ rule finetune:
     resources:
         mem_mb=4000,
         gpu=gpu_request,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/scripts/finetune.py"
 
@@ -40,5 +42,7 @@ rule hidden_cache:
     resources:
         mem_mb=4000,
         gpu=gpu_request,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

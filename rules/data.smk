@@ -12,6 +12,8 @@ rule synthesize_corpus:
         f"{BENCH}/synthesize_corpus.tsv"
     resources:
         mem_mb=2000,
+    conda:
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/scripts/synthesize_corpus.py"
 
@@ -30,5 +32,7 @@ rule manifest:
         f"{BENCH}/manifest.tsv"
     resources:
         mem_mb=2000,
+    conda:
+        "../envs/data.yaml"
     script:
         "../workflow_scripts/scripts/manifest.py"

@@ -18,5 +18,7 @@ rule pretrain_backbone:
     resources:
         mem_mb=6000,
         gpu=gpu_request,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/scripts/pretrain_backbone.py"

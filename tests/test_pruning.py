@@ -394,3 +394,17 @@ def test_heal_with_lora(arch):
     assert changed, "healing changed no weight"
     assert all(any(t + ".weight" in k for t in targets) for k in changed)
     assert not np.allclose(logits(healed, audio), logits(pruned, audio), atol=1e-6, rtol=0)
+
+
+def test_heal_rejects_bypassed_lora_targets():
+    """WavLM's attention reads q_proj.weight directly, so LoRA there would silently do nothing."""
+    model = tiny("wavlm")
+    with pytest.raises(RuntimeError, match="no gradient"):
+        pruning.heal_with_lora(
+            model,
+            clips(4),
+            np.arange(4),
+            steps=1,
+            batch_size=2,
+            target_modules=["attention.q_proj", "attention.v_proj"],
+        )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backbones import normalize_audio
+from .provenance import config_hash
 
 DEFAULT_FINETUNE = {
     "steps": 400,
@@ -93,7 +94,7 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> d
     }
 
 
-def _save_ckpt(path: Path, model, opt, step, rng, history) -> None:
+def _save_ckpt(path: Path, model, opt, step, rng, history, spec_hash="") -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -102,7 +103,8 @@ def _save_ckpt(path: Path, model, opt, step, rng, history) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(
-        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history})
+        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history,
+                    "spec_hash": spec_hash})  # fmt: skip
     )
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -133,6 +135,11 @@ def train_classifier(
     history: list[dict] = []
     start = 0
     ckpt = Path(work_dir) / "checkpoint" if work_dir else None
+    spec_hash = config_hash(spec)
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        if json.loads((ckpt / "state.json").read_text()).get("spec_hash") != spec_hash:
+            log("discarding a checkpoint made with other settings")
+            shutil.rmtree(ckpt)
     if ckpt is not None and (ckpt / "state.json").is_file():
         model.load_state_dict(load_file(ckpt / "model.safetensors"))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
@@ -161,7 +168,7 @@ def train_classifier(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         every = spec.get("checkpoint_every", 100)
         if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
-            _save_ckpt(ckpt, model, opt, step + 1, rng, history)
+            _save_ckpt(ckpt, model, opt, step + 1, rng, history, spec_hash)
     model.eval()
     return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
 

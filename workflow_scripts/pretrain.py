@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .backbones import small_config
+from .provenance import config_hash
 
 FRAME_HOP = 320  # samples per frame of every backbone (and of the MFCC targets)
 
@@ -163,7 +164,8 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.08) -> floa
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _save_checkpoint(ckpt: Path, model, opt, step: int, rng: np.random.Generator, history):
+def _save_checkpoint(ckpt: Path, model, opt, step: int, rng: np.random.Generator, history,
+                     spec_hash: str = ""):  # fmt: skip
     from safetensors.torch import save_file
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
@@ -172,7 +174,8 @@ def _save_checkpoint(ckpt: Path, model, opt, step: int, rng: np.random.Generator
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(
-        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history})
+        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history,
+                    "spec_hash": spec_hash})  # fmt: skip
     )
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)
@@ -221,6 +224,11 @@ def pretrain(
     ckpt = work / "checkpoint"
     history: list[dict] = []
     start = 0
+    spec_hash = config_hash(spec)
+    if (ckpt / "state.json").is_file():
+        if json.loads((ckpt / "state.json").read_text()).get("spec_hash") != spec_hash:
+            log("discarding a checkpoint made with other settings")
+            shutil.rmtree(ckpt)
     if (ckpt / "state.json").is_file():
         state = _load_checkpoint(ckpt, model, opt)
         start, history = state["step"], state["history"]
@@ -242,8 +250,8 @@ def pretrain(
             out = model(batch.to(device), mask_time_indices=mask,
                         sampled_negative_indices=neg.to(device))  # fmt: skip
             loss = out.loss / mask.sum()
-            extra = {"contrastive": float(out.contrastive_loss) / float(mask.sum()),
-                     "diversity": float(out.diversity_loss)}  # fmt: skip
+            extra = {"contrastive": out.contrastive_loss.item() / float(mask.sum()),
+                     "diversity": out.diversity_loss.item()}  # fmt: skip
         else:
             if arch == "wavlm":
                 batch = mix_utterances(batch, rng, spec.get("mix_prob", 0.2))
@@ -254,10 +262,10 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         if step % 10 == 0 or step == steps - 1:
-            history.append({"step": step, "loss": float(loss), **extra})
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            history.append({"step": step, "loss": loss.item(), **extra})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % spec.get("checkpoint_every", 200) == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, model, opt, step + 1, rng, history)
+            _save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
     elapsed = time.time() - t_start
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")

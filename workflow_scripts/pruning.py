@@ -93,9 +93,10 @@ def _check_supported(model) -> None:
 
 
 def _validate_indices(indices: Sequence[int], L: int) -> list[int]:
-    idx = sorted({int(i) for i in indices})
-    if len(idx) != len(list(indices)):
-        raise ValueError(f"duplicate layer indices in {list(indices)}")
+    raw = [int(i) for i in indices]
+    idx = sorted(set(raw))
+    if len(idx) != len(raw):
+        raise ValueError(f"duplicate layer indices in {raw}")
     if idx and (idx[0] < 0 or idx[-1] >= L):
         raise ValueError(f"layer indices {idx} out of range for {L} layers")
     if len(idx) >= L:
@@ -605,6 +606,7 @@ def heal_with_lora(
     *training-split* clips for ``steps`` AdamW steps of ``batch_size`` random clips; everything
     else (conv front end, head) stays frozen. The adapters are merged, so the result is a
     plain model with the same blocks and parameter count. The input model is not modified.
+    Raises RuntimeError if the targets get no gradient (a forward that bypasses the wrappers).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -633,6 +635,11 @@ def heal_with_lora(
             loss = peft_model(input_values=x, labels=y_all[idx].to(device)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if step == 0 and all(p.grad is None for p in params):
+            raise RuntimeError(
+                f"LoRA targets {names} receive no gradient: the model's forward bypasses them "
+                "(e.g. WavLM attention uses q_proj.weight directly)"
+            )
         opt.step()
         if log is not None and (step % 10 == 0 or step == steps - 1):
             log(f"heal step {step}: loss {float(loss):.4f}")

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic corpus made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_CORPUS = {
+    "speakers": 16,
+    "repeats": 2,
+    "seed": 3,
+    "validation_percentage": 25,
+    "testing_percentage": 25,
+    "words": ["yes", "no", "up", "down"],
+    "voices": ["en-us", "en-gb-scotland", "en-029"],
+    "variants": ["", "m3", "f2"],
+    "rate": [130, 220],
+    "pitch": [10, 90],
+    "pitch_range": [10, 90],
+    "snr_db": [25, 40],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """(root, cfg, summary) of a 16-speaker, 4-word, 2-repeat corpus."""
+    from workflow_scripts.corpus import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("corpus") / "speech_commands_v0.02"
+    summary = synthesize_corpus(root, TINY_CORPUS, progress=False)
+    return root, TINY_CORPUS, summary
