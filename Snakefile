@@ -8,12 +8,19 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    model=model_pattern(),
+    split="training|validation|testing",
+
+
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/backbones.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -7,20 +7,20 @@ rule finetune:
     output:
         model=directory(f"{RESULTS}/finetuned/{{model}}"),
         baseline=f"{RESULTS}/cells/baseline/{{model}}.parquet",
-    params:
-        cell=lambda w: finetune_cell(w.model),
-        root=data_root(),
-        work=lambda w: f"{RESULTS}/finetune_work/{w.model}",
     log:
         f"{LOGS}/finetune/{{model}}.log",
     benchmark:
         f"{BENCH}/finetune/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         gpu=gpu_request,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        cell=lambda w: finetune_cell(w.model),
+        root=data_root(),
+        work=lambda w: f"{RESULTS}/finetune_work/{w.model}",
     script:
         "../workflow_scripts/scripts/finetune.py"
 
@@ -31,18 +31,18 @@ rule hidden_cache:
         manifest=f"{RESULTS}/data/manifest.parquet",
     output:
         f"{RESULTS}/cache/{{model}}/{{split}}.safetensors",
-    params:
-        cell=lambda w: cache_cell(w.split),
-        root=data_root(),
     log:
         f"{LOGS}/cache/{{model}}/{{split}}.log",
     benchmark:
         f"{BENCH}/cache/{{model}}/{{split}}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         gpu=gpu_request,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        cell=lambda w: cache_cell(w.split),
+        root=data_root(),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

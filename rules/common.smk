@@ -1,4 +1,4 @@
-"""Helpers shared by every rule: config validation and per-cell params."""
+"""Helpers shared by all rules - config validation and per-cell params."""
 
 import re
 import sys
@@ -20,29 +20,30 @@ SYNTH_ROOT = f"{RESULTS}/corpus/speech_commands_v0.02"
 
 
 def data_root():
-    """The Speech Commands directory every data rule reads: the real one or the synthetic."""
+    """The Speech Commands directory that data jobs read (real or synthetic)."""
     return config["data"]["root"] or SYNTH_ROOT
 
 
 def corpus_cell():
-    """The corpus rule's config slice (the whole corpus section, and nothing else)."""
+    """Corpus config slice (the whole corpus section, and nothing else)."""
     return cell_json(config["corpus"])
 
 
 def manifest_cell():
-    """The manifest rule's slice: where the data is and which words form the task."""
+    """Manifest slice: where the data is and which words form the task."""
     return cell_json({"root": data_root(), "words": config["corpus"]["words"]})
 
 
 PRETRAINED = [m for m, spec in config["models"].items() if "pretrain" in spec]
 
 
-wildcard_constraints:
-    model="|".join(map(re.escape, config["models"])) or "NO_MODEL",
+def model_pattern():
+    """Regex of the configured model names (a wildcard constraint)."""
+    return "|".join(map(re.escape, config["models"])) or "NO_MODEL"
 
 
 def pretrain_cell(model):
-    """The pretraining rule's slice: that model's pretrain spec only."""
+    """Pretraining slice: that model's pretrain spec only."""
     return cell_json(config["models"][model]["pretrain"])
 
 
@@ -105,5 +106,7 @@ def all_targets():
     if "baseline" in outputs:
         targets += [f"{RESULTS}/cells/baseline/{m}.parquet" for m in config["models"]]
     if "cache" in outputs:
-        targets += [f"{RESULTS}/cache/{m}/validation.safetensors" for m in config["models"]]
+        targets += [
+            f"{RESULTS}/cache/{m}/validation.safetensors" for m in config["models"]
+        ]
     return targets

@@ -6,19 +6,19 @@ rule pretrain_backbone:
         manifest=f"{RESULTS}/data/manifest.parquet",
     output:
         directory(f"{config['pretrained_dir']}/{{model}}"),
-    params:
-        cell=lambda w: pretrain_cell(w.model),
-        root=data_root(),
-        work=lambda w: f"{RESULTS}/pretrain_work/{w.model}",
     log:
         f"{LOGS}/pretrain/{{model}}.log",
     benchmark:
         f"{BENCH}/pretrain/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=6000,
         gpu=gpu_request,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        cell=lambda w: pretrain_cell(w.model),
+        root=data_root(),
+        work=lambda w: f"{RESULTS}/pretrain_work/{w.model}",
     script:
         "../workflow_scripts/scripts/pretrain_backbone.py"

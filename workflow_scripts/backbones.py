@@ -113,9 +113,11 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     """A model folder counts as done only with its config, weights and the DONE marker that is
     written last (so a killed save is never taken for a finished one)."""
     p = Path(path)
-    return (p / "config.json").is_file() and (p / "model.safetensors").is_file() and (
-        p / "DONE"
-    ).is_file()
+    return (
+        (p / "config.json").is_file()
+        and (p / "model.safetensors").is_file()
+        and (p / "DONE").is_file()
+    )
 
 
 def pad_batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,6 +47,9 @@ def _describe(err) -> str:
         return f"{where}: unknown key(s) {extra}; allowed keys: {allowed}"
     if err.validator == "enum":
         return f"{where}: {err.instance!r} is not one of the allowed values {err.validator_value}"
+    if err.validator == "oneOf" and all("required" in o for o in err.validator_value):
+        keys = [o["required"][0] for o in err.validator_value]
+        return f"{where}: needs exactly one of the keys {keys}"
     if err.validator == "propertyNames":
         return f"{where}: {err.message}; allowed names: {err.validator_value}"
     return f"{where}: {err.message}"

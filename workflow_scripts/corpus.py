@@ -98,7 +98,7 @@ def check_voices(engine, voices: list[str], variants: list[str]) -> None:
     if bad:
         raise ValueError(
             f"espeak-ng rejects these corpus.voices / corpus.variants: {bad}. "
-            f"Accepted voice names look like 'en-us', 'en-gb-scotland' (note: 'en-gb' is rejected); "
+            "Accepted voice names look like 'en-us', 'en-gb-scotland' ('en-gb' is rejected); "
             f"variants are files in {variant_dir}."
         )
 

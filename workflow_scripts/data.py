@@ -148,7 +148,7 @@ def build_manifest(root: str | os.PathLike, words=SPEECH_COMMANDS_WORDS, progres
 def manifest_digest(df) -> str:
     """One SHA-256 for a whole data set: over the sorted (path, file sha256) pairs."""
     h = hashlib.sha256()
-    for path, digest in sorted(zip(df.path, df.sha256)):
+    for path, digest in sorted(zip(df.path, df.sha256, strict=True)):
         h.update(f"{path}\0{digest}\n".encode())
     return h.hexdigest()
 

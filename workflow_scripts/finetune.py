@@ -30,6 +30,7 @@ DEFAULT_FINETUNE = {
     "eval_clips": None,
     "freeze_feature_encoder": True,
     "checkpoint_every": 100,
+    "mask_time_prob": 0.05,
 }
 
 
@@ -103,8 +104,14 @@ def _save_ckpt(path: Path, model, opt, step, rng, history, spec_hash="") -> None
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(
-        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history,
-                    "spec_hash": spec_hash})  # fmt: skip
+        json.dumps(
+            {
+                "step": step,
+                "rng": rng.bit_generator.state,
+                "history": history,
+                "spec_hash": spec_hash,
+            }
+        )  # fmt: skip
     )
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -129,6 +136,9 @@ def train_classifier(
     rng = np.random.default_rng(spec["seed"])
     if spec.get("freeze_feature_encoder", True):
         model.freeze_feature_encoder()
+    # SpecAugment time masking during fine-tuning (transformers' default rate unless set);
+    # its masks come from numpy's global RNG, re-seeded per step below so resumes are exact.
+    model.config.mask_time_prob = spec.get("mask_time_prob", 0.05)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.01)
@@ -157,6 +167,7 @@ def train_classifier(
             g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"])
         idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
         x = normalize_audio(x_all[idx]).to(device)
+        np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)
         with autocast(device):
             loss = model(x, labels=y_all[idx].to(device)).loss
         opt.zero_grad(set_to_none=True)

@@ -174,8 +174,14 @@ def _save_checkpoint(ckpt: Path, model, opt, step: int, rng: np.random.Generator
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(
-        json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history,
-                    "spec_hash": spec_hash})  # fmt: skip
+        json.dumps(
+            {
+                "step": step,
+                "rng": rng.bit_generator.state,
+                "history": history,
+                "spec_hash": spec_hash,
+            }
+        )  # fmt: skip
     )
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)

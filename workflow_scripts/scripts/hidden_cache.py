@@ -7,7 +7,6 @@ from workflow_scripts.backbones import load_classifier, pick_device
 from workflow_scripts.cache import extract_hidden_states, write_cache
 from workflow_scripts.data import load_split
 from workflow_scripts.provenance import config_hash, sha256_path
-
 from workflow_scripts.scripts._common import RuleContext
 
 ctx = RuleContext(snakemake)
