@@ -13,11 +13,13 @@ include: "rules/common.smk"
 wildcard_constraints:
     model=model_pattern(),
     split="training|validation|testing",
+    metric="|".join(config["similarity"]["metrics"]) or "NO_METRIC",
 
 
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/backbones.smk"
+include: "rules/similarity.smk"
 
 
 rule all:

@@ -96,6 +96,28 @@ def cache_cell(split):
     return cell_json({"split": split, **config["cache"]})
 
 
+def similarity_cell(metric):
+    """Similarity slice: one metric's params plus the sampling settings."""
+    sim = config["similarity"]
+    return cell_json(
+        {
+            "metric": metric,
+            "params": sim["metrics"][metric],
+            "clips": sim["clips"],
+            "n_boot": sim["n_boot"],
+            "seed": sim["seed"],
+        }
+    )
+
+
+def similarity_cells():
+    return [
+        f"{RESULTS}/cells/similarity/{m}/{metric}.parquet"
+        for m in config["models"]
+        for metric in config["similarity"]["metrics"]
+    ]
+
+
 def all_targets():
     outputs = set(config["outputs"])
     targets = []
@@ -109,4 +131,7 @@ def all_targets():
         targets += [
             f"{RESULTS}/cache/{m}/validation.safetensors" for m in config["models"]
         ]
+    if "similarity" in outputs:
+        targets += similarity_cells()
+        targets += [f"{RESULTS}/tables/blocks.csv", f"{RESULTS}/charts/similarity.html"]
     return targets

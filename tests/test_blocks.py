@@ -112,7 +112,9 @@ def test_end_to_end_on_layer_stack():
     rng = np.random.default_rng(5)
     N, T, D = 16, 3, 8
     base = [rng.standard_normal((N, T, D)) for _ in range(2)]
-    H = np.stack([base[0 if i < 5 else 1] + 0.3 * rng.standard_normal((N, T, D)) for i in range(12)])
+    H = np.stack(
+        [base[0 if i < 5 else 1] + 0.3 * rng.standard_normal((N, T, D)) for i in range(12)]
+    )
     assert blocks.detect_blocks(cosine_matrix(H)).boundaries == [(0, 4), (5, 11)]
     S = blocks.similarity_from_distance(angular_distance_matrix(H, "all"))
     assert blocks.detect_blocks(S).boundaries == [(0, 4), (5, 11)]

@@ -73,7 +73,7 @@ def ref_kernel(X, kernel, frac=0.8):
         return X @ X.T
     d = pdist(X)
     sigma = frac * np.median(d)
-    return np.exp(-squareform(d) ** 2 / (2 * sigma**2))
+    return np.exp(-(squareform(d) ** 2) / (2 * sigma**2))
 
 
 def ref_hsic_biased(K, L):
@@ -456,3 +456,17 @@ def test_compute_metric_options_and_errors(H4):
         sim.compute_metric("cka", H4, {})
     with pytest.raises(ValueError):
         sim.cosine_matrix(H4.reshape(4, 24, -1), "per_frame")  # needs frames
+
+
+def test_symmetric_blocked_gram_matches_plain_product(monkeypatch):
+    # N >= 512 switches the full Gram to the block-triangular product; check it (and with
+    # feature chunking) against a plain product, and CKA against the feature-space path
+    rng = np.random.default_rng(10)
+    H = rng.standard_normal((3, 1030, 7)).astype(np.float32)
+    X = H[1].astype(np.float64)
+    np.testing.assert_allclose(sim._gram(sim._Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
+    monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 1030 * 3)
+    np.testing.assert_allclose(sim._gram(sim._Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
+    np.testing.assert_allclose(
+        sim.cka_matrix(H, method="gram"), sim.cka_matrix(H, method="features"), atol=1e-10
+    )

@@ -1,0 +1,48 @@
+"""Similarity grid: one cell per model x metric on the hidden-state cache, then tables+charts."""
+
+
+rule similarity_cell:
+    input:
+        cache=f"{RESULTS}/cache/{{model}}/validation.safetensors",
+    output:
+        f"{RESULTS}/cells/similarity/{{model}}/{{metric}}.parquet",
+    log:
+        f"{LOGS}/similarity/{{model}}/{{metric}}.log",
+    benchmark:
+        f"{BENCH}/similarity/{{model}}/{{metric}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        cell=lambda w: similarity_cell(w.metric),
+    script:
+        "../workflow_scripts/scripts/similarity_cell.py"
+
+
+rule similarity_tables:
+    input:
+        cells=similarity_cells(),
+    output:
+        table=f"{RESULTS}/tables/similarity.parquet",
+        blocks=f"{RESULTS}/tables/blocks.csv",
+        html=report(
+            f"{RESULTS}/charts/similarity.html",
+            category="Similarity",
+            caption="../workflow_scripts/captions/similarity.rst",
+        ),
+        png=f"{RESULTS}/charts/similarity.png",
+    log:
+        f"{LOGS}/similarity_tables.log",
+    benchmark:
+        f"{BENCH}/similarity_tables.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        cell=lambda w: cell_json(config["similarity"]["blocks"]),
+        chart_dir=f"{RESULTS}/charts",
+    script:
+        "../workflow_scripts/scripts/similarity_tables.py"

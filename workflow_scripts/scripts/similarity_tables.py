@@ -1,0 +1,17 @@
+"""Rule adapter: aggregate similarity cells, detect blocks, draw the heatmaps."""
+
+from workflow_scripts.charts import save_chart, similarity_heatmaps
+from workflow_scripts.provenance import write_parquet, write_text_atomic
+from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.tables import blocks_table, concat_cells
+
+ctx = RuleContext(snakemake)
+cfg = ctx.cell
+sim = concat_cells(list(snakemake.input.cells))
+blocks = blocks_table(sim, cfg["criterion"], cfg["penalty"], cfg["max_blocks"], cfg["knn_k"])
+meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
+write_parquet(sim, snakemake.output.table, meta)
+write_text_atomic(snakemake.output.blocks, blocks.to_csv(index=False))
+ctx.log.info("blocks:\n%s", blocks.to_string())
+chart = similarity_heatmaps(sim, blocks, cfg["knn_k"])
+save_chart(chart, snakemake.output.html, snakemake.output.png)
