@@ -43,6 +43,5 @@ rule similarity_tables:
         mem_mb=2000,
     params:
         cell=lambda w: cell_json(config["similarity"]["blocks"]),
-        chart_dir=f"{RESULTS}/charts",
     script:
         "../workflow_scripts/scripts/similarity_tables.py"
