@@ -470,3 +470,16 @@ def test_symmetric_blocked_gram_matches_plain_product(monkeypatch):
     np.testing.assert_allclose(
         sim.cka_matrix(H, method="gram"), sim.cka_matrix(H, method="features"), atol=1e-10
     )
+
+
+@pytest.mark.parametrize("scheme", ["bootstrap", "half"])
+def test_weighted_cka_resampling_equals_explicit_gathering(scheme):
+    H = _stack(11, N=30)
+    for kernel in ("linear", "rbf"):
+        V, _ = sim._centred_grams(sim._Stack(H), kernel, 0.8)
+        w = sim._resample_weights(30, 7, 3, scheme)
+        assert np.all(w.sum(1) == (30 if scheme == "bootstrap" else 15))
+        a = sim._resampled_cka_weighted(V, w)
+        b = sim._resampled_cka_gather(V, False, w)
+        np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
+        assert np.ptp(a[:, 0, 3]) > 1e-3  # the replicates do differ

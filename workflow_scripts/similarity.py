@@ -558,23 +558,29 @@ def cka_matrix(
     return _cka_from_hsic(hs)
 
 
-def _resampled_cka(
-    V: torch.Tensor, debiased: bool, n_boot: int, seed: int, scheme: str
-) -> np.ndarray:
-    """(n_boot, L, L) CKA values from utterance-resampled centred Grams.
-
-    scheme "bootstrap": n utterances drawn with replacement; "half": n // 2 drawn without
-    replacement. The selected rows/columns of the centred Grams are re-centred (this equals
-    centring the raw Gram of the resample: centring removes any ``a_i + b_j + c`` term).
-    """
-    L, n = V.shape[0], V.shape[1]
+def _resample_weights(n: int, n_boot: int, seed: int, scheme: str) -> np.ndarray:
+    """(n_boot, n) multiplicities of each utterance in each replicate (seeded)."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, L, L))
+    w = np.zeros((n_boot, n))
     for b in range(n_boot):
         if scheme == "bootstrap":
-            sel = rng.integers(0, n, size=n)
+            w[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
         else:
-            sel = np.sort(rng.permutation(n)[: n // 2])
+            w[b, rng.permutation(n)[: n // 2]] = 1.0
+    return w
+
+
+def _resampled_cka_gather(V: torch.Tensor, debiased: bool, w: np.ndarray) -> np.ndarray:
+    """(R, L, L) CKA of resamples by explicit gathering of Gram rows/columns.
+
+    The selected rows/columns of the double-centred Grams are re-centred (this equals
+    centring the raw Gram of the resample: centring removes any ``a_i + b_j + c`` term).
+    Cost per replicate: gathering L N^2 entries plus an (L, N^2) @ (N^2, L) product.
+    """
+    L = V.shape[0]
+    out = np.empty((w.shape[0], L, L))
+    for b in range(w.shape[0]):
+        sel = np.repeat(np.arange(w.shape[1]), w[b].astype(np.int64))
         idx = torch.as_tensor(sel, device=V.device)
         Vb = V[:, idx[:, None], idx[None, :]]
         for layer in range(L):
@@ -582,6 +588,47 @@ def _resampled_cka(
             _centre_rows(K, 0, K.sum(1), K.diagonal().clone(), False)
         out[b] = _cka_from_hsic(_np(_hsic_from_centred(Vb, debiased)))
     return out
+
+
+def _resampled_cka_weighted(V: torch.Tensor, w: np.ndarray) -> np.ndarray:
+    """(R, L, L) biased CKA of resamples from multiplicity weights, no gathering.
+
+    With P the selection matrix of a resample, the raw Gram of the resample is P K P^T and
+    tr(H P K P^T H P L P^T) = tr(K M L M) with M = P^T H P = diag(w) - w w^T / m, m = sum(w):
+        tr(K M L M) = w^T (K o L) w - (2/m) sum_b w_b (K w)_b (L w)_b + (w^T K w)(w^T L w) / m^2.
+    Replicates are batched, so the work is GEMMs (R, N) @ (N, N) per layer pair.
+    """
+    L, n = V.shape[0], V.shape[1]
+    out = np.empty((w.shape[0], L, L))
+    R = int(max(1, min(w.shape[0], _WORK_BYTES // (8 * n * (L + 2)))))
+    pairs = [(i, j) for i in range(L) for j in range(i, L)]
+    for s0 in range(0, w.shape[0], R):
+        W = torch.as_tensor(w[s0 : s0 + R], dtype=_F64, device=V.device)  # (r, n)
+        m = W.sum(1)  # (r,)
+        Kw = torch.stack([W @ V[layer] for layer in range(L)], 1)  # (r, L, n)
+        wKw = (Kw * W[:, None, :]).sum(2)  # (r, L)
+        hs = torch.empty((W.shape[0], L, L), dtype=_F64, device=V.device)
+        for i, j in pairs:
+            t1 = ((W @ (V[i] * V[j])) * W).sum(1)
+            t2 = (W * Kw[:, i] * Kw[:, j]).sum(1)
+            hs[:, i, j] = hs[:, j, i] = t1 - 2.0 * t2 / m + wKw[:, i] * wKw[:, j] / m**2
+        out[s0 : s0 + R] = _cka_from_hsic(_np(hs))
+    return out
+
+
+def _resampled_cka(
+    V: torch.Tensor, debiased: bool, n_boot: int, seed: int, scheme: str
+) -> np.ndarray:
+    """(n_boot, L, L) CKA values from utterance-resampled centred Grams.
+
+    scheme "bootstrap": n utterances drawn with replacement; "half": n // 2 drawn without
+    replacement. Biased CKA uses the batched weighted formula, debiased CKA explicit gathering
+    (its U-centring treats tied pairs specially, which the weighted form does not express).
+    """
+    w = _resample_weights(V.shape[1], n_boot, seed, scheme)
+    if debiased:
+        return _resampled_cka_gather(V, True, w)
+    return _resampled_cka_weighted(V, w)
 
 
 def _percentiles(boot: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
