@@ -15,6 +15,9 @@ class RuleContext:
     def __init__(self, smk) -> None:
         self.smk = smk
         self.started = now()
+        from workflow_scripts.provenance import git_info
+
+        self.git = git_info()  # the code as it was when the job started
         self.log_file = open(smk.log[0], "a", buffering=1) if smk.log else sys.stderr
         sys.stderr = self.log_file
         sys.stdout = self.log_file
@@ -32,7 +35,7 @@ class RuleContext:
     def provenance(self, inputs: dict | None = None, seed: int | None = None) -> dict:
         from workflow_scripts.provenance import collect
 
-        return collect(
+        meta = collect(
             self.cell,
             inputs=inputs,
             seed=seed,
@@ -40,3 +43,4 @@ class RuleContext:
             wildcards=dict(self.smk.wildcards),
             started=self.started,
         )
+        return {**meta, **self.git}
