@@ -33,6 +33,12 @@ rule similarity_tables:
             caption="../workflow_scripts/captions/similarity.rst",
         ),
         png=f"{RESULTS}/charts/similarity.png",
+        per_model=report(
+            expand(f"{RESULTS}/charts/similarity_{{model}}.html", model=config["models"]),
+            category="Similarity",
+            subcategory="per model",
+            caption="../workflow_scripts/captions/similarity.rst",
+        ),
     log:
         f"{LOGS}/similarity_tables.log",
     benchmark:

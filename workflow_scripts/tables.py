@@ -38,4 +38,6 @@ def blocks_table(sim: pd.DataFrame, criterion: str, penalty: float,
             rows.append({"model": model, "metric": metric, "n_blocks": seg.n_blocks,
                          "block": b, "first_layer": first, "last_layer": last,
                          "n_layers": m.shape[0], "criterion": criterion})  # fmt: skip
-    return pd.DataFrame(rows)
+    cols = ["model", "metric", "n_blocks", "block", "first_layer", "last_layer", "n_layers",
+            "criterion"]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)

@@ -15,3 +15,7 @@ write_text_atomic(snakemake.output.blocks, blocks.to_csv(index=False))
 ctx.log.info("blocks:\n%s", blocks.to_string())
 chart = similarity_heatmaps(sim, blocks, cfg["knn_k"])
 save_chart(chart, snakemake.output.html, snakemake.output.png)
+for path in snakemake.output.per_model:  # one chart per model: a heatmap per metric
+    model = path.rsplit("similarity_", 1)[1].removesuffix(".html")
+    one = similarity_heatmaps(sim[sim.model == model], blocks[blocks.model == model], cfg["knn_k"])
+    save_chart(one, path)
