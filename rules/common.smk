@@ -134,4 +134,12 @@ def all_targets():
     if "similarity" in outputs:
         targets += similarity_cells()
         targets += [f"{RESULTS}/tables/blocks.csv", f"{RESULTS}/charts/similarity.html"]
+    if "pruning" in outputs:
+        from workflow_scripts.pruning_cells import targets as pruning_targets
+
+        targets += pruning_targets(config, RESULTS)
+    if "mimic" in outputs:
+        from workflow_scripts.mimic_cells import targets as mimic_targets
+
+        targets += mimic_targets(config, RESULTS)
     return targets

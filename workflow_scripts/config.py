@@ -17,7 +17,16 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema: ``config/schema.yaml`` plus one fragment per stage in
+    ``config/schema.d/*.yaml`` (each a mapping of top-level config keys to their schemas)."""
+    path = Path(path)
+    schema = yaml.safe_load(path.read_text())
+    for fragment in sorted((path.parent / "schema.d").glob("*.yaml")):
+        for key, sub in (yaml.safe_load(fragment.read_text()) or {}).items():
+            if key in schema["properties"]:
+                raise ValueError(f"{fragment}: key {key!r} is already defined in the schema")
+            schema["properties"][key] = sub
+    return schema
 
 
 def _fill_defaults(validator_cls):
