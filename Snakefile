@@ -20,6 +20,8 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/backbones.smk"
 include: "rules/similarity.smk"
+include: "rules/pruning.smk"
+include: "rules/mimic.smk"
 
 
 rule all:

@@ -92,8 +92,15 @@ def finetune_cell(model):
 
 
 def cache_cell(split):
-    """Hidden-state cache slice: which split, how many clips, batch size."""
-    return cell_json({"split": split, **config["cache"]})
+    """Hidden-state cache slice: which split, how many clips, batch size. The training split
+    (the mimickers' fitting data) has its own clip count, `cache.train_clips`; the other splits
+    use `cache.clips`, so changing one never reruns the other's caches."""
+    cache = config["cache"]
+    clips = cache["clips"]
+    if split == "training":
+        clips = cache.get("train_clips", clips)
+    batch_size = cache["batch_size"]
+    return cell_json({"split": split, "clips": clips, "batch_size": batch_size})
 
 
 def similarity_cell(metric):

@@ -79,3 +79,174 @@ def similarity_heatmaps(sim: pd.DataFrame, blocks: pd.DataFrame, knn_k: int):
         .facet(row=alt.Row("model:N"), column=alt.Column("panel:N", title=None))
         .resolve_scale(x="independent", y="independent")
     )
+
+
+def mimic_tradeoff_chart(long: pd.DataFrame):
+    """Accuracy retained (% of the backbone) vs cost reduction (%), one point per mimic cell,
+    rows = models, columns = cost axes; ``long`` from ``mimic_cells.tradeoff_long``. A dashed
+    line marks 95% retained."""
+    import altair as alt
+
+    points = alt.Chart().mark_point(filled=True, size=90).encode(
+        x=alt.X("reduction_pct:Q", title="reduction (%)",
+                scale=alt.Scale(zero=False, padding=12)),
+        y=alt.Y("accuracy_retained_pct:Q", title="accuracy retained (%)",
+                scale=alt.Scale(zero=False, padding=12)),
+        color=alt.Color("mimicker:N", title="mimicker"),
+        shape=alt.Shape("kind:N", title="type"),
+        tooltip=["model", "mimicker", "target_layers", "cost",
+                 alt.Tooltip("reduction_pct:Q", format=".1f"),
+                 alt.Tooltip("accuracy_retained_pct:Q", format=".1f")],
+    )  # fmt: skip
+    costs = list(dict.fromkeys(long.cost))
+    line = alt.Chart().mark_rule(color="gray", strokeDash=[4, 4]).encode(y=alt.datum(95))
+    return (
+        alt.layer(points, line, data=long)
+        .properties(width=180, height=160)
+        .facet(row=alt.Row("model:N"), column=alt.Column("cost:N", title=None, sort=costs))
+        .resolve_scale(x="independent")
+    )
+
+
+def mimic_curves_chart(curves: pd.DataFrame):
+    """Per-epoch training (dashed) and validation (solid) loss of every mimic cell, colour =
+    mimicker, rows = models, columns = stage 1 (MSE) / stage 2 (NLL)."""
+    import altair as alt
+
+    d = curves[["model", "kind", "depth", "stage", "epoch", "train_loss", "val_loss"]].copy()
+    d["mimicker"] = d.kind + "-" + d.depth.astype(str)
+    d["stage"] = d.stage.map({1: "stage 1: MSE to teacher", 2: "stage 2: NLL"})
+    d = d.melt(
+        id_vars=["model", "mimicker", "stage", "epoch"],
+        value_vars=["train_loss", "val_loss"],
+        var_name="split",
+        value_name="loss",
+    )
+    d["split"] = d.split.map({"train_loss": "training", "val_loss": "validation"})
+    return (
+        alt.Chart(d)
+        .mark_line(point=alt.OverlayMarkDef(size=12))
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False)),
+            color=alt.Color("mimicker:N"),
+            strokeDash=alt.StrokeDash("split:N", sort=["validation", "training"], legend=None),
+            tooltip=[
+                "model",
+                "mimicker",
+                "stage",
+                "split",
+                "epoch",
+                alt.Tooltip("loss:Q", format=".4f"),
+            ],
+        )
+        .properties(width=220, height=150)
+        .facet(row=alt.Row("model:N"), column=alt.Column("stage:N", title=None))
+        .resolve_scale(x="independent", y="independent")
+        .properties(
+            title=alt.TitleParams(
+                "Mimicker training curves", subtitle="solid: validation loss, dashed: training loss"
+            )
+        )
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Layer pruning (rules/pruning.smk)
+# ----------------------------------------------------------------------------------------
+def _pruning_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """The curve rows of the aggregated pruning table (deterministic strategies and the mean over
+    random seeds; per-seed random rows dropped), with JSON-safe columns for charts."""
+    d = df[df["seed"].isna()].copy()
+    d["removed"] = ["mean over seeds" if r is None else " ".join(map(str, r)) for r in d["removed"]]
+    keep = ["model", "strategy", "n_removed", "n_layers", "removed", "accuracy", "ci_lo",
+            "ci_hi", "accuracy_min", "accuracy_max", "relative_accuracy", "base_accuracy",
+            "total_params", "latency_ms", "healed_accuracy"]  # fmt: skip
+    return d[[c for c in keep if c in d.columns]]
+
+
+def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
+    """Test accuracy vs number of removed blocks: one line per strategy (random = mean over
+    seeds with a band from the worst to the best seed), one panel per model, a dashed rule at
+    ``threshold`` x the unpruned accuracy and triangles for LoRA-healed accuracies."""
+    import altair as alt
+
+    d = _pruning_curves(df)
+    d["kind"] = "curve"
+    rule = d[d.n_removed == 0].drop_duplicates("model")[["model", "base_accuracy"]].copy()
+    rule["threshold_accuracy"] = threshold * rule.base_accuracy
+    rule["kind"] = "threshold"
+    data = pd.concat([d, rule], ignore_index=True)
+    x = alt.X("n_removed:Q", title="layers removed", axis=alt.Axis(tickMinStep=1))
+    color = alt.Color("strategy:N", title="strategy")
+    tip = ["model", "strategy", "n_removed", "removed",
+           alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("ci_lo:Q", format=".3f"),
+           alt.Tooltip("ci_hi:Q", format=".3f"),
+           alt.Tooltip("relative_accuracy:Q", format=".3f")]  # fmt: skip
+    curve = alt.Chart().transform_filter(alt.datum.kind == "curve")
+    line = curve.mark_line(point=True).encode(
+        x=x, y=alt.Y("accuracy:Q", title="test accuracy"), color=color, tooltip=tip
+    )
+    band = (
+        curve.mark_area(opacity=0.15)
+        .encode(x=x, y="accuracy_min:Q", y2="accuracy_max:Q", color=color)
+        .transform_filter(alt.datum.strategy == "random")
+    )
+    healed = (
+        curve.mark_point(shape="triangle-up", size=80, filled=True)
+        .encode(
+            x=x,
+            y="healed_accuracy:Q",
+            color=color,
+            tooltip=["strategy", "n_removed", alt.Tooltip("healed_accuracy:Q", format=".3f")],
+        )  # fmt: skip
+        .transform_filter("isValid(datum.healed_accuracy)")
+    )
+    thr = (
+        alt.Chart()
+        .mark_rule(strokeDash=[4, 4], color="black")
+        .encode(
+            y="threshold_accuracy:Q", tooltip=[alt.Tooltip("threshold_accuracy:Q", format=".3f")]
+        )  # fmt: skip
+        .transform_filter(alt.datum.kind == "threshold")
+    )
+    return (
+        alt.layer(band, line, healed, thr, data=data)
+        .properties(width=260, height=200)
+        .facet(column=alt.Column("model:N", title=None))
+        .properties(title=f"accuracy vs layers removed (dashed: {threshold:.0%} of unpruned)")
+    )
+
+
+def pruning_latency_chart(df: pd.DataFrame):
+    """Test accuracy vs measured latency (median per batch), one line per strategy ordered by
+    the number of removed blocks, one panel per model."""
+    import altair as alt
+
+    d = _pruning_curves(df)
+    d = d[d.latency_ms.notna()] if "latency_ms" in d else d.iloc[:0]
+    if d.empty:
+        return (
+            alt.Chart(pd.DataFrame({"t": ["latency not measured"]})).mark_text().encode(text="t:N")
+        )
+    return (
+        alt.Chart(d)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("latency_ms:Q", title="latency per batch (ms, median)"),
+            y=alt.Y("accuracy:Q", title="test accuracy"),
+            color=alt.Color("strategy:N"),
+            order="n_removed:Q",
+            tooltip=[
+                "model",
+                "strategy",
+                "n_removed",
+                "removed",
+                alt.Tooltip("latency_ms:Q", format=".2f"),
+                alt.Tooltip("accuracy:Q", format=".3f"),
+            ],  # fmt: skip
+        )
+        .properties(width=260, height=200)
+        .facet(column=alt.Column("model:N", title=None))
+        .resolve_scale(x="independent")
+    )

@@ -31,6 +31,7 @@ DEFAULT_FINETUNE = {
     "freeze_feature_encoder": True,
     "checkpoint_every": 100,
     "mask_time_prob": 0.05,
+    "head_lr_mult": 1.0,
 }
 
 
@@ -141,7 +142,13 @@ def train_classifier(
     model.config.mask_time_prob = spec.get("mask_time_prob", 0.05)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.01)
+    head = {id(p) for m in (model.projector, model.classifier) for p in m.parameters()}
+    mult = spec.get("head_lr_mult", 1.0)  # the freshly initialised head may learn faster
+    groups = [
+        {"params": [p for p in params if id(p) not in head], "lr_mult": 1.0},
+        {"params": [p for p in params if id(p) in head], "lr_mult": mult},
+    ]
+    opt = torch.optim.AdamW(groups, lr=spec["lr"], weight_decay=0.01)
     history: list[dict] = []
     start = 0
     ckpt = Path(work_dir) / "checkpoint" if work_dir else None
@@ -164,7 +171,7 @@ def train_classifier(
     bar = tqdm(range(start, steps), desc="fine-tune", disable=not progress, mininterval=10)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"])
+            g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"]) * g["lr_mult"]
         idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
         x = normalize_audio(x_all[idx]).to(device)
         np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)

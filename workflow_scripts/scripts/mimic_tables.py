@@ -1,0 +1,20 @@
+"""Rule adapter: stack the mimic cells, summarise them, draw the trade-off and curve charts."""
+
+from workflow_scripts.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
+from workflow_scripts.mimic_cells import summary_table, to_markdown, tradeoff_long
+from workflow_scripts.provenance import write_parquet, write_text_atomic
+from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.tables import concat_cells
+
+ctx = RuleContext(snakemake)
+out = snakemake.output
+cells = concat_cells(list(snakemake.input.cells))
+curves = concat_cells(list(snakemake.input.curves))
+summary = summary_table(cells)
+meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
+write_parquet(cells, out.table, meta)
+write_text_atomic(out.summary_csv, summary.to_csv(index=False))
+write_text_atomic(out.summary_md, to_markdown(summary))
+ctx.log.info("summary:\n%s", summary.to_string())
+save_chart(mimic_tradeoff_chart(tradeoff_long(summary)), out.tradeoff_html, out.tradeoff_png)
+save_chart(mimic_curves_chart(curves), out.curves_html, out.curves_png)

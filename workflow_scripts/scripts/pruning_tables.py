@@ -1,0 +1,21 @@
+"""Rule adapter: aggregate the pruning cells, summarise them (largest n at >= threshold, AUC)
+and draw accuracy-vs-removed-layers and latency-vs-accuracy charts."""
+
+from workflow_scripts.charts import pruning_accuracy_chart, pruning_latency_chart, save_chart
+from workflow_scripts.provenance import write_parquet, write_text_atomic
+from workflow_scripts.pruning_cells import markdown_table, summary_table
+from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.tables import concat_cells
+
+ctx = RuleContext(snakemake)
+out = snakemake.output
+threshold = ctx.cell["threshold"]
+df = concat_cells(list(snakemake.input.cells))
+summary = summary_table(df, threshold)
+meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
+write_parquet(df, out.table, meta)
+write_text_atomic(out.summary_csv, summary.to_csv(index=False))
+write_text_atomic(out.summary_md, markdown_table(summary))
+ctx.log.info("summary:\n%s", summary.to_string())
+save_chart(pruning_accuracy_chart(df, threshold), out.accuracy_html, out.accuracy_png)
+save_chart(pruning_latency_chart(df), out.latency_html, out.latency_png)
