@@ -26,7 +26,8 @@ def run_smk(cwd, *args, check=True, timeout=900):
         timeout=timeout, env=env,
     )  # fmt: skip
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"snakemake {args} failed:\n{tail}")
     return proc
 
 
