@@ -92,13 +92,13 @@ def finetune_cell(model):
 
 
 def cache_cell(split):
-    """Hidden-state cache slice: which split, how many clips, batch size. The training split
-    (the mimickers' fitting data) has its own clip count, `cache.train_clips`; the other splits
-    use `cache.clips`, so changing one never reruns the other's caches."""
+    """Hidden-state cache slice: which split, how many clips, batch size. The training and
+    testing splits (the mimickers' fitting and test data) have their own clip counts,
+    `cache.train_clips` and `cache.test_clips`; validation uses `cache.clips`. Each slice
+    holds only its own count, so changing one never reruns the other splits' caches."""
     cache = config["cache"]
-    clips = cache["clips"]
-    if split == "training":
-        clips = cache.get("train_clips", clips)
+    key = {"training": "train_clips", "testing": "test_clips"}.get(split, "clips")
+    clips = cache.get(key, cache["clips"])
     batch_size = cache["batch_size"]
     return cell_json({"split": split, "clips": clips, "batch_size": batch_size})
 

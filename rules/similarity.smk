@@ -34,7 +34,9 @@ rule similarity_tables:
         ),
         png=f"{RESULTS}/charts/similarity.png",
         per_model=report(
-            expand(f"{RESULTS}/charts/similarity_{{model}}.html", model=config["models"]),
+            expand(
+                f"{RESULTS}/charts/similarity_{{model}}.html", model=config["models"]
+            ),
             category="Similarity",
             subcategory="per model",
             caption="../workflow_scripts/captions/similarity.rst",

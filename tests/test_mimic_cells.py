@@ -1,6 +1,6 @@
 """The mimic grid wiring: which cells exist, what each cell's params hold, the target layers a
 depth-2 mimicker gets from a blocks table, the summary table, the schema and cross-checks, the
-charts, and (slow) one run of the real rules on a tiny workflow."""
+charts, and (slow, opt-in with MIMIC_E2E=1) one run of the real rules on a tiny workflow."""
 
 from __future__ import annotations
 
@@ -118,6 +118,7 @@ def test_cell_inputs_need_blocks_only_for_depth_2_from_blocks():
         "model": "R/finetuned/a",
         "train_cache": "R/cache/a/training.safetensors",
         "val_cache": "R/cache/a/validation.safetensors",
+        "test_cache": "R/cache/a/testing.safetensors",
         "manifest": "R/data/manifest.parquet",
         "baseline": "R/cells/baseline/a.parquet",
     }
@@ -156,6 +157,40 @@ def test_target_layers_from_a_blocks_table():
         mc.target_layers(2, 12, "a", t, b)
     with pytest.raises(ValueError, match="out of range"):
         mc.target_layers(2, 10, "a", {"layer": 11}, None)
+
+
+# ------------------------------------------------------- stage 2 with a frozen mimicker
+@pytest.mark.parametrize("kind", ["linear", "transformer"])
+def test_frozen_outputs_make_stage2_identical_to_running_the_frozen_mimicker(kind):
+    """The cell trains the head on precomputed outputs of a frozen mimicker (an identity
+    mimicker in stage 2): same history and same head as train_stage2 with the mimicker."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from workflow_scripts import mimic
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 16)).astype(np.float16)
+    y = rng.integers(0, 3, 40)
+    torch.manual_seed(0)
+    m = mimic.Mimicker(kind, 1, 16, width=8, heads=2, ffn=8)
+    head = mimic.ClassifierHead(nn.Linear(16, 8), nn.Linear(8, 3))
+    h1, h2 = copy.deepcopy(head), copy.deepcopy(head)
+    quiet = lambda *_: None  # noqa: E731
+    tr, va = np.arange(30), np.arange(30, 40)
+    ref = mimic.train_stage2(m, h1, x, y, tr, va, 3, batch_size=8, log=quiet)
+    feats = mc.frozen_outputs(m, x, batch_size=7)
+    assert feats.dtype == np.float32 and feats.shape == x.shape
+    got = mimic.train_stage2(mimic.no_mimic(16), h2, feats, y, tr, va, 3, batch_size=8, log=quiet)
+    for a, b in zip(ref["history"], got["history"], strict=True):
+        assert a["epoch"] == b["epoch"] and a["val_accuracy"] == b["val_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    for p, q in zip(h1.parameters(), h2.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not m.training  # left in eval mode, weights untouched by either path
 
 
 # -------------------------------------------------------------------------- summary
@@ -298,8 +333,8 @@ def test_default_config_plans_one_mimic_job_per_cell(tmp_path):
     n = len(mc.grid(validate_config(copy.deepcopy(cfg))))
     assert re.search(rf"mimic_cell\s+{n}\b", proc.stdout), proc.stdout
     assert re.search(r"mimic_tables\s+1\b", proc.stdout)
-    # the mimickers need each model's training-split cache besides the validation one
-    assert re.search(rf"hidden_cache\s+{2 * len(cfg['models'])}\b", proc.stdout), proc.stdout
+    # the mimickers need each model's training- and testing-split caches besides validation
+    assert re.search(rf"hidden_cache\s+{3 * len(cfg['models'])}\b", proc.stdout), proc.stdout
 
 
 TINY_MODEL = {"arch": "hubert", "layers": 3, "hidden": 32, "heads": 2, "ffn": 64,
@@ -321,6 +356,11 @@ TINY = {
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("MIMIC_E2E"),
+    reason="minutes long; set MIMIC_E2E=1 (tests/test_workflow.py's tiny grid covers mimic once "
+    "its TINY config lists it)",
+)
 def test_tiny_mimic_grid_end_to_end(tmp_path):
     from workflow_scripts.provenance import read_provenance
 
@@ -336,10 +376,15 @@ def test_tiny_mimic_grid_end_to_end(tmp_path):
         assert 0 <= r.accuracy <= 1 and r.ci_lo <= r.accuracy <= r.ci_hi
         assert r.accuracy_retained == pytest.approx(r.accuracy / r.backbone_accuracy)
         assert r.backbone_accuracy_source == "baseline cell"
+        # the mimicked model on raw audio gives the cached path's logits (float16 features)
+        assert r.raw_audio_check_clips == 4 and r.raw_audio_check_agreement == 1.0
+        assert r.raw_audio_check_max_abs_diff < 0.05
         assert r.mimicker_params < r.stack_params and r.batch_size == 4
         prov = read_provenance(res / f"cells/mimic/tiny-a/{name}.parquet")
         assert json.loads(prov["cell_config"])["kind"] == r.kind
-        assert {"model", "train_cache", "val_cache"} <= set(json.loads(prov["inputs_sha256"]))
+        assert {"model", "train_cache", "val_cache", "test_cache"} <= set(
+            json.loads(prov["inputs_sha256"])
+        )
         curves = pd.read_parquet(res / f"cells/mimic/tiny-a/{name}.curves.parquet")
         assert list(curves.stage) == ([1, 1, 2, 2] if r.kind != "no_mimic" else [2, 2])
         assert curves.best.sum() == curves.stage.nunique()

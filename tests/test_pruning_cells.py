@@ -254,6 +254,8 @@ def test_summary_headline_and_auc_on_a_known_curve():
     assert list(rnd.max_removed) == [4, 0] and rnd.auc_relative.iloc[0] == pytest.approx(1.0)
     bwd = s[s.strategy == "backward"].iloc[0]
     assert bwd.max_removed == 0 and bwd.auc_accuracy == pytest.approx((0.35 + 0.15) / 2)
+    exact = pruning_cells.summary_table(curve("j", "forward", [1.0, 0.95, 0.5]), 0.95)
+    assert exact.max_removed.item() == 1  # exactly 95% counts as kept
     assert pruning_cells.summary_table(df, 0.5).set_index("strategy").max_removed["forward"] == 3
     md = pruning_cells.markdown_table(s)
     assert md.count("\n") == len(s) + 2 and "| m | forward |" in md

@@ -167,7 +167,7 @@ def _pruning_curves(df: pd.DataFrame) -> pd.DataFrame:
 
 def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
     """Test accuracy vs number of removed blocks: one line per strategy (random = mean over
-    seeds with a band from the worst to the best seed), one panel per model, a dashed rule at
+    seeds with a grey band from the worst to the best seed), one panel per model, a dashed rule at
     ``threshold`` x the unpruned accuracy and triangles for LoRA-healed accuracies."""
     import altair as alt
 
@@ -177,7 +177,7 @@ def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
     rule["threshold_accuracy"] = threshold * rule.base_accuracy
     rule["kind"] = "threshold"
     data = pd.concat([d, rule], ignore_index=True)
-    x = alt.X("n_removed:Q", title="layers removed", axis=alt.Axis(tickMinStep=1))
+    x = alt.X("n_removed:Q", title="layers removed", axis=alt.Axis(tickMinStep=1, format="d"))
     color = alt.Color("strategy:N", title="strategy")
     tip = ["model", "strategy", "n_removed", "removed",
            alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("ci_lo:Q", format=".3f"),
@@ -189,7 +189,7 @@ def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
     )
     band = (
         curve.mark_area(opacity=0.15)
-        .encode(x=x, y="accuracy_min:Q", y2="accuracy_max:Q", color=color)
+        .encode(x=x, y="accuracy_min:Q", y2="accuracy_max:Q", color=alt.value("gray"))
         .transform_filter(alt.datum.strategy == "random")
     )
     healed = (

@@ -5,7 +5,8 @@ one mimicker (:mod:`workflow_scripts.mimic`) from the hidden-state caches: ``kin
 ``linear`` or ``transformer`` with ``depth`` 1 or 2 (``config.mimic.types``), or the
 ``no_mimic-0`` baseline. This module knows which cells exist, what config slice each one
 depends on (its rule ``params``), which layers a depth-2 mimicker is trained to predict, and
-how the cells are summarised. It imports neither torch nor snakemake.
+how the cells are summarised. It imports neither torch nor snakemake at module level (only
+:func:`target_layers` and :func:`frozen_outputs` load torch, when called).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def uses_blocks(config: dict, model: str, kind: str, depth: int) -> bool:
 def cell_slice(config: dict, model: str, kind: str, depth: int | str) -> dict:
     """The config one cell depends on, and nothing else: its type's own sizes (not the other
     type's), its training stages (no stage 1 for ``no_mimic``), the target-layer settings only
-    for depth 2 (only this model's explicit layer), test clips, latency settings, seed."""
+    for depth 2 (only this model's explicit layer), latency settings, seed. (Clip counts are
+    those of the input caches.)"""
     depth = int(depth)
     _check_cell(config, kind, depth)
     m = config["mimic"]
@@ -107,7 +109,6 @@ def cell_slice(config: dict, model: str, kind: str, depth: int | str) -> dict:
         "kind": kind,
         "depth": depth,
         "seed": m["seed"],
-        "test_clips": m["test_clips"],
         "latency": dict(m["latency"]),
     }
     stage2 = dict(m["stage2"])
@@ -134,13 +135,14 @@ def cell_json(config: dict, model: str, kind: str, depth: int | str) -> str:
 
 
 def cell_inputs(config: dict, results: str, model: str, kind: str, depth: int | str) -> dict:
-    """Files a cell reads: the fine-tuned model, its training and validation caches, the
-    manifest (test audio), its baseline cell, and blocks.csv only when the intermediate target
-    comes from the similarity blocks."""
+    """Files a cell reads: the fine-tuned model, its training, validation and testing caches,
+    the manifest (raw test audio for timing and the end-to-end check), its baseline cell, and
+    blocks.csv only when the intermediate target comes from the similarity blocks."""
     inputs = {
         "model": f"{results}/finetuned/{model}",
         "train_cache": f"{results}/cache/{model}/training.safetensors",
         "val_cache": f"{results}/cache/{model}/validation.safetensors",
+        "test_cache": f"{results}/cache/{model}/testing.safetensors",
         "manifest": f"{results}/data/manifest.parquet",
         "baseline": f"{results}/cells/baseline/{model}.parquet",
     }
@@ -259,6 +261,28 @@ def target_layers(
             raise
         even = choose_targets(depth, n_layers)
         return even, f"even (fallback: {metric} blocks {[list(s) for s in spans]}: {err})"
+
+
+def frozen_outputs(mimicker, inputs, batch_size: int = 128, device="cpu"):
+    """The eval-mode mimicker's last output ``(N, T, D)`` float32 for every row of ``inputs``
+    (a numpy/memmap array of any float dtype), computed once: stage 2 with a frozen mimicker
+    can then train the head on these with an identity mimicker, exactly as if the mimicker ran
+    in every epoch (same casts, same autocast; it is deterministic in eval mode)."""
+    import numpy as np
+    import torch
+
+    from .finetune import autocast
+
+    device = torch.device(device)
+    mimicker.to(device).eval()
+    out = np.empty(inputs.shape, dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(inputs), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(inputs[s : s + batch_size]))
+            with autocast(device):
+                y = mimicker(xb.to(device=device, dtype=torch.float32))[-1]
+            out[s : s + len(xb)] = y.float().cpu().numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 Stage 1 (MSE to the teacher states) and stage 2 (NLL through the fine-tuned head) read only the
 cached feature projections and hidden states: fit on the training-split cache, best epoch by
-the validation-split cache. The test evaluation runs the mimicked model on raw test audio.
+the validation-split cache. Test accuracy comes from the testing-split cache (the same
+float16 feature projections the mimicker was trained on); the mimicked model itself
+(MimickedModel: audio -> front end -> mimicker -> head) runs on raw test audio for the latency
+measurement and for a recorded check that it gives the same logits as the cached path.
 """
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -14,7 +19,7 @@ from workflow_scripts.backbones import load_classifier, normalize_audio, pick_de
 from workflow_scripts.cache import cache_info, read_array, read_layers
 from workflow_scripts.data import load_split
 from workflow_scripts.finetune import accuracy_report, predict
-from workflow_scripts.mimic_cells import NO_MIMIC, target_layers
+from workflow_scripts.mimic_cells import NO_MIMIC, frozen_outputs, target_layers
 from workflow_scripts.provenance import write_parquet
 from workflow_scripts.scripts._common import RuleContext
 
@@ -29,16 +34,16 @@ model = load_classifier(inp.model).eval()
 n_layers, dim = model.config.num_hidden_layers, model.config.hidden_size
 n_classes = model.config.num_labels
 
-# ---- targets and cached data (no backbone forward pass from here to the test evaluation)
+# ---- targets and cached data (no backbone forward pass: training and testing use caches)
 blocks = pd.read_csv(inp.blocks) if "blocks" in inp.keys() else None
 if kind == NO_MIMIC:
     layers, source = [], "none"
 else:
     layers, source = target_layers(depth, n_layers, model_name, cell.get("targets"), blocks)
 log("target layers %s (%s)", layers, source)
-shas = {cache_info(p)["metadata"].get("model_sha256") for p in (inp.train_cache, inp.val_cache)}
-if len(shas) != 1:
-    raise ValueError("the training and validation caches come from different models")
+caches = (inp.train_cache, inp.val_cache, inp.test_cache)
+if len({cache_info(p)["metadata"].get("model_sha256") for p in caches}) != 1:
+    raise ValueError(f"the caches {caches} come from different models")
 n_tr = cache_info(inp.train_cache)["shapes"]["labels"][0]
 fp = np.concatenate([read_array(p, "feature_projection") for p in (inp.train_cache, inp.val_cache)])
 labels = np.concatenate([read_array(p, "labels") for p in (inp.train_cache, inp.val_cache)])
@@ -71,37 +76,60 @@ del teacher
 st2 = cell["stage2"]
 freeze_mim = True if kind == NO_MIMIC else st2["freeze_mimicker"]
 freeze_head = False if kind == NO_MIMIC else st2["freeze_head"]
-s2 = None
+s2_mim, s2_in, s2 = mimicker, fp, None
 if st2["epochs"] > 0 and not (freeze_mim and freeze_head):
-    s2 = mimic.train_stage2(mimicker, head, fp, labels, train_idx, val_idx, st2["epochs"],
+    if freeze_mim and kind != NO_MIMIC:  # what a frozen mimicker feeds the head every epoch
+        s2_mim, s2_in = mimic.no_mimic(dim), frozen_outputs(mimicker, fp, st2["batch_size"], device)
+    s2 = mimic.train_stage2(s2_mim, head, s2_in, labels, train_idx, val_idx, st2["epochs"],
                             st2["lr"], st2["batch_size"], device, freeze_mim, freeze_head, log,
                             cell["seed"])  # fmt: skip
     curves += [{"stage": 2, **h, "best": h["epoch"] == s2["best_epoch"]} for h in s2["history"]]
 else:
     log("stage 2 skipped (epochs 0, or mimicker and head both frozen)")
-val_logits = mimic.mimic_logits(mimicker, head, fp, val_idx, st2["batch_size"], device)
+val_logits = mimic.mimic_logits(s2_mim, head, s2_in, val_idx, st2["batch_size"], device)
 val_acc = float((val_logits.argmax(1) == labels[val_idx]).mean())
+del s2_in, s2_mim
 del fp
 
-# ---- test accuracy on raw audio, vs the unpruned backbone on the same clips
-manifest = pd.read_parquet(inp.manifest)
-audio, y, _ = load_split(snakemake.params.root, manifest, "testing", cell["test_clips"])
-mm = mimic.MimickedModel(model, mimicker, head).to(device).eval()
-report = accuracy_report(predict(mm, audio, device), y, n_classes)
+# ---- test accuracy on the testing-split cache, vs the unpruned backbone on the same clips
+fp_te, y = read_array(inp.test_cache, "feature_projection"), read_array(inp.test_cache, "labels")
+test_rows = np.arange(len(y))
+logits = mimic.mimic_logits(mimicker, head, fp_te, test_rows, st2["batch_size"], device)
+report = accuracy_report(logits, y, n_classes)
 log("test accuracy %.4f (n=%d)", report["accuracy"], report["n"])
 base = pd.read_parquet(inp.baseline)
 base = base[base.split == "testing"]
-if len(base) == 1 and int(base.n.iloc[0]) == len(y):  # load_split's subset is a fixed prefix
+if len(base) == 1 and int(base.n.iloc[0]) == len(y):  # load_split's subsets are nested
     ref = {k: float(base[k].iloc[0]) for k in ("accuracy", "ci_lo", "ci_hi")}
     ref_source = "baseline cell"
-else:
-    ref = accuracy_report(predict(model.to(device), audio, device), y, n_classes)
-    ref_source = "recomputed"
+else:  # the fine-tuned head on the cached last layer of the same clips
+    last = read_layers(inp.test_cache, [n_layers])[0]
+    full = mimic.ClassifierHead.from_model(model)
+    ref_logits = mimic.mimic_logits(mimic.no_mimic(dim), full, last, test_rows, 128, device)
+    ref = accuracy_report(ref_logits, y, n_classes)
+    ref_source = "testing cache"
+    del last
 log("backbone test accuracy %.4f (%s)", ref["accuracy"], ref_source)
 
-# ---- parameters and latency
+# ---- end to end on raw audio: the mimicked model agrees with the cached path; cost
 lat = cell["latency"]
-batch = normalize_audio(torch.from_numpy(audio[: lat["batch_size"]]))
+manifest = pd.read_parquet(inp.manifest)
+audio, _, paths = load_split(snakemake.params.root, manifest, "testing", lat["batch_size"])
+where = {p: i for i, p in enumerate(json.loads(cache_info(inp.test_cache)["metadata"]["paths"]))}
+both = [i for i, p in enumerate(paths) if p in where]
+mm = mimic.MimickedModel(model, mimicker, head).to(device).eval()
+e2e = predict(mm, audio[both], device)
+via_cache = mimic.mimic_logits(mimicker, head, fp_te, [where[paths[i]] for i in both], 128, device)
+check = {
+    "raw_audio_check_clips": len(both),
+    "raw_audio_check_max_abs_diff": float(np.abs(e2e - via_cache).max()) if both else np.nan,
+    "raw_audio_check_agreement": float((e2e.argmax(1) == via_cache.argmax(1)).mean())
+    if both
+    else np.nan,
+}
+log("raw audio vs cache: %s", check)
+del fp_te
+batch = normalize_audio(torch.from_numpy(audio))
 cost = mimic.cost_report(model, mimicker, batch, device, lat["warmup"], lat["repeats"], head)
 log("cost %s", {k: v for k, v in cost.items() if k.endswith("_pct") or k.endswith("_ms")})
 
@@ -112,7 +140,7 @@ row = {
     "backbone_accuracy": ref["accuracy"], "backbone_ci_lo": ref["ci_lo"],
     "backbone_ci_hi": ref["ci_hi"], "backbone_accuracy_source": ref_source,
     "accuracy_retained": report["accuracy"] / ref["accuracy"] if ref["accuracy"] else np.nan,
-    "val_accuracy": val_acc, "train_clips": int(n_tr), "val_clips": len(val_idx),
+    "val_accuracy": val_acc, "train_clips": int(n_tr), "val_clips": len(val_idx), **check,
     "stage1_best_epoch": s1["best_epoch"] if s1 else 0,
     "stage1_best_val_loss": s1["best_val_loss"] if s1 else np.nan,
     "stage1_seconds": s1["seconds"] if s1 else 0.0,
