@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import CLIP_SAMPLES, SAMPLE_RATE, SPEECH_COMMANDS_WORDS
+from .provenance import sha256_file
 
 SPLITS = ("training", "validation", "testing")
 MANIFEST_COLUMNS = (
@@ -78,14 +79,6 @@ def load_clip(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> LoadedCl
     if flag:
         flags.append(flag)
     return LoadedClip(x, sr, channels, duration, flags)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_list(root: Path, name: str) -> set[str]:

@@ -8,7 +8,6 @@ step, RNG state) is written every ``checkpoint_every`` steps; a finished model f
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .backbones import normalize_audio
+from .checkpoint import resume_checkpoint, save_checkpoint
 from .provenance import config_hash
 
 DEFAULT_FINETUNE = {
@@ -96,28 +96,6 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> d
     }
 
 
-def _save_ckpt(path: Path, model, opt, step, rng, history, spec_hash="") -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(
-        json.dumps(
-            {
-                "step": step,
-                "rng": rng.bit_generator.state,
-                "history": history,
-                "spec_hash": spec_hash,
-            }
-        )  # fmt: skip
-    )
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-
-
 def train_classifier(
     model,
     audio: np.ndarray,
@@ -130,7 +108,6 @@ def train_classifier(
 ) -> dict:
     """Fine-tune ``model`` in place for ``spec['steps']`` steps of random batches; resumes
     from ``work_dir/checkpoint`` if present. Returns {history, seconds, resumed_from}."""
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
     torch.manual_seed(spec["seed"])
@@ -153,17 +130,8 @@ def train_classifier(
     start = 0
     ckpt = Path(work_dir) / "checkpoint" if work_dir else None
     spec_hash = config_hash(spec)
-    if ckpt is not None and (ckpt / "state.json").is_file():
-        if json.loads((ckpt / "state.json").read_text()).get("spec_hash") != spec_hash:
-            log("discarding a checkpoint made with other settings")
-            shutil.rmtree(ckpt)
-    if ckpt is not None and (ckpt / "state.json").is_file():
-        model.load_state_dict(load_file(ckpt / "model.safetensors"))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        state = json.loads((ckpt / "state.json").read_text())
-        start, history = state["step"], state["history"]
-        rng.bit_generator.state = state["rng"]
-        log(f"resuming fine-tuning from step {start}")
+    if ckpt is not None:
+        start, history = resume_checkpoint(ckpt, model, opt, rng, spec_hash, log)
     x_all = torch.from_numpy(audio)
     y_all = torch.from_numpy(labels)
     t0 = time.time()
@@ -186,7 +154,7 @@ def train_classifier(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         every = spec.get("checkpoint_every", 100)
         if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
-            _save_ckpt(ckpt, model, opt, step + 1, rng, history, spec_hash)
+            save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
     model.eval()
     return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .backbones import small_config
+from .checkpoint import resume_checkpoint, save_checkpoint
 from .provenance import config_hash
 
 FRAME_HOP = 320  # samples per frame of every backbone (and of the MFCC targets)
@@ -164,38 +165,6 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.08) -> floa
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _save_checkpoint(ckpt: Path, model, opt, step: int, rng: np.random.Generator, history,
-                     spec_hash: str = ""):  # fmt: skip
-    from safetensors.torch import save_file
-
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(
-        json.dumps(
-            {
-                "step": step,
-                "rng": rng.bit_generator.state,
-                "history": history,
-                "spec_hash": spec_hash,
-            }
-        )  # fmt: skip
-    )
-    shutil.rmtree(ckpt, ignore_errors=True)
-    tmp.rename(ckpt)
-
-
-def _load_checkpoint(ckpt: Path, model, opt):
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    state = json.loads((ckpt / "state.json").read_text())
-    return state
-
-
 def pretrain(
     audio: np.ndarray,
     spec: dict,
@@ -231,15 +200,7 @@ def pretrain(
     history: list[dict] = []
     start = 0
     spec_hash = config_hash(spec)
-    if (ckpt / "state.json").is_file():
-        if json.loads((ckpt / "state.json").read_text()).get("spec_hash") != spec_hash:
-            log("discarding a checkpoint made with other settings")
-            shutil.rmtree(ckpt)
-    if (ckpt / "state.json").is_file():
-        state = _load_checkpoint(ckpt, model, opt)
-        start, history = state["step"], state["history"]
-        rng.bit_generator.state = state["rng"]
-        log(f"resuming from step {start}")
+    start, history = resume_checkpoint(ckpt, model, opt, rng, spec_hash, log)
     t_start = time.time()
     bar = tqdm(range(start, steps), desc=f"pretrain {arch}", disable=not progress, mininterval=10)
     for step in bar:
@@ -271,7 +232,7 @@ def pretrain(
             history.append({"step": step, "loss": loss.item(), **extra})
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % spec.get("checkpoint_every", 200) == 0 and step + 1 < steps:
-            _save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
+            save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
     elapsed = time.time() - t_start
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
