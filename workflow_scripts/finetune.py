@@ -48,6 +48,7 @@ def autocast(device: torch.device):
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
     warm = max(1, int(total * warmup_frac))
     if step < warm:
         return peak * (step + 1) / warm

@@ -14,7 +14,6 @@ Training is resumable: a checkpoint (safetensors weights, optimizer state loaded
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -25,6 +24,7 @@ import torch
 
 from .backbones import small_config
 from .checkpoint import resume_checkpoint, save_checkpoint
+from .finetune import lr_at
 from .provenance import config_hash
 
 FRAME_HOP = 320  # samples per frame of every backbone (and of the MFCC targets)
@@ -158,13 +158,6 @@ def mix_utterances(audio: torch.Tensor, rng: np.random.Generator, prob: float = 
     return out
 
 
-def lr_at(step: int, total: int, peak: float, warmup_frac: float = 0.08) -> float:
-    warm = max(1, int(total * warmup_frac))
-    if step < warm:
-        return peak * (step + 1) / warm
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 def pretrain(
     audio: np.ndarray,
     spec: dict,
@@ -205,7 +198,7 @@ def pretrain(
     bar = tqdm(range(start, steps), desc=f"pretrain {arch}", disable=not progress, mininterval=10)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, spec["lr"])
+            group["lr"] = lr_at(step, steps, spec["lr"], warmup_frac=0.08)
         idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
         batch = x_all[idx]
         mask_np = mask_indices(bs, frames, spec.get("mask_prob", 0.5), spec.get("mask_length", 4),

@@ -104,12 +104,13 @@ def collect(
     rule: str = "",
     wildcards: dict | None = None,
     started: str | None = None,
+    git: dict | None = None,
 ) -> dict:
     """Everything a result needs to be traced back: a flat dict of JSON-able values."""
     return {
         "cell_config": canonical_json(cell),
         "cell_hash": config_hash(cell),
-        **git_info(),
+        **(git or git_info()),
         "packages": canonical_json(package_versions()),
         "inputs_sha256": canonical_json(
             {k: sha256_path(v) for k, v in sorted((inputs or {}).items())}

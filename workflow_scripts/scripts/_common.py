@@ -35,12 +35,12 @@ class RuleContext:
     def provenance(self, inputs: dict | None = None, seed: int | None = None) -> dict:
         from workflow_scripts.provenance import collect
 
-        meta = collect(
+        return collect(
             self.cell,
             inputs=inputs,
             seed=seed,
             rule=self.smk.rule,
             wildcards=dict(self.smk.wildcards),
             started=self.started,
+            git=self.git,
         )
-        return {**meta, **self.git}
