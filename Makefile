@@ -38,5 +38,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+audit: $(STAMP)  ## is every result current (config, code, inputs, content)? exit 1 if not
+	$(BIN)/python -m workflow_scripts.audit $(AUDIT_ARGS)
+
+report: $(STAMP)  ## one offline HTML report of every chart and table (after `make run`)
+	$(BIN)/snakemake --profile profiles/local --report results/report.html
+
 clean:
 	rm -rf results .snakemake

@@ -22,6 +22,8 @@ include: "rules/backbones.smk"
 include: "rules/similarity.smk"
 include: "rules/pruning.smk"
 include: "rules/mimic.smk"
+include: "rules/structured.smk"
+include: "rules/aggregate.smk"
 
 
 rule all:

@@ -15,7 +15,8 @@ rule finetune:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb(8000, 40),
+        runtime=model_runtime(180),
         gpu=gpu_request,
     params:
         cell=lambda w: finetune_cell(w.model),
@@ -39,7 +40,8 @@ rule hidden_cache:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb(8000, 20),
+        runtime=model_runtime(60),
         gpu=gpu_request,
     params:
         cell=lambda w: cache_cell(w.split),

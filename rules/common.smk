@@ -8,6 +8,33 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts.config import ConfigError, cell_json, validate_config
 
+# The grid registries that a --configfile (or --config) replaces instead of merging into
+# config.yaml's: `--configfile config/paper.yaml` runs the paper's models, metrics, strategies
+# and mimickers only, not those plus the defaults.
+GRID_KEYS = (
+    ("models",),
+    ("similarity", "metrics"),
+    ("pruning", "strategies"),
+    ("mimic", "types"),
+)
+
+
+def replace_grid_keys(cfg, overrides):
+    """Set each grid registry present in ``overrides`` (the command line's configfiles and
+    --config, merged) to exactly its value there. Snakemake merges dicts recursively."""
+    import copy
+
+    for path in GRID_KEYS:
+        src, dst = overrides, cfg
+        for key in path[:-1]:
+            src = src.get(key) if isinstance(src, dict) else None
+            dst = dst.setdefault(key, {})
+        if isinstance(src, dict) and path[-1] in src:
+            dst[path[-1]] = copy.deepcopy(src[path[-1]])
+
+
+replace_grid_keys(config, workflow.config_settings.overwrite_config or {})
+
 try:
     validate_config(config)
 except ConfigError as err:
@@ -51,6 +78,58 @@ def gpu_request(wildcards):
     """GPUs a model job asks for: the model's `resources.gpu`, else 0 (CPU)."""
     spec = config["models"].get(getattr(wildcards, "model", ""), {})
     return spec.get("resources", {}).get("gpu", 0)
+
+
+def model_params(model):
+    """Estimated parameter count of a configured model (workflow_scripts.resources)."""
+    from workflow_scripts.resources import estimate_params
+
+    return estimate_params(config["models"][model])
+
+
+def model_mem_mb(base_mb, mb_per_mparam=40):
+    """A `mem_mb` resource for a model job: base + per million parameters (or the model's
+    `resources.mem_mb`), times the attempt (retries ask for more)."""
+    from workflow_scripts.resources import mem_mb
+
+    def mem(wildcards, attempt):
+        spec = config["models"][wildcards.model]
+        override = spec.get("resources", {}).get("mem_mb")
+        return mem_mb(
+            model_params(wildcards.model), base_mb, mb_per_mparam, attempt, override
+        )
+
+    return mem
+
+
+def model_runtime(base_min):
+    """A `runtime` resource (minutes) for a model job: base_min for a base-sized model, in
+    proportion to the parameter count above it (or the model's `resources.runtime`), times
+    the attempt."""
+    from workflow_scripts.resources import runtime_min
+
+    def runtime(wildcards, attempt):
+        spec = config["models"][wildcards.model]
+        override = spec.get("resources", {}).get("runtime")
+        return runtime_min(model_params(wildcards.model), base_min, attempt, override)
+
+    return runtime
+
+
+def attempt_mem_mb(base_mb):
+    """A `mem_mb` resource for a job without a model: base_mb times the attempt."""
+    return lambda wildcards, attempt: base_mb * attempt
+
+
+def manifest_inputs(wildcards):
+    """The corpus folder the manifest reads: the synthetic corpus (a rule output) or data.root
+    when it exists here. A data.root that is absent on this host is not a file input, so
+    that a dry run plans the grid without the data; the manifest job itself then stops with
+    the missing path."""
+    root = data_root()
+    if not config["data"]["root"] or Path(root).exists():
+        return {"root": root}
+    return {}
 
 
 def words():
@@ -149,4 +228,12 @@ def all_targets():
         from workflow_scripts.mimic_cells import targets as mimic_targets
 
         targets += mimic_targets(config, RESULTS)
+    if "structured" in outputs:
+        from workflow_scripts.structured_cells import targets as structured_targets
+
+        targets += structured_targets(config, RESULTS)
+    if "tables" in outputs:
+        from workflow_scripts.aggregate import targets as aggregate_targets
+
+        targets += aggregate_targets(config, RESULTS)
     return targets

@@ -11,7 +11,8 @@ rule synthesize_corpus:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=60,
     params:
         cell=corpus_cell(),
     script:
@@ -20,7 +21,7 @@ rule synthesize_corpus:
 
 rule manifest:
     input:
-        root=data_root(),
+        unpack(manifest_inputs),
     output:
         manifest=f"{RESULTS}/data/manifest.parquet",
         summary=f"{RESULTS}/data/manifest_summary.json",
@@ -31,7 +32,8 @@ rule manifest:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(4000),
+        runtime=60,
     params:
         cell=manifest_cell(),
     script:

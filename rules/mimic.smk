@@ -32,7 +32,8 @@ rule mimic_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb(8000, 20),
+        runtime=model_runtime(120),
         gpu=gpu_request,
     params:
         cell=lambda w: mimic_cells.cell_json(config, w.model, w.kind, w.depth),
@@ -72,7 +73,8 @@ rule mimic_tables:
     conda:
         "../envs/report.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
     params:
         cell=lambda w: cell_json({"cells": mimic_cells.grid(config)}),
     script:

@@ -14,7 +14,8 @@ rule pretrain_backbone:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
+        mem_mb=model_mem_mb(6000, 40),
+        runtime=model_runtime(240),
         gpu=gpu_request,
     params:
         cell=lambda w: pretrain_cell(w.model),

@@ -19,7 +19,8 @@ rule pruning_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb(8000, 20),
+        runtime=model_runtime(120),
         gpu=gpu_request,
     params:
         cell=lambda w: pruning_cells.cell_json(config, w.strategy),
@@ -58,7 +59,8 @@ rule pruning_tables:
     conda:
         "../envs/report.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
     params:
         cell=lambda w: cell_json(pruning_cells.tables_params(config)),
     script:

@@ -14,7 +14,8 @@ rule similarity_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb(4000, 20),
+        runtime=model_runtime(60),
     params:
         cell=lambda w: similarity_cell(w.metric),
     script:
@@ -48,7 +49,8 @@ rule similarity_tables:
     conda:
         "../envs/report.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
     params:
         cell=lambda w: cell_json(config["similarity"]["blocks"]),
     script:

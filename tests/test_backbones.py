@@ -147,6 +147,30 @@ def test_finetuning_learns_and_resumes_after_a_kill(tmp_path, monkeypatch):
     assert out["resumed_from"] == 0  # a checkpoint made with other settings is discarded
 
 
+@pytest.mark.parametrize("arch", ["wav2vec2", "hubert", "wavlm"])
+def test_training_on_cached_cnn_features_equals_training_through_the_frozen_cnn(arch):
+    audio, y = _data(16)
+    spec = F.resolve_finetune({"steps": 4, "batch_size": 8, "lr": 3e-3}, None)
+    models = {}
+    for cached in (False, True):
+        model = tiny_classifier(arch)
+        F.train_classifier(model, audio, y, {**spec, "cache_features": cached},
+                           torch.device("cpu"), None, progress=False)  # fmt: skip
+        models[cached] = model
+    # the CNN is back in place and unchanged, and the trained weights agree (up to the
+    # float16 storage of the cached features)
+    assert "forward" not in vars(B.encoder_of(models[True]).feature_extractor)
+    for (k, a), b in zip(models[False].state_dict().items(), models[True].state_dict().values(),
+                         strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-2, msg=k)
+    moved = [k for k, v in tiny_classifier(arch).state_dict().items()
+             if not torch.equal(v, models[True].state_dict()[k])]  # fmt: skip
+    assert moved and not any("feature_extractor" in k for k in moved)
+    x = torch.from_numpy(audio[:4])
+    torch.testing.assert_close(models[False](x).logits, models[True](x).logits, atol=5e-3,
+                               rtol=1e-2)  # fmt: skip
+
+
 def test_finetuning_improves_accuracy():
     audio, y = _data(48)
     model = tiny_classifier()

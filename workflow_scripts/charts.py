@@ -250,3 +250,44 @@ def pruning_latency_chart(df: pd.DataFrame):
         .facet(column=alt.Column("model:N", title=None))
         .resolve_scale(x="independent")
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Cross-method comparison (rules/structured.smk)
+# ----------------------------------------------------------------------------------------
+def comparison_chart(long: pd.DataFrame):
+    """Test accuracy vs whole-model parameters: structured pruning (points joined in order of
+    size), layer pruning (one line per strategy), mimickers (points), the unpruned model (a
+    black point); one panel per model. ``long`` from ``structured_cells.comparison_long``."""
+    import altair as alt
+
+    d = long.copy()
+    tip = ["model", "method", "label", alt.Tooltip("total_params:Q", format=",.0f"),
+           alt.Tooltip("accuracy:Q", format=".3f"),
+           alt.Tooltip("retained:Q", format=".3f")]  # fmt: skip
+    x = alt.X("total_params:Q", title="parameters (whole model)", scale=alt.Scale(zero=False))
+    y = alt.Y("accuracy:Q", title="test accuracy")
+    color = alt.Color("method:N", title="method")
+    base = alt.Chart()
+    lines = (
+        base.mark_line(point=True)
+        .encode(x=x, y=y, color=color, order="total_params:Q", tooltip=tip)
+        .transform_filter("datum.family == 'structured' || datum.family == 'layer pruning'")
+    )
+    mim = (
+        base.mark_point(shape="diamond", size=90, filled=True)
+        .encode(x=x, y=y, color=color, tooltip=tip)
+        .transform_filter(alt.datum.family == "mimicker")
+    )
+    ref = (
+        base.mark_point(size=120, filled=True, color="black")
+        .encode(x=x, y=y, tooltip=tip)
+        .transform_filter(alt.datum.family == "unpruned")
+    )
+    return (
+        alt.layer(lines, mim, ref, data=d)
+        .properties(width=260, height=220)
+        .facet(column=alt.Column("model:N", title=None))
+        .resolve_scale(x="independent")
+        .properties(title="accuracy vs parameters: structured pruning, layer pruning, mimickers")
+    )

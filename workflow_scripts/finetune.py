@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .backbones import normalize_audio
+from .backbones import encoder_of, normalize_audio
 from .checkpoint import resume_checkpoint, save_checkpoint
 from .provenance import config_hash
 
@@ -32,6 +32,7 @@ DEFAULT_FINETUNE = {
     "checkpoint_every": 100,
     "mask_time_prob": 0.05,
     "head_lr_mult": 1.0,
+    "cache_features": True,
 }
 
 
@@ -97,6 +98,47 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> d
     }
 
 
+@torch.inference_mode()
+def frozen_features(
+    model, audio: np.ndarray, device: torch.device, batch_size: int = 64, progress: bool = True
+):
+    """The frozen CNN feature encoder's output (N, C, T) for every clip, computed once, kept in
+    float16 on the CPU (half the memory; the rounding is far below what fine-tuning notices).
+    Training from it equals training through the frozen CNN: the encoder has no dropout and
+    its norms do not depend on train/eval mode."""
+    from tqdm import tqdm
+
+    fe = encoder_of(model).feature_extractor
+    was_training = fe.training
+    fe.eval()
+    out = []
+    for start in tqdm(
+        range(0, len(audio), batch_size), desc="features", mininterval=10, disable=not progress
+    ):
+        x = normalize_audio(torch.from_numpy(audio[start : start + batch_size])).to(device)
+        with autocast(device):
+            out.append(fe(x).to(torch.float16).cpu())
+    fe.train(was_training)
+    return torch.cat(out)
+
+
+def _identity(x):
+    return x
+
+
+@contextmanager
+def features_as_input(model):
+    """Within the block, the model takes precomputed feature-encoder outputs (N, C, T) as its
+    ``input_values``: the CNN's forward is shadowed by an identity (its weights stay in the
+    model, so checkpoints saved meanwhile are complete), and restored afterwards."""
+    fe = encoder_of(model).feature_extractor
+    fe.forward = _identity
+    try:
+        yield model
+    finally:
+        del fe.forward
+
+
 def train_classifier(
     model,
     audio: np.ndarray,
@@ -133,16 +175,34 @@ def train_classifier(
     spec_hash = config_hash(spec)
     if ckpt is not None:
         start, history = resume_checkpoint(ckpt, model, opt, rng, spec_hash, log)
-    x_all = torch.from_numpy(audio)
     y_all = torch.from_numpy(labels)
     t0 = time.time()
-    steps, bs = spec["steps"], min(spec["batch_size"], len(audio))
+    # With the CNN frozen its output never changes: compute it once and train the rest on it
+    # (the CNN is most of a step's CPU cost for small models).
+    cached = spec.get("freeze_feature_encoder", True) and spec.get("cache_features", True)
+    if cached:
+        x_all = frozen_features(model, audio, device, progress=progress)
+        log(f"cached frozen CNN features {tuple(x_all.shape)} in {time.time() - t0:.1f} s")
+    else:
+        x_all = torch.from_numpy(audio)
+    swap = features_as_input(model) if cached else nullcontext()
+    steps = spec["steps"]
     bar = tqdm(range(start, steps), desc="fine-tune", disable=not progress, mininterval=10)
+    with swap:
+        _train_steps(model, opt, params, x_all, y_all, rng, spec, bar, ckpt, history, spec_hash,
+                     cached, device)  # fmt: skip
+    model.eval()
+    return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
+
+
+def _train_steps(model, opt, params, x_all, y_all, rng, spec, bar, ckpt, history, spec_hash,
+                 cached, device) -> None:  # fmt: skip
+    steps, bs = spec["steps"], min(spec["batch_size"], len(x_all))
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"]) * g["lr_mult"]
         idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
-        x = normalize_audio(x_all[idx]).to(device)
+        x = x_all[idx].float().to(device) if cached else normalize_audio(x_all[idx]).to(device)
         np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)
         with autocast(device):
             loss = model(x, labels=y_all[idx].to(device)).loss
@@ -156,8 +216,6 @@ def train_classifier(
         every = spec.get("checkpoint_every", 100)
         if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
             save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
-    model.eval()
-    return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
 
 
 def save_model(model, out_dir: str | Path, extra: dict) -> None:

@@ -85,12 +85,36 @@ def device_info() -> dict:
         info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         if torch.cuda.is_available():
             info["device_name"] = torch.cuda.get_device_name(0)
-            info["cudnn_benchmark"] = str(torch.backends.cudnn.benchmark)
-            info["cudnn_deterministic"] = str(torch.backends.cudnn.deterministic)
+        info.update(cudnn_flags())
         info["torch_threads"] = str(torch.get_num_threads())
     except ImportError:  # pragma: no cover
         info["device"] = "cpu"
     return info
+
+
+def cudnn_flags() -> dict:
+    """The torch.backends.cudnn / TF32 settings a result was computed with (recorded on CPU
+    too, where they do not apply, so every result carries the same keys)."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    return {
+        "cudnn_enabled": str(cudnn.enabled),
+        "cudnn_benchmark": str(cudnn.benchmark),
+        "cudnn_deterministic": str(cudnn.deterministic),
+        "cudnn_allow_tf32": str(cudnn.allow_tf32),
+        "cudnn_version": str(cudnn.version() if cudnn.is_available() else None),
+        "matmul_allow_tf32": str(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
+def job_info() -> dict:
+    """The batch job a result came from: SLURM job id (empty outside SLURM) and the GPUs the
+    job was given (CUDA_VISIBLE_DEVICES as set by the scheduler)."""
+    return {
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
 
 
 def now() -> str:
@@ -115,8 +139,10 @@ def collect(
         "inputs_sha256": canonical_json(
             {k: sha256_path(v) for k, v in sorted((inputs or {}).items())}
         ),
+        "input_paths": canonical_json({k: str(v) for k, v in sorted((inputs or {}).items())}),
         "seed": "" if seed is None else str(seed),
         **{k: str(v) for k, v in device_info().items()},
+        **job_info(),
         "rule": rule,
         "wildcards": canonical_json(wildcards or {}),
         "start_time": started or now(),
@@ -126,12 +152,19 @@ def collect(
 
 
 def content_hash(df) -> str:
-    """Hash of a table's values, stored with it so that hand edits are detectable."""
-    import pandas as pd
+    """Hash of a table's values, stored with it so that hand edits are detectable.
 
+    Computed on the Arrow form of the table (what the parquet file holds), so the frame read
+    back from the file hashes like the one written: list cells (read back as numpy arrays),
+    None/NaN/NA in string or nullable columns (read back as nulls) and dtypes that pandas
+    changes on the round trip give the same hash."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
     h = hashlib.sha256()
-    h.update(canonical_json(list(map(str, df.columns))).encode())
-    h.update(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes())
+    h.update(canonical_json(list(map(str, table.column_names))).encode())
+    for name in table.column_names:
+        h.update(canonical_json(table.column(name).to_pylist()).encode())
     return h.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ root = snakemake.params.root
 manifest = pd.read_parquet(snakemake.input.manifest)
 audio, y, _ = load_split(root, manifest, "training")
 ctx.log.info("fine-tuning %s on %d clips, %d classes", cell["source"], len(audio), len(labels))
+torch.manual_seed(spec["seed"])  # the fresh head's initialisation is part of the cell
 model = load_classifier(cell["source"], labels=labels)
 device = pick_device()
 result = train_classifier(model, audio, y, spec, device, snakemake.params.work, ctx.log.info)

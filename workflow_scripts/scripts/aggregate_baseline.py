@@ -1,0 +1,18 @@
+"""Rule adapter: stack the baseline cells into the baseline table (parquet, csv, md, chart)."""
+
+from workflow_scripts.aggregate import baseline_chart, baseline_table
+from workflow_scripts.charts import save_chart
+from workflow_scripts.provenance import write_parquet, write_text_atomic
+from workflow_scripts.pruning_cells import markdown_table
+from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.tables import concat_cells
+
+ctx = RuleContext(snakemake)
+out = snakemake.output
+cells = list(snakemake.input.cells)
+table = baseline_table(concat_cells(cells))
+write_parquet(table, out.table, ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(cells)}))
+write_text_atomic(out.csv, table.to_csv(index=False))
+write_text_atomic(out.md, markdown_table(table))
+ctx.log.info("baseline:\n%s", table.to_string())
+save_chart(baseline_chart(table), out.html, out.png)
