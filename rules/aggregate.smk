@@ -34,7 +34,8 @@ rule baseline_tables:
     conda:
         "../envs/report.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
     params:
         cell=cell_json({}),
     script:
@@ -65,7 +66,8 @@ rule overview:
     conda:
         "../envs/report.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
     params:
         cell=cell_json(aggregate.overview_params(config)),
     script:

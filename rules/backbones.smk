@@ -11,6 +11,7 @@ rule finetune:
         f"{LOGS}/finetune/{{model}}.log",
     benchmark:
         f"{BENCH}/finetune/{{model}}.tsv"
+    priority: 10  # the grid's critical path: start every fine-tuning before any cell
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -55,3 +55,23 @@ rule similarity_tables:
         cell=lambda w: cell_json(config["similarity"]["blocks"]),
     script:
         "../workflow_scripts/scripts/similarity_tables.py"
+
+
+rule model_blocks:
+    input:
+        f"{RESULTS}/cells/similarity/{{model}}/{{metric}}.parquet",
+    output:
+        f"{RESULTS}/blocks/{{model}}/{{metric}}.csv",
+    log:
+        f"{LOGS}/blocks/{{model}}/{{metric}}.log",
+    benchmark:
+        f"{BENCH}/blocks/{{model}}/{{metric}}.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=attempt_mem_mb(1000),
+        runtime=10,
+    params:
+        cell=lambda w: cell_json(config["similarity"]["blocks"]),
+    script:
+        "../workflow_scripts/scripts/model_blocks.py"

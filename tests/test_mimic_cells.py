@@ -111,7 +111,7 @@ def test_unconfigured_cells_are_refused():
 
 def test_cell_inputs_need_blocks_only_for_depth_2_from_blocks():
     cfg = cfg_with({"targets": {"layers": {"b": 3}}})
-    assert "blocks" in mc.cell_inputs(cfg, "R", "a", "linear", "2")
+    assert mc.cell_inputs(cfg, "R", "a", "linear", "2")["blocks"] == "R/blocks/a/cka_linear.csv"
     assert "blocks" not in mc.cell_inputs(cfg, "R", "b", "linear", "2")  # explicit layer
     ins = mc.cell_inputs(cfg, "R", "a", "linear", "1")
     assert ins == {

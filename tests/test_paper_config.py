@@ -73,6 +73,12 @@ def test_paper_dry_run_plans_exactly_the_grid(paper_jobs):
         "pruning_tables": 1,
         "mimic_cell": n * mimickers,
         "mimic_tables": 1,
+        # depth-2 mimickers read their own model's blocks of the targets' metric
+        "model_blocks": n if any(2 in t["depths"] for t in PAPER["mimic"]["types"].values()) else 0,
+        "structured_cell": n * len(PAPER["structured"]["targets"]),
+        "structured_tables": 1,
+        "baseline_tables": 1,
+        "overview": 1,
     }
     counts: dict[str, int] = {}
     for job in paper_jobs:

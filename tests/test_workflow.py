@@ -77,7 +77,8 @@ TINY_MODEL = {"arch": "hubert", "layers": 3, "hidden": 32, "heads": 2, "ffn": 64
 TINY = {
     "corpus": {"speakers": 12, "seed": 1, "validation_percentage": 30, "testing_percentage": 30,
                "words": ["yes", "no", "up"], "voices": ["en-us", "en-029"], "variants": ["", "m3"]},
-    "outputs": ["manifest", "baseline", "cache", "similarity", "pruning", "mimic", "tables"],
+    "outputs": ["manifest", "baseline", "cache", "similarity", "pruning", "mimic", "structured",
+                "tables"],
     "models": {"tiny-a": {"pretrain": TINY_MODEL},
                "tiny-b": {"pretrain": {**TINY_MODEL, "arch": "wavlm"}}},
     "finetune": {"steps": 4, "batch_size": 8},
@@ -90,6 +91,8 @@ TINY = {
               "targets": {"metric": None}, "stage1": {"epochs": 1, "batch_size": 16},
               "stage2": {"epochs": 1, "batch_size": 16},
               "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}},
+    "structured": {"targets": [0.5], "steps": 6, "batch_size": 4, "test_clips": 12,
+                   "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}},
 }  # fmt: skip
 
 
@@ -109,8 +112,8 @@ def write_config(d, cfg):
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-AGGREGATIONS = {"similarity_tables", "pruning_tables", "mimic_tables", "baseline_tables",
-                "overview"}  # fmt: skip
+AGGREGATIONS = {"similarity_tables", "pruning_tables", "mimic_tables", "structured_tables",
+                "baseline_tables", "overview"}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -125,7 +128,7 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
     blocks = pd.read_csv(d / "results/tables/blocks.csv")
     assert set(blocks.model) == {"tiny-a", "tiny-b"}
     assert (d / "results/charts/similarity.png").stat().st_size > 1000
-    for kind in ("similarity", "pruning", "mimic", "baseline", "overview"):
+    for kind in ("similarity", "pruning", "mimic", "structured", "baseline", "overview"):
         assert not pd.read_parquet(d / f"results/tables/{kind}.parquet").empty, kind
 
     # (a) nothing to do after a full run
@@ -146,7 +149,8 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
     cfg["models"]["tiny-b"]["finetune"] = {"lr": 0.001}
     write_config(d, cfg)
     jobs = planned_jobs(d)
-    per_model = {"finetune", "hidden_cache", "similarity_cell", "pruning_cell", "mimic_cell"}
+    per_model = {"finetune", "hidden_cache", "similarity_cell", "pruning_cell", "mimic_cell",
+                 "structured_cell"}  # fmt: skip
     assert set(jobs) == per_model | AGGREGATIONS
     flat = [w for rule in per_model for w in jobs[rule]]
     assert all("model=tiny-b" in w for w in flat), flat
@@ -154,13 +158,14 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
     assert all(jobs[rule] == [""] for rule in AGGREGATIONS)
 
     # a shared setting (validation-cache clips): everything downstream of it, nothing else -
-    # not the fine-tuning, not the pruning cells (forward does not read the cache)
+    # not the fine-tuning, not the pruning cells (forward does not read the cache), not the
+    # structured cells (they distil on the training-split cache)
     cfg = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["cache"]["clips"] = 16
     write_config(d, cfg)
     jobs = planned_jobs(d)
     assert set(jobs) == {"hidden_cache", "similarity_cell", "mimic_cell", "similarity_tables",
-                         "mimic_tables", "overview"}, jobs  # fmt: skip
+                         "mimic_tables", "structured_tables", "overview"}, jobs  # fmt: skip
     assert sorted(jobs["hidden_cache"]) == ["model=tiny-a, split=validation",
                                             "model=tiny-b, split=validation"]  # fmt: skip
     assert len(jobs["similarity_cell"]) == 4 and len(jobs["mimic_cell"]) == 2
@@ -182,13 +187,13 @@ def test_overview_is_computed_from_the_tables(tiny_project):
     again = overview_table(
         pd.read_parquet(d / "baseline.parquet"), pd.read_csv(d / "blocks.csv"),
         pd.read_parquet(d / "pruning.parquet"), pd.read_parquet(d / "mimic.parquet"),
-        threshold=TINY.get("pruning", {}).get("threshold", 0.95),
+        pd.read_parquet(d / "structured.parquet"), threshold=TINY.get("pruning", {}).get("threshold", 0.95),
     )  # fmt: skip
     pd.testing.assert_frame_equal(overview, again)
     md = (d / "overview.md").read_text()
     assert all(m in md for m in ("tiny-a", "tiny-b", "prunable: forward"))
     inputs = json.loads(read_provenance(d / "overview.parquet")["input_paths"])
-    assert set(inputs) == {"baseline", "blocks", "pruning", "mimic"}
+    assert set(inputs) == {"baseline", "blocks", "pruning", "mimic", "structured"}
 
 
 def run_audit(d, *args):
@@ -218,7 +223,7 @@ def test_audit_finds_the_cell_edited_by_hand(tiny_project):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = audit_rows(proc.stdout)
     cells = [p for p in rows if p.startswith("results/cells/")]
-    assert len(cells) == 12 and set(rows.values()) == {"current"}, proc.stdout  # 6 per model
+    assert len(cells) == 14 and set(rows.values()) == {"current"}, proc.stdout  # 7 per model
 
     # (d) a value changed by hand, metadata and modification time left as they were
     cell = d / "results/cells/similarity/tiny-a/cosine.parquet"

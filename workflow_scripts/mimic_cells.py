@@ -86,7 +86,8 @@ def _check_cell(config: dict, kind: str, depth: int) -> None:
 
 
 def uses_blocks(config: dict, model: str, kind: str, depth: int) -> bool:
-    """Whether the cell's intermediate target comes from ``results/tables/blocks.csv``."""
+    """Whether the cell's intermediate target comes from the similarity blocks (the model's own
+    ``results/blocks/{model}/{metric}.csv``)."""
     t = config["mimic"]["targets"]
     return (
         kind != NO_MIMIC
@@ -137,7 +138,8 @@ def cell_json(config: dict, model: str, kind: str, depth: int | str) -> str:
 def cell_inputs(config: dict, results: str, model: str, kind: str, depth: int | str) -> dict:
     """Files a cell reads: the fine-tuned model, its training, validation and testing caches,
     the manifest (raw test audio for timing and the end-to-end check), its baseline cell, and
-    blocks.csv only when the intermediate target comes from the similarity blocks."""
+    that model's blocks (results/blocks/{model}/{metric}.csv) only when the intermediate target
+    comes from the similarity blocks."""
     inputs = {
         "model": f"{results}/finetuned/{model}",
         "train_cache": f"{results}/cache/{model}/training.safetensors",
@@ -147,7 +149,8 @@ def cell_inputs(config: dict, results: str, model: str, kind: str, depth: int | 
         "baseline": f"{results}/cells/baseline/{model}.parquet",
     }
     if uses_blocks(config, model, kind, int(depth)):
-        inputs["blocks"] = f"{results}/tables/blocks.csv"
+        metric = (config["mimic"].get("targets") or {}).get("metric")
+        inputs["blocks"] = f"{results}/blocks/{model}/{metric}.csv"
     return inputs
 
 

@@ -1,0 +1,13 @@
+"""Rule adapter: one model's blocks for one metric (what a depth-2 mimicker's targets read, so
+that a change to another model never reruns this model's mimickers)."""
+
+from workflow_scripts.provenance import write_text_atomic
+from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.tables import blocks_table, concat_cells
+
+ctx = RuleContext(snakemake)
+cfg = ctx.cell
+sim = concat_cells([snakemake.input[0]])
+blocks = blocks_table(sim, cfg["criterion"], cfg["penalty"], cfg["max_blocks"], cfg["knn_k"])
+write_text_atomic(snakemake.output[0], blocks.to_csv(index=False))
+ctx.log.info("blocks:\n%s", blocks.to_string())
