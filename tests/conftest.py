@@ -19,7 +19,7 @@ TINY_CORPUS = {
     "testing_percentage": 25,
     "words": ["yes", "no", "up", "down"],
     "voices": ["en-us", "en-gb-scotland", "en-029"],
-    "variants": ["", "m3", "f2"],
+    "variants": ["", "m3", "f4"],
     "rate": [130, 220],
     "pitch": [10, 90],
     "pitch_range": [10, 90],

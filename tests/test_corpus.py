@@ -89,6 +89,13 @@ def test_rejected_voice_fails_loudly():
         C.check_voices(engine(), ["en-us", "en-gb"], [""])
     with pytest.raises(ValueError, match="nosuchvariant"):
         C.check_voices(engine(), ["en-us"], ["nosuchvariant"])
+    # variants whose audio differs between processes are refused (not reproducible)
+    with pytest.raises(ValueError, match=r"\['f2'\] give different audio"):
+        C.check_voices(engine(), ["en-us"], ["", "f2", "m3"])
+    from workflow_scripts.config import validate_config
+
+    defaults = validate_config({})["corpus"]["variants"]
+    assert "f1" in defaults and not set(defaults) & set(C.NONDETERMINISTIC_VARIANTS)
 
 
 def _avg_logmel(path) -> np.ndarray:

@@ -327,7 +327,7 @@ def test_bad_mimic_config_stops_before_any_job(tmp_path):
 
 def test_default_config_plans_one_mimic_job_per_cell(tmp_path):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["outputs"] = [*cfg["outputs"], "mimic"]
+    cfg["outputs"] = list(dict.fromkeys([*cfg["outputs"], "mimic"]))
     proc = run_smk(project_copy(tmp_path, cfg), "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr[-2000:]
     n = len(mc.grid(validate_config(copy.deepcopy(cfg))))

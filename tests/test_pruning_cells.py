@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 def config(**pruning_cfg) -> dict:
     """The default config.yaml with a pruning section, validated (defaults filled)."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["outputs"] = [*cfg["outputs"], "pruning"]
+    cfg["outputs"] = list(dict.fromkeys([*cfg["outputs"], "pruning"]))
     cfg["pruning"] = pruning_cfg
     return validate_config(cfg)
 

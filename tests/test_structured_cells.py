@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def config(outputs=("structured",), **section) -> dict:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["outputs"] = [*cfg["outputs"], *outputs]
+    base = [o for o in cfg["outputs"] if o not in ("pruning", "mimic", "structured")]
+    cfg["outputs"] = [*base, *outputs]
     if section:
         cfg["structured"] = section
     return validate_config(cfg)

@@ -88,9 +88,24 @@ def make_speakers(cfg: dict) -> list[Speaker]:
     return out
 
 
+# Variants whose breath noise makes espeak-ng's output differ between processes: two fresh
+# syntheses of the 300-speaker corpus differed in 770 of 10,500 clips, every one of them from
+# a speaker with one of these variants (all with multi-formant `breath` settings); every other
+# clip was byte-identical. A corpus with them would not be a function of its config.
+NONDETERMINISTIC_VARIANTS = ("f2", "f3", "f5")
+
+
 def check_voices(engine, voices: list[str], variants: list[str]) -> None:
-    """Fail loudly on any voice or variant that espeak-ng rejects."""
+    """Fail loudly on any voice or variant that espeak-ng rejects, and on the variants whose
+    audio is not reproducible (``NONDETERMINISTIC_VARIANTS``)."""
     import espeakng_loader
+
+    noisy = [v for v in variants if v in NONDETERMINISTIC_VARIANTS]
+    if noisy:
+        raise ValueError(
+            f"corpus.variants {noisy} give different audio in every process (espeak-ng's breath "
+            "noise), so the corpus would not be reproducible; remove them"
+        )
 
     variant_dir = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
     bad = [v for v in voices if not engine.check_voice(v)]
