@@ -358,8 +358,8 @@ TINY = {
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("MIMIC_E2E"),
-    reason="minutes long; set MIMIC_E2E=1 (tests/test_workflow.py's tiny grid covers mimic once "
-    "its TINY config lists it)",
+    reason="minutes long; set MIMIC_E2E=1 (tests/test_workflow.py's tiny grid already runs a "
+    "mimic cell end to end)",
 )
 def test_tiny_mimic_grid_end_to_end(tmp_path):
     from workflow_scripts.provenance import read_provenance

@@ -187,7 +187,8 @@ def test_overview_is_computed_from_the_tables(tiny_project):
     again = overview_table(
         pd.read_parquet(d / "baseline.parquet"), pd.read_csv(d / "blocks.csv"),
         pd.read_parquet(d / "pruning.parquet"), pd.read_parquet(d / "mimic.parquet"),
-        pd.read_parquet(d / "structured.parquet"), threshold=TINY.get("pruning", {}).get("threshold", 0.95),
+        pd.read_parquet(d / "structured.parquet"),
+        threshold=TINY.get("pruning", {}).get("threshold", 0.95),
     )  # fmt: skip
     pd.testing.assert_frame_equal(overview, again)
     md = (d / "overview.md").read_text()
