@@ -30,7 +30,6 @@ import ast
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -354,11 +353,11 @@ def audit(paths: list[str], jobs: dict[str, Job], root: Path,
 # lineage
 # ----------------------------------------------------------------------------------------
 def safetensors_metadata(path: Path) -> dict:
-    """The ``__metadata__`` of a safetensors file's header (no tensors read)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return header.get("__metadata__", {}) or {}
+    """The metadata of a safetensors file's header (no tensors read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        return f.metadata() or {}
 
 
 def node_provenance(path: Path) -> dict:

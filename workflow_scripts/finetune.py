@@ -188,34 +188,28 @@ def train_classifier(
     swap = features_as_input(model) if cached else nullcontext()
     steps = spec["steps"]
     bar = tqdm(range(start, steps), desc="fine-tune", disable=not progress, mininterval=10)
+    bs = min(spec["batch_size"], len(x_all))
     with swap:
-        _train_steps(model, opt, params, x_all, y_all, rng, spec, bar, ckpt, history, spec_hash,
-                     cached, device)  # fmt: skip
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"]) * g["lr_mult"]
+            idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
+            x = x_all[idx].float().to(device) if cached else normalize_audio(x_all[idx]).to(device)
+            np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)
+            with autocast(device):
+                loss = model(x, labels=y_all[idx].to(device)).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            if step % 10 == 0 or step == steps - 1:
+                history.append({"step": step, "loss": loss.item()})
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            every = spec.get("checkpoint_every", 100)
+            if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
+                save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
     model.eval()
     return {"history": history, "seconds": time.time() - t0, "resumed_from": start}
-
-
-def _train_steps(model, opt, params, x_all, y_all, rng, spec, bar, ckpt, history, spec_hash,
-                 cached, device) -> None:  # fmt: skip
-    steps, bs = spec["steps"], min(spec["batch_size"], len(x_all))
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"]) * g["lr_mult"]
-        idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
-        x = x_all[idx].float().to(device) if cached else normalize_audio(x_all[idx]).to(device)
-        np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)
-        with autocast(device):
-            loss = model(x, labels=y_all[idx].to(device)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        if step % 10 == 0 or step == steps - 1:
-            history.append({"step": step, "loss": loss.item()})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        every = spec.get("checkpoint_every", 100)
-        if ckpt is not None and (step + 1) % every == 0 and step + 1 < steps:
-            save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
 
 
 def save_model(model, out_dir: str | Path, extra: dict) -> None:
