@@ -131,8 +131,15 @@ def test_parameter_estimates_match_the_models():
     large = resources.transformer_params(24, 1024, 4096, **resources.REAL_CONV)
     assert abs(base - 95e6) / 95e6 < 0.02 and abs(large - 317e6) / 317e6 < 0.02
     # a pretrain spec, and hub ids known or recognised by name
+    # a pretrain spec with the default front end: estimate vs the model small_config builds
+    from transformers import AutoModel
+
+    from workflow_scripts.backbones import small_config
+
     spec = {"pretrain": {"arch": "hubert", "layers": 2, "hidden": 32, "heads": 2, "ffn": 64}}
-    assert 0 < resources.estimate_params(spec) < 1e6
+    built = AutoModel.from_config(small_config("hubert", spec["pretrain"]))
+    count = sum(p.numel() for p in built.parameters())
+    assert abs(resources.estimate_params(spec) - count) / count < 0.05
     assert resources.estimate_params({"hf": "microsoft/wavlm-large"}) > 3e8
     assert resources.estimate_params({"hf": "someone/hubert-xlarge-ft"}) > 3e8
     assert resources.estimate_params({"hf": "someone/other-base"}) == resources.BASE_PARAMS

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .resources import SMALL_CONV
+
 ARCHS = ("wav2vec2", "hubert", "wavlm")
 
 
@@ -35,9 +37,9 @@ def small_config(arch: str, spec: dict):
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; allowed: {list(ARCHS)}")
-    conv_dim = tuple(spec.get("conv_dim", (64, 128, 128)))
-    conv_kernel = tuple(spec.get("conv_kernel", (10, 8, 8)))
-    conv_stride = tuple(spec.get("conv_stride", (5, 8, 8)))
+    conv_dim = tuple(spec.get("conv_dim", SMALL_CONV["conv_dim"]))
+    conv_kernel = tuple(spec.get("conv_kernel", SMALL_CONV["conv_kernel"]))
+    conv_stride = tuple(spec.get("conv_stride", SMALL_CONV["conv_stride"]))
     if not len(conv_dim) == len(conv_kernel) == len(conv_stride):
         raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
     common = dict(

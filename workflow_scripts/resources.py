@@ -28,6 +28,9 @@ KNOWN_PARAMS = {
 }
 # Real front end (wav2vec2 / HuBERT / WavLM): 7 conv layers of 512 channels.
 REAL_CONV = {"conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2]}
+# The small backbones' default front end (``backbones.small_config`` reads it from here, so
+# the estimate and the built model cannot drift apart; this module stays free of torch).
+SMALL_CONV = {"conv_dim": (64, 128, 128), "conv_kernel": (10, 8, 8), "conv_stride": (5, 8, 8)}
 
 
 def transformer_params(layers: int, hidden: int, ffn: int, conv_dim=(), conv_kernel=()) -> int:
@@ -52,7 +55,8 @@ def estimate_params(spec: dict) -> int:
         hidden = p["hidden"]
         return transformer_params(
             p["layers"], hidden, p.get("ffn", 4 * hidden),
-            p.get("conv_dim", (64, 128, 128)), p.get("conv_kernel", (10, 8, 8)),
+            p.get("conv_dim", SMALL_CONV["conv_dim"]),
+            p.get("conv_kernel", SMALL_CONV["conv_kernel"]),
         )  # fmt: skip
     hf = str(spec.get("hf", ""))
     if hf in KNOWN_PARAMS:
