@@ -243,3 +243,27 @@ def test_cache_holds_every_layer_once(tmp_path):
     assert json.loads(info["metadata"]["paths"])[3] == "p3"
     np.testing.assert_array_equal(read_layers(tmp_path / "c.safetensors", [1, 3], limit=6),
                                   hs[[1, 3], :6])  # fmt: skip
+
+
+def test_shipped_backbones_are_what_config_pretrain_yaml_makes():
+    """models/ holds what `config/pretrain.yaml` describes: every spec key matches the
+    provenance of the shipped folder, the default config loads it through `hf:`, and the
+    folders are complete safetensors checkpoints within the size budget (40 MB together)."""
+    import yaml
+
+    from workflow_scripts.provenance import REPO_ROOT as ROOT_DIR
+
+    pretrain_cfg = yaml.safe_load((ROOT_DIR / "config/pretrain.yaml").read_text())
+    default = yaml.safe_load((ROOT_DIR / "config.yaml").read_text())
+    total = 0
+    for name, entry in pretrain_cfg["models"].items():
+        folder = ROOT_DIR / pretrain_cfg["pretrained_dir"] / name
+        assert B.is_complete_checkpoint(folder), name
+        prov = json.loads((folder / "provenance.json").read_text())
+        for key, value in entry["pretrain"].items():
+            assert prov["pretrain_config"][key] == value, (name, key)
+        assert prov["steps"] == entry["pretrain"]["steps"] and prov["resumed_from"] == 0
+        assert default["models"][name]["hf"] == f"{pretrain_cfg['pretrained_dir']}/{name}"
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+        total += sum(f.stat().st_size for f in folder.iterdir())
+    assert total <= 40e6
