@@ -251,13 +251,13 @@ def test_shipped_backbones_are_what_config_pretrain_yaml_makes():
     folders are complete safetensors checkpoints within the size budget (40 MB together)."""
     import yaml
 
-    from workflow_scripts.provenance import REPO_ROOT as ROOT_DIR
+    from workflow_scripts.provenance import REPO_ROOT
 
-    pretrain_cfg = yaml.safe_load((ROOT_DIR / "config/pretrain.yaml").read_text())
-    default = yaml.safe_load((ROOT_DIR / "config.yaml").read_text())
+    pretrain_cfg = yaml.safe_load((REPO_ROOT / "config/pretrain.yaml").read_text())
+    default = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
     total = 0
     for name, entry in pretrain_cfg["models"].items():
-        folder = ROOT_DIR / pretrain_cfg["pretrained_dir"] / name
+        folder = REPO_ROOT / pretrain_cfg["pretrained_dir"] / name
         assert B.is_complete_checkpoint(folder), name
         prov = json.loads((folder / "provenance.json").read_text())
         for key, value in entry["pretrain"].items():

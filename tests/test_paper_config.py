@@ -130,7 +130,6 @@ def test_parameter_estimates_match_the_models():
     base = resources.transformer_params(12, 768, 3072, **resources.REAL_CONV)
     large = resources.transformer_params(24, 1024, 4096, **resources.REAL_CONV)
     assert abs(base - 95e6) / 95e6 < 0.02 and abs(large - 317e6) / 317e6 < 0.02
-    # a pretrain spec, and hub ids known or recognised by name
     # a pretrain spec with the default front end: estimate vs the model small_config builds
     from transformers import AutoModel
 
@@ -140,6 +139,7 @@ def test_parameter_estimates_match_the_models():
     built = AutoModel.from_config(small_config("hubert", spec["pretrain"]))
     count = sum(p.numel() for p in built.parameters())
     assert abs(resources.estimate_params(spec) - count) / count < 0.05
+    # hub ids, known or recognised by name
     assert resources.estimate_params({"hf": "microsoft/wavlm-large"}) > 3e8
     assert resources.estimate_params({"hf": "someone/hubert-xlarge-ft"}) > 3e8
     assert resources.estimate_params({"hf": "someone/other-base"}) == resources.BASE_PARAMS
