@@ -96,6 +96,11 @@ def test_rejected_voice_fails_loudly():
 
     defaults = validate_config({})["corpus"]["variants"]
     assert "f1" in defaults and not set(defaults) & set(C.NONDETERMINISTIC_VARIANTS)
+    # ... and by config validation, before any job runs, naming the key
+    from workflow_scripts.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"config\.corpus\.variants: \['f3'\] give different"):
+        validate_config({"corpus": {"variants": ["", "f3"]}})
 
 
 def _avg_logmel(path) -> np.ndarray:

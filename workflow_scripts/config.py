@@ -90,6 +90,11 @@ def cross_checks(config: dict) -> list[str]:
             f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
             "training speakers (must be < 100)"
         )
+    from .corpus import nondeterministic_variants_problem
+
+    problem = nondeterministic_variants_problem(corpus.get("variants") or [])
+    if problem:
+        problems.append(problem)
     for key in ("rate", "pitch", "pitch_range", "snr_db"):
         rng = corpus.get(key)
         if rng and rng[0] > rng[1]:

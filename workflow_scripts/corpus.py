@@ -95,17 +95,26 @@ def make_speakers(cfg: dict) -> list[Speaker]:
 NONDETERMINISTIC_VARIANTS = ("f2", "f3", "f5")
 
 
+def nondeterministic_variants_problem(variants: list[str]) -> str | None:
+    """The complaint about ``variants`` that are in ``NONDETERMINISTIC_VARIANTS``, or None.
+    Config validation reports it before any job runs; ``check_voices`` raises it."""
+    noisy = [v for v in variants if v in NONDETERMINISTIC_VARIANTS]
+    if not noisy:
+        return None
+    return (
+        f"config.corpus.variants: {noisy} give different audio in every process (espeak-ng's "
+        "breath noise), so the corpus would not be reproducible; remove them"
+    )
+
+
 def check_voices(engine, voices: list[str], variants: list[str]) -> None:
     """Fail loudly on any voice or variant that espeak-ng rejects, and on the variants whose
     audio is not reproducible (``NONDETERMINISTIC_VARIANTS``)."""
     import espeakng_loader
 
-    noisy = [v for v in variants if v in NONDETERMINISTIC_VARIANTS]
-    if noisy:
-        raise ValueError(
-            f"corpus.variants {noisy} give different audio in every process (espeak-ng's breath "
-            "noise), so the corpus would not be reproducible; remove them"
-        )
+    problem = nondeterministic_variants_problem(variants)
+    if problem:
+        raise ValueError(problem)
 
     variant_dir = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
     bad = [v for v in voices if not engine.check_voice(v)]
