@@ -1,7 +1,8 @@
 """Hidden-state extraction cost: wall time and peak memory per 1,000 utterances.
 
 A wav2vec2-base-sized architecture (12 layers, 768 wide, the real 7-layer conv front end;
-random weights) runs the project's extraction (`workflow_scripts.cache.extract_hidden_states`)
+random weights) runs the project's extraction
+(`workflow_scripts.backbones.cache.extract_hidden_states`)
 over random 1-s clips. Prints seconds and peak resident memory per 1,000 utterances, and the
 cache size they produce. Not a test: a measurement to read.
 
@@ -21,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workflow_scripts.backbones import pick_device, small_config  # noqa: E402
-from workflow_scripts.cache import extract_hidden_states  # noqa: E402
+from workflow_scripts.backbones.cache import extract_hidden_states  # noqa: E402
+from workflow_scripts.backbones.registry import pick_device, small_config  # noqa: E402
 
 BASE = {
     "hidden": 768, "layers": 12, "heads": 12, "ffn": 3072,

@@ -7,7 +7,7 @@ of (a) the mimicker vs the replaced stack and (b) the mimicked model vs the whol
 to the paper's claims (95-98% fewer parameters, up to 94% less inference time).
 
 Latency: median of ``--repeats`` timed calls after ``--warmup`` untimed ones
-(``workflow_scripts.timing.measure_latency``; CUDA events on GPU), one batch of
+(``workflow_scripts.core.timing.measure_latency``; CUDA events on GPU), one batch of
 ``--batch-size`` clips of ``--seconds`` s. Example:
 
     .venv/bin/python benchmarks/mimic_cost.py --batch-size 4 --repeats 3 --warmup 1
@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts.backbones import pick_device, small_config  # noqa: E402
-from workflow_scripts.mimic import Mimicker, cost_report  # noqa: E402
+from workflow_scripts.backbones.registry import pick_device, small_config  # noqa: E402
+from workflow_scripts.mimic.core import Mimicker, cost_report  # noqa: E402
 
 FRONT_END = dict(
     conv_dim=(512,) * 7,

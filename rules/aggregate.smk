@@ -4,10 +4,10 @@ The stages' own tables (similarity, pruning, mimic, structured) come from their 
 baseline table and the overview, which combines the tables of the stages in config outputs.
 """
 
-from workflow_scripts import aggregate
+from workflow_scripts.report import aggregate
 
 
-report: "../workflow_scripts/captions/workflow.rst"
+report: "../workflow_scripts/report/captions/workflow.rst"
 
 
 rule baseline_tables:
@@ -18,13 +18,13 @@ rule baseline_tables:
         csv=report(
             f"{RESULTS}/tables/baseline.csv",
             category="Overview",
-            caption="../workflow_scripts/captions/baseline_table.rst",
+            caption="../workflow_scripts/report/captions/baseline_table.rst",
         ),
         md=f"{RESULTS}/tables/baseline.md",
         html=report(
             f"{RESULTS}/charts/baseline.html",
             category="Overview",
-            caption="../workflow_scripts/captions/baseline.rst",
+            caption="../workflow_scripts/report/captions/baseline.rst",
         ),
         png=f"{RESULTS}/charts/baseline.png",
     log:
@@ -50,13 +50,13 @@ rule overview:
         csv=report(
             f"{RESULTS}/tables/overview.csv",
             category="Overview",
-            caption="../workflow_scripts/captions/overview_table.rst",
+            caption="../workflow_scripts/report/captions/overview_table.rst",
         ),
         md=f"{RESULTS}/tables/overview.md",
         html=report(
             f"{RESULTS}/charts/overview.html",
             category="Overview",
-            caption="../workflow_scripts/captions/overview.rst",
+            caption="../workflow_scripts/report/captions/overview.rst",
         ),
         png=f"{RESULTS}/charts/overview.png",
     log:

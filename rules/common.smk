@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_scripts.config import ConfigError, cell_json, validate_config
+from workflow_scripts.core.config import ConfigError, cell_json, validate_config
 
 # The grid registries that a --configfile (or --config) replaces instead of merging into
 # config.yaml's: `--configfile config/paper.yaml` runs the paper's models, metrics, strategies
@@ -81,8 +81,8 @@ def gpu_request(wildcards):
 
 
 def model_params(model):
-    """Estimated parameter count of a configured model (workflow_scripts.resources)."""
-    from workflow_scripts.resources import estimate_params
+    """Estimated parameter count of a configured model (workflow_scripts.core.resources)."""
+    from workflow_scripts.core.resources import estimate_params
 
     return estimate_params(config["models"][model])
 
@@ -90,7 +90,7 @@ def model_params(model):
 def model_mem_mb(base_mb, mb_per_mparam=40):
     """A `mem_mb` resource for a model job: base + per million parameters (or the model's
     `resources.mem_mb`), times the attempt (retries ask for more)."""
-    from workflow_scripts.resources import mem_mb
+    from workflow_scripts.core.resources import mem_mb
 
     def mem(wildcards, attempt):
         spec = config["models"][wildcards.model]
@@ -106,7 +106,7 @@ def model_runtime(base_min):
     """A `runtime` resource (minutes) for a model job: base_min for a base-sized model, in
     proportion to the parameter count above it (or the model's `resources.runtime`), times
     the attempt."""
-    from workflow_scripts.resources import runtime_min
+    from workflow_scripts.core.resources import runtime_min
 
     def runtime(wildcards, attempt):
         spec = config["models"][wildcards.model]
@@ -133,7 +133,7 @@ def manifest_inputs(wildcards):
 
 
 def words():
-    from workflow_scripts.corpus import SPEECH_COMMANDS_WORDS
+    from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS
 
     return list(config["corpus"]["words"] or SPEECH_COMMANDS_WORDS)
 
@@ -158,7 +158,7 @@ def finetune_inputs(wildcards):
 
 def finetune_cell(model):
     """Fine-tuning slice: the backbone source, the resolved settings and the label set."""
-    from workflow_scripts.finetune import resolve_finetune
+    from workflow_scripts.backbones.finetune import resolve_finetune
 
     spec = config["models"][model]
     return cell_json(
@@ -221,19 +221,19 @@ def all_targets():
         targets += similarity_cells()
         targets += [f"{RESULTS}/tables/blocks.csv", f"{RESULTS}/charts/similarity.html"]
     if "pruning" in outputs:
-        from workflow_scripts.pruning_cells import targets as pruning_targets
+        from workflow_scripts.pruning.cells import targets as pruning_targets
 
         targets += pruning_targets(config, RESULTS)
     if "mimic" in outputs:
-        from workflow_scripts.mimic_cells import targets as mimic_targets
+        from workflow_scripts.mimic.cells import targets as mimic_targets
 
         targets += mimic_targets(config, RESULTS)
     if "structured" in outputs:
-        from workflow_scripts.structured_cells import targets as structured_targets
+        from workflow_scripts.structured.cells import targets as structured_targets
 
         targets += structured_targets(config, RESULTS)
     if "tables" in outputs:
-        from workflow_scripts.aggregate import targets as aggregate_targets
+        from workflow_scripts.report.aggregate import targets as aggregate_targets
 
         targets += aggregate_targets(config, RESULTS)
     return targets

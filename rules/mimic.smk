@@ -3,7 +3,7 @@ hidden-state caches (training split to fit, validation split to select), then th
 table, the summary (accuracy retained, parameter and latency reduction) and the charts.
 """
 
-from workflow_scripts import mimic_cells
+from workflow_scripts.mimic import cells as mimic_cells
 
 try:
     mimic_cells.check_config(config)
@@ -51,19 +51,19 @@ rule mimic_tables:
         summary_csv=report(
             f"{RESULTS}/tables/mimic_summary.csv",
             category="Mimickers",
-            caption="../workflow_scripts/captions/mimic_summary.rst",
+            caption="../workflow_scripts/report/captions/mimic_summary.rst",
         ),
         summary_md=f"{RESULTS}/tables/mimic_summary.md",
         tradeoff_html=report(
             f"{RESULTS}/charts/mimic_tradeoff.html",
             category="Mimickers",
-            caption="../workflow_scripts/captions/mimic_tradeoff.rst",
+            caption="../workflow_scripts/report/captions/mimic_tradeoff.rst",
         ),
         tradeoff_png=f"{RESULTS}/charts/mimic_tradeoff.png",
         curves_html=report(
             f"{RESULTS}/charts/mimic_curves.html",
             category="Mimickers",
-            caption="../workflow_scripts/captions/mimic_curves.rst",
+            caption="../workflow_scripts/report/captions/mimic_curves.rst",
         ),
         curves_png=f"{RESULTS}/charts/mimic_curves.png",
     log:

@@ -1,7 +1,7 @@
 """Layer pruning grid: one cell per model x strategy on the fine-tuned classifier, then the
 aggregated table, the summary (largest n at >= 95% accuracy, AUC) and the charts."""
 
-from workflow_scripts import pruning_cells
+from workflow_scripts.pruning import cells as pruning_cells
 
 
 rule pruning_cell:
@@ -37,19 +37,19 @@ rule pruning_tables:
         summary_csv=report(
             f"{RESULTS}/tables/pruning_summary.csv",
             category="Pruning",
-            caption="../workflow_scripts/captions/pruning_summary.rst",
+            caption="../workflow_scripts/report/captions/pruning_summary.rst",
         ),
         summary_md=f"{RESULTS}/tables/pruning_summary.md",
         accuracy_html=report(
             f"{RESULTS}/charts/pruning_accuracy.html",
             category="Pruning",
-            caption="../workflow_scripts/captions/pruning_accuracy.rst",
+            caption="../workflow_scripts/report/captions/pruning_accuracy.rst",
         ),
         accuracy_png=f"{RESULTS}/charts/pruning_accuracy.png",
         latency_html=report(
             f"{RESULTS}/charts/pruning_latency.html",
             category="Pruning",
-            caption="../workflow_scripts/captions/pruning_latency.rst",
+            caption="../workflow_scripts/report/captions/pruning_latency.rst",
         ),
         latency_png=f"{RESULTS}/charts/pruning_latency.png",
     log:

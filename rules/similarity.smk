@@ -31,7 +31,7 @@ rule similarity_tables:
         html=report(
             f"{RESULTS}/charts/similarity.html",
             category="Similarity",
-            caption="../workflow_scripts/captions/similarity.rst",
+            caption="../workflow_scripts/report/captions/similarity.rst",
         ),
         png=f"{RESULTS}/charts/similarity.png",
         per_model=report(
@@ -40,7 +40,7 @@ rule similarity_tables:
             ),
             category="Similarity",
             subcategory="per model",
-            caption="../workflow_scripts/captions/similarity.rst",
+            caption="../workflow_scripts/report/captions/similarity.rst",
         ),
     log:
         f"{LOGS}/similarity_tables.log",

@@ -1,7 +1,7 @@
 """Structured pruning (hard-concrete L0 gates on heads and FFN units, distillation): one cell
 per model x target sparsity, then the cross-method comparison chart."""
 
-from workflow_scripts import structured_cells
+from workflow_scripts.structured import cells as structured_cells
 
 
 rule structured_cell:
@@ -39,13 +39,13 @@ rule structured_tables:
         csv=report(
             f"{RESULTS}/tables/structured.csv",
             category="Structured pruning",
-            caption="../workflow_scripts/captions/structured_table.rst",
+            caption="../workflow_scripts/report/captions/structured_table.rst",
         ),
         md=f"{RESULTS}/tables/structured.md",
         comparison_html=report(
             f"{RESULTS}/charts/comparison.html",
             category="Structured pruning",
-            caption="../workflow_scripts/captions/comparison.rst",
+            caption="../workflow_scripts/report/captions/comparison.rst",
         ),
         comparison_png=f"{RESULTS}/charts/comparison.png",
     log:

@@ -30,7 +30,7 @@ TINY_CORPUS = {
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """(root, cfg, summary) of a 16-speaker, 4-word, 2-repeat corpus."""
-    from workflow_scripts.corpus import synthesize_corpus
+    from workflow_scripts.data.corpus import synthesize_corpus
 
     root = tmp_path_factory.mktemp("corpus") / "speech_commands_v0.02"
     summary = synthesize_corpus(root, TINY_CORPUS, progress=False)

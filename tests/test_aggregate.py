@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import pytest
 
-from workflow_scripts import aggregate
+from workflow_scripts.report import aggregate
 
 
 def config(*outputs):
@@ -147,7 +147,7 @@ def test_structured_table_without_known_columns_is_left_out():
 
 
 def test_charts_save_as_offline_html_and_png(tmp_path):
-    from workflow_scripts.charts import save_chart
+    from workflow_scripts.report.charts import save_chart
 
     baseline = aggregate.baseline_table(baseline_cells())
     pruning = pd.concat([pruning_rows("m-a", [1.0, 0.97, 0.93], 3)])

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workflow_scripts import audit
-from workflow_scripts.provenance import collect, read_provenance, write_parquet
+from workflow_scripts.core.provenance import collect, read_provenance, write_parquet
 
 NO_GIT = {"git_commit": "unknown", "git_dirty": "unknown"}
 

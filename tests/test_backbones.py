@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts import backbones as B
-from workflow_scripts import finetune as F
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.backbones import finetune as F
+from workflow_scripts.backbones import registry as B
+from workflow_scripts.core.config import ConfigError, validate_config
 
 TINY = {"hidden": 32, "layers": 3, "heads": 2, "ffn": 64, "conv_dim": [16, 32, 32]}
 LABELS = ["yes", "no", "up"]
@@ -197,7 +197,7 @@ def test_saved_model_is_complete_only_with_done_marker(tmp_path):
 
 @pytest.mark.parametrize("arch", ["wav2vec2", "hubert", "wavlm"])
 def test_pretraining_runs_a_few_steps_and_saves_a_loadable_backbone(arch, tmp_path):
-    from workflow_scripts.pretrain import finalize, pretrain
+    from workflow_scripts.backbones.pretrain import finalize, pretrain
 
     audio, _ = _data(16)
     spec = {**TINY, "arch": arch, "steps": 3, "batch_size": 4, "lr": 1e-3, "clusters": 4,
@@ -212,7 +212,7 @@ def test_pretraining_runs_a_few_steps_and_saves_a_loadable_backbone(arch, tmp_pa
 
 
 def test_mask_and_negatives_shapes():
-    from workflow_scripts.pretrain import mask_indices, sample_negatives
+    from workflow_scripts.backbones.pretrain import mask_indices, sample_negatives
 
     rng = np.random.default_rng(0)
     m = mask_indices(4, 49, 0.5, 4, rng)
@@ -225,7 +225,12 @@ def test_mask_and_negatives_shapes():
 
 
 def test_cache_holds_every_layer_once(tmp_path):
-    from workflow_scripts.cache import cache_info, extract_hidden_states, read_layers, write_cache
+    from workflow_scripts.backbones.cache import (
+        cache_info,
+        extract_hidden_states,
+        read_layers,
+        write_cache,
+    )
 
     model = tiny_classifier("wavlm").eval()
     audio, y = _data(10)
@@ -251,7 +256,7 @@ def test_shipped_backbones_are_what_config_pretrain_yaml_makes():
     folders are complete safetensors checkpoints within the size budget (40 MB together)."""
     import yaml
 
-    from workflow_scripts.provenance import REPO_ROOT
+    from workflow_scripts.core.provenance import REPO_ROOT
 
     pretrain_cfg = yaml.safe_load((REPO_ROOT / "config/pretrain.yaml").read_text())
     default = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())

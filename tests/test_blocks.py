@@ -1,4 +1,4 @@
-"""Tests for workflow_scripts.blocks."""
+"""Tests for workflow_scripts.similarity.blocks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from workflow_scripts import blocks
-from workflow_scripts.similarity import angular_distance_matrix, cosine_matrix
+from workflow_scripts.similarity import blocks
+from workflow_scripts.similarity.metrics import angular_distance_matrix, cosine_matrix
 
 
 def planted(sizes, within=0.8, between=0.2, noise=0.05, seed=0):

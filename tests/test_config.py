@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from workflow_scripts.config import ConfigError, validate_config
-from workflow_scripts.provenance import canonical_json, config_hash
+from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.core.provenance import canonical_json, config_hash
 
 
 @pytest.fixture

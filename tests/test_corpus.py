@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_scripts import corpus as C
+from workflow_scripts.data import corpus as C
 
 
 def test_layout_matches_speech_commands(tiny_corpus):
@@ -64,7 +64,7 @@ def test_synthesis_is_deterministic_per_process(tmp_path, tiny_corpus):
     _, cfg, _ = tiny_corpus
     small = {**cfg, "speakers": 3, "words": ["yes", "no"]}
     code = (
-        "import json, sys; from workflow_scripts.corpus import synthesize_corpus; "
+        "import json, sys; from workflow_scripts.data.corpus import synthesize_corpus; "
         "synthesize_corpus(sys.argv[1], json.loads(sys.argv[2]), progress=False)"
     )
     import json
@@ -83,7 +83,7 @@ def test_synthesis_is_deterministic_per_process(tmp_path, tiny_corpus):
 
 
 def test_rejected_voice_fails_loudly():
-    from workflow_scripts.espeak import engine
+    from workflow_scripts.data.espeak import engine
 
     with pytest.raises(ValueError, match="en-gb"):
         C.check_voices(engine(), ["en-us", "en-gb"], [""])
@@ -92,12 +92,12 @@ def test_rejected_voice_fails_loudly():
     # variants whose audio differs between processes are refused (not reproducible)
     with pytest.raises(ValueError, match=r"\['f2'\] give different audio"):
         C.check_voices(engine(), ["en-us"], ["", "f2", "m3"])
-    from workflow_scripts.config import validate_config
+    from workflow_scripts.core.config import validate_config
 
     defaults = validate_config({})["corpus"]["variants"]
     assert "f1" in defaults and not set(defaults) & set(C.NONDETERMINISTIC_VARIANTS)
     # ... and by config validation, before any job runs, naming the key
-    from workflow_scripts.config import ConfigError
+    from workflow_scripts.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"config\.corpus\.variants: \['f3'\] give different"):
         validate_config({"corpus": {"variants": ["", "f3"]}})

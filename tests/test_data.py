@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workflow_scripts import data as D
+from workflow_scripts.data import loader as D
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for workflow_scripts.mimic (mimicking networks) and the shared latency helper."""
+"""Tests for workflow_scripts.mimic.core (mimicking networks) and the shared latency helper."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts import mimic
-from workflow_scripts.backbones import count_parameters, encoder_of, small_config
-from workflow_scripts.timing import measure_latency
+from workflow_scripts.backbones.registry import count_parameters, encoder_of, small_config
+from workflow_scripts.core.timing import measure_latency
+from workflow_scripts.mimic import core as mimic
 
 torch.set_num_threads(1)
 QUIET = lambda *_: None

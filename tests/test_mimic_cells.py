@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_scripts import mimic_cells as mc
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.mimic import cells as mc
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -168,7 +168,7 @@ def test_frozen_outputs_make_stage2_identical_to_running_the_frozen_mimicker(kin
     import torch
     from torch import nn
 
-    from workflow_scripts import mimic
+    from workflow_scripts.mimic import core as mimic
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -236,7 +236,7 @@ def test_summary_table_known_answer():
 
 
 def test_tradeoff_and_curve_charts_are_offline_html_and_png(tmp_path):
-    from workflow_scripts.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
+    from workflow_scripts.report.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
 
     cells = pd.DataFrame([
         cell_row("m1", "linear", 1, 0.85, 0.90, 1000, 10, 1500, 510, 40.0, 2.0, 50.0, 12.0),
@@ -362,7 +362,7 @@ TINY = {
     "mimic cell end to end)",
 )
 def test_tiny_mimic_grid_end_to_end(tmp_path):
-    from workflow_scripts.provenance import read_provenance
+    from workflow_scripts.core.provenance import read_provenance
 
     d = project_copy(tmp_path, TINY)
     proc = run_smk(d)
@@ -394,7 +394,7 @@ def test_tiny_mimic_grid_end_to_end(tmp_path):
     assert len(targets["linear-2"]) == 2 and 1 <= targets["linear-2"][0] < 3
     assert pd.read_parquet(res / "cells/mimic/tiny-a/no_mimic-0.parquet").mimicker_params[0] == 0
     # the training-split cache holds its own number of clips (cache.train_clips or cache.clips)
-    from workflow_scripts.cache import cache_info
+    from workflow_scripts.backbones.cache import cache_info
 
     n_train = cache_info(res / "cache/tiny-a/training.safetensors")["shapes"]["labels"][0]
     assert n_train == pd.read_parquet(res / "cells/mimic/tiny-a/linear-1.parquet").train_clips[0]

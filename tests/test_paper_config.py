@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts import resources
+from workflow_scripts.core import resources
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -119,7 +119,7 @@ def test_local_profile_never_requests_a_gpu():
 
 def test_parameter_estimates_match_the_models():
     # the shipped small backbone: the estimate from its config.json vs transformers' count
-    from workflow_scripts.backbones import load_classifier
+    from workflow_scripts.backbones.registry import load_classifier
 
     model = load_classifier(str(ROOT / "models/hubert-small"), labels=["a", "b"])
     backbone = sum(p.numel() for n, p in model.named_parameters()
@@ -133,7 +133,7 @@ def test_parameter_estimates_match_the_models():
     # a pretrain spec with the default front end: estimate vs the model small_config builds
     from transformers import AutoModel
 
-    from workflow_scripts.backbones import small_config
+    from workflow_scripts.backbones.registry import small_config
 
     spec = {"pretrain": {"arch": "hubert", "layers": 2, "hidden": 32, "heads": 2, "ffn": 64}}
     built = AutoModel.from_config(small_config("hubert", spec["pretrain"]))

@@ -1,4 +1,4 @@
-"""The pruning grid's helpers (workflow_scripts.pruning_cells): targets, per-cell config slices,
+"""The pruning grid's helpers (workflow_scripts.pruning.cells): targets, per-cell config slices,
 scores from a cache, one cell on a tiny model, the summary's headline numbers, the schema."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 import torch
 import yaml
 
-from workflow_scripts import pruning, pruning_cells
-from workflow_scripts.backbones import small_config
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.backbones.registry import small_config
+from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.pruning import cells as pruning_cells
+from workflow_scripts.pruning import core as pruning
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
@@ -42,7 +43,7 @@ STRATS = {"forward": {}, "block_influence": {"variant": "sequence"}, "random": {
 # ----------------------------------------------------------------------------------------
 def test_strategies_are_the_librarys_and_module_imports_no_torch():
     assert pruning_cells.STRATEGIES == pruning.STRATEGIES
-    code = "import sys, workflow_scripts.pruning_cells; print('torch' in sys.modules)"
+    code = "import sys, workflow_scripts.pruning.cells; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr  # the report env has no torch
 
@@ -262,7 +263,7 @@ def test_summary_headline_and_auc_on_a_known_curve():
 
 
 def test_charts_build_with_threshold_rule():
-    from workflow_scripts import charts
+    from workflow_scripts.report import charts
 
     df = pd.concat([curve("m", "forward", [0.8, 0.7, 0.2]),
                     curve("m", "random", [0.8, 0.6, 0.1], seed=1)], ignore_index=True)  # fmt: skip

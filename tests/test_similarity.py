@@ -1,4 +1,4 @@
-"""Tests for workflow_scripts.similarity.
+"""Tests for workflow_scripts.similarity.metrics.
 
 The reference implementations below are deliberately naive: one layer pair at a time, plain
 numpy float64, formulas written out as in the papers, no shared code with the library.
@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist, squareform
 
-from workflow_scripts import similarity as sim
+from workflow_scripts.similarity import metrics as sim
 
 ATOL = 1e-6
 

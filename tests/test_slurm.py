@@ -183,7 +183,7 @@ def test_jobs_go_through_sbatch_with_gpus_for_gpu_rules(runs, cluster):
     # every result carries the id of the SLURM job that made it, and that job exists
     ids = submissions(runs["out"])
     known = set(cluster.job_ids())
-    from workflow_scripts.provenance import read_provenance
+    from workflow_scripts.core.provenance import read_provenance
 
     cells = sorted((runs["slurm"] / "results/cells").rglob("*.parquet"))
     assert len(cells) == 3  # baseline + 2 similarity cells

@@ -1,4 +1,4 @@
-"""Structured pruning (workflow_scripts.structured): hard-concrete gates, gated blocks equal to
+"""Structured pruning (workflow_scripts.structured.core): hard-concrete gates, gated blocks equal to
 the transformers blocks, physical pruning equal to masking, the Lagrangian reaching its target,
 the cache's state 0 as the stack input, one cell end to end on a tiny model."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForAudioClassification
 
-from workflow_scripts import structured as S
-from workflow_scripts.backbones import count_parameters, encoder_of, small_config
-from workflow_scripts.cache import extract_hidden_states
+from workflow_scripts.backbones.cache import extract_hidden_states
+from workflow_scripts.backbones.registry import count_parameters, encoder_of, small_config
+from workflow_scripts.structured import core as S
 
 torch.set_num_threads(1)
 TINY = {"layers": 3, "hidden": 32, "heads": 4, "ffn": 64}

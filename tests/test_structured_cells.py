@@ -1,4 +1,4 @@
-"""The structured-pruning grid's helpers (workflow_scripts.structured_cells): targets, per-cell
+"""The structured-pruning grid's helpers (workflow_scripts.structured.cells): targets, per-cell
 config slices, the schema, the rule's outputs, the summary and the comparison chart's data."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_scripts import structured_cells as sc
-from workflow_scripts.config import ConfigError, validate_config
+from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.structured import cells as sc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def config(outputs=("structured",), **section) -> dict:
 
 
 def test_module_imports_no_torch():
-    code = "import sys, workflow_scripts.structured_cells; print('torch' in sys.modules)"
+    code = "import sys, workflow_scripts.structured.cells; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -121,7 +121,7 @@ def test_comparison_long_joins_the_three_methods():
     assert fams == {"unpruned": 2, "structured": 4, "layer pruning": 2, "mimicker": 1}
     assert set(long[long.family == "layer pruning"].accuracy) == {0.8, 0.7}  # per-seed dropped
     assert long[long.family == "mimicker"].retained.iloc[0] == pytest.approx(0.75)
-    from workflow_scripts.charts import comparison_chart
+    from workflow_scripts.report.charts import comparison_chart
 
     spec = comparison_chart(long).to_dict()
     assert spec["facet"]["column"]["field"] == "model"

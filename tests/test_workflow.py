@@ -175,8 +175,8 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
 
 @pytest.mark.slow
 def test_overview_is_computed_from_the_tables(tiny_project):
-    from workflow_scripts.aggregate import overview_table
-    from workflow_scripts.provenance import read_provenance
+    from workflow_scripts.core.provenance import read_provenance
+    from workflow_scripts.report.aggregate import overview_table
 
     d = tiny_project / "results/tables"
     overview = pd.read_parquet(d / "overview.parquet")
@@ -271,7 +271,7 @@ def test_report_holds_every_chart_offline(tiny_project):
 
 @pytest.mark.slow
 def test_cells_carry_provenance(tiny_project):
-    from workflow_scripts.provenance import config_hash, content_hash, read_provenance
+    from workflow_scripts.core.provenance import config_hash, content_hash, read_provenance
 
     path = tiny_project / "results/cells/similarity/tiny-a/cka_linear.parquet"
     prov = read_provenance(path)

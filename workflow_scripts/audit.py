@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .provenance import config_hash, content_hash, read_provenance, sha256_path
+from workflow_scripts.core.provenance import config_hash, content_hash, read_provenance, sha256_path
 
 CURRENT, STALE, TAMPERED, ORPHAN, MISSING = "current", "STALE", "TAMPERED", "ORPHAN", "MISSING"
 FAILING = {STALE, TAMPERED, ORPHAN, MISSING}
@@ -248,7 +248,7 @@ def legacy_content_hash(df) -> str:
 
     import pandas as pd
 
-    from .provenance import canonical_json
+    from workflow_scripts.core.provenance import canonical_json
 
     h = hashlib.sha256()
     h.update(canonical_json(list(map(str, df.columns))).encode())

@@ -1,11 +1,11 @@
 """Rule adapter: stack the baseline cells into the baseline table (parquet, csv, md, chart)."""
 
-from workflow_scripts.aggregate import baseline_chart, baseline_table
-from workflow_scripts.charts import save_chart
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.pruning_cells import markdown_table
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.tables import concat_cells
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import concat_cells
+from workflow_scripts.pruning.cells import markdown_table
+from workflow_scripts.report.aggregate import baseline_chart, baseline_table
+from workflow_scripts.report.charts import save_chart
 
 ctx = RuleContext(snakemake)
 out = snakemake.output

@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from workflow_scripts.aggregate import overview_chart, overview_markdown, overview_table
-from workflow_scripts.charts import save_chart
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.report.aggregate import overview_chart, overview_markdown, overview_table
+from workflow_scripts.report.charts import save_chart
 
 ctx = RuleContext(snakemake)
 out = snakemake.output

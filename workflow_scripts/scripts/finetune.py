@@ -5,11 +5,21 @@ import json
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones import count_parameters, encoder_of, load_classifier, pick_device
-from workflow_scripts.data import load_split, manifest_digest
-from workflow_scripts.finetune import accuracy_report, predict, save_model, train_classifier
-from workflow_scripts.provenance import canonical_json, write_parquet
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.backbones.finetune import (
+    accuracy_report,
+    predict,
+    save_model,
+    train_classifier,
+)
+from workflow_scripts.backbones.registry import (
+    count_parameters,
+    encoder_of,
+    load_classifier,
+    pick_device,
+)
+from workflow_scripts.core.provenance import canonical_json, write_parquet
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split, manifest_digest
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -3,11 +3,11 @@
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones import load_classifier, pick_device
-from workflow_scripts.cache import extract_hidden_states, write_cache
-from workflow_scripts.data import load_split
-from workflow_scripts.provenance import config_hash, sha256_path
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.backbones.cache import extract_hidden_states, write_cache
+from workflow_scripts.backbones.registry import load_classifier, pick_device
+from workflow_scripts.core.provenance import config_hash, sha256_path
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -2,10 +2,10 @@
 
 import json
 
-from workflow_scripts.corpus import SPEECH_COMMANDS_WORDS
-from workflow_scripts.data import build_manifest, manifest_digest
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS
+from workflow_scripts.data.loader import build_manifest, manifest_digest
 
 ctx = RuleContext(snakemake)  # noqa: F821
 words = ctx.cell["words"] or SPEECH_COMMANDS_WORDS

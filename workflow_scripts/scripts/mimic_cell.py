@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts import mimic
-from workflow_scripts.backbones import load_classifier, normalize_audio, pick_device
-from workflow_scripts.cache import cache_info, read_array, read_layers
-from workflow_scripts.data import load_split
-from workflow_scripts.finetune import accuracy_report, predict
-from workflow_scripts.mimic_cells import NO_MIMIC, frozen_outputs, target_layers
-from workflow_scripts.provenance import write_parquet
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.backbones.cache import cache_info, read_array, read_layers
+from workflow_scripts.backbones.finetune import accuracy_report, predict
+from workflow_scripts.backbones.registry import load_classifier, normalize_audio, pick_device
+from workflow_scripts.core.provenance import write_parquet
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split
+from workflow_scripts.mimic import core as mimic
+from workflow_scripts.mimic.cells import NO_MIMIC, frozen_outputs, target_layers
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -1,10 +1,10 @@
 """Rule adapter: stack the mimic cells, summarise them, draw the trade-off and curve charts."""
 
-from workflow_scripts.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
-from workflow_scripts.mimic_cells import summary_table, to_markdown, tradeoff_long
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.tables import concat_cells
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import concat_cells
+from workflow_scripts.mimic.cells import summary_table, to_markdown, tradeoff_long
+from workflow_scripts.report.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
 
 ctx = RuleContext(snakemake)
 out = snakemake.output

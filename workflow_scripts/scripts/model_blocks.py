@@ -1,9 +1,9 @@
 """Rule adapter: one model's blocks for one metric (what a depth-2 mimicker's targets read, so
 that a change to another model never reruns this model's mimickers)."""
 
-from workflow_scripts.provenance import write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.tables import blocks_table, concat_cells
+from workflow_scripts.core.provenance import write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import blocks_table, concat_cells
 
 ctx = RuleContext(snakemake)
 cfg = ctx.cell

@@ -1,13 +1,13 @@
-"""Rule adapter: pretrain one small backbone self-supervised (see workflow_scripts.pretrain)."""
+"""Rule adapter: pretrain one small backbone (see workflow_scripts.backbones.pretrain)."""
 
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones import pick_device
-from workflow_scripts.data import load_split, manifest_digest
-from workflow_scripts.pretrain import finalize, pretrain
-from workflow_scripts.provenance import config_hash
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.backbones.pretrain import finalize, pretrain
+from workflow_scripts.backbones.registry import pick_device
+from workflow_scripts.core.provenance import config_hash
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split, manifest_digest
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -1,15 +1,15 @@
-"""Rule adapter: one (model, strategy) layer-pruning cell (workflow_scripts.pruning_cells)."""
+"""Rule adapter: one (model, strategy) layer-pruning cell (workflow_scripts.pruning.cells)."""
 
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones import load_classifier, pick_device
-from workflow_scripts.cache import read_layers
-from workflow_scripts.data import load_split
-from workflow_scripts.provenance import write_parquet
-from workflow_scripts.pruning import SimilarityEvaluator
-from workflow_scripts.pruning_cells import CACHE_STRATEGIES, run_cell, scores_from_cache
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.backbones.cache import read_layers
+from workflow_scripts.backbones.registry import load_classifier, pick_device
+from workflow_scripts.core.provenance import write_parquet
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split
+from workflow_scripts.pruning.cells import CACHE_STRATEGIES, run_cell, scores_from_cache
+from workflow_scripts.pruning.core import SimilarityEvaluator
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

@@ -1,11 +1,11 @@
 """Rule adapter: aggregate the pruning cells, summarise them (largest n at >= threshold, AUC)
 and draw accuracy-vs-removed-layers and latency-vs-accuracy charts."""
 
-from workflow_scripts.charts import pruning_accuracy_chart, pruning_latency_chart, save_chart
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.pruning_cells import markdown_table, summary_table
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.tables import concat_cells
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import concat_cells
+from workflow_scripts.pruning.cells import markdown_table, summary_table
+from workflow_scripts.report.charts import pruning_accuracy_chart, pruning_latency_chart, save_chart
 
 ctx = RuleContext(snakemake)
 out = snakemake.output

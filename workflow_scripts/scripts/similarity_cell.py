@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import torch
 
-from workflow_scripts.cache import read_layers
-from workflow_scripts.provenance import write_parquet
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.similarity import compute_metric, to_long_rows
+from workflow_scripts.backbones.cache import read_layers
+from workflow_scripts.core.provenance import write_parquet
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.similarity.metrics import compute_metric, to_long_rows
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

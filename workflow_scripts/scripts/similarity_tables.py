@@ -1,9 +1,9 @@
 """Rule adapter: aggregate similarity cells, detect blocks, draw the heatmaps."""
 
-from workflow_scripts.charts import save_chart, similarity_heatmaps
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.tables import blocks_table, concat_cells
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import blocks_table, concat_cells
+from workflow_scripts.report.charts import save_chart, similarity_heatmaps
 
 ctx = RuleContext(snakemake)
 cfg = ctx.cell

@@ -1,15 +1,15 @@
 """Rule adapter: one (model, target sparsity) structured-pruning cell
-(workflow_scripts.structured.run_cell)."""
+(workflow_scripts.structured.core.run_cell)."""
 
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones import load_classifier, pick_device
-from workflow_scripts.cache import read_layers
-from workflow_scripts.data import load_split
-from workflow_scripts.provenance import write_parquet
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.structured import default_distill_layers, run_cell
+from workflow_scripts.backbones.cache import read_layers
+from workflow_scripts.backbones.registry import load_classifier, pick_device
+from workflow_scripts.core.provenance import write_parquet
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.loader import load_split
+from workflow_scripts.structured.core import default_distill_layers, run_cell
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)

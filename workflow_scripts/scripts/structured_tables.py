@@ -4,11 +4,11 @@ model), reading the other stages' tables when they are enabled."""
 
 import pandas as pd
 
-from workflow_scripts.charts import comparison_chart, save_chart
-from workflow_scripts.provenance import write_parquet, write_text_atomic
-from workflow_scripts.scripts._common import RuleContext
-from workflow_scripts.structured_cells import comparison_long, markdown_table, summary_table
-from workflow_scripts.tables import concat_cells
+from workflow_scripts.core.provenance import write_parquet, write_text_atomic
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.core.tables import concat_cells
+from workflow_scripts.report.charts import comparison_chart, save_chart
+from workflow_scripts.structured.cells import comparison_long, markdown_table, summary_table
 
 ctx = RuleContext(snakemake)
 inp, out = snakemake.input, snakemake.output

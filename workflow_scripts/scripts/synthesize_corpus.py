@@ -1,12 +1,12 @@
-"""Rule adapter: synthesise the spoken-keyword corpus (see workflow_scripts.corpus)."""
+"""Rule adapter: synthesise the spoken-keyword corpus (see workflow_scripts.data.corpus)."""
 
 import json
 import shutil
 from pathlib import Path
 
-from workflow_scripts.corpus import synthesize_corpus
-from workflow_scripts.provenance import collect
-from workflow_scripts.scripts._common import RuleContext
+from workflow_scripts.core.provenance import collect
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.data.corpus import synthesize_corpus
 
 ctx = RuleContext(snakemake)  # noqa: F821
 out = Path(snakemake.output[0])  # noqa: F821

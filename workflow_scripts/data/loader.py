@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import CLIP_SAMPLES, SAMPLE_RATE, SPEECH_COMMANDS_WORDS
-from .provenance import sha256_file
+from workflow_scripts.core.provenance import sha256_file
+from workflow_scripts.data.corpus import CLIP_SAMPLES, SAMPLE_RATE, SPEECH_COMMANDS_WORDS
 
 SPLITS = ("training", "validation", "testing")
 MANIFEST_COLUMNS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .blocks import detect_blocks
+from workflow_scripts.similarity.blocks import detect_blocks
 
 
 def concat_cells(paths: list[str]) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The layer-pruning grid: one cell per model x strategy (``rules/pruning.smk``).
 
 Pure helpers for the rules (per-cell config slice, inputs, targets), the computation of one
-cell on top of :mod:`workflow_scripts.pruning` (:func:`run_cell`) and the summary table.
+cell on top of :mod:`workflow_scripts.pruning.core` (:func:`run_cell`) and the summary table.
 
 Cell file ``results/cells/pruning/{model}/{strategy}.parquet``: one row per number of removed
 blocks ``n = 0 .. L-1`` (``n = 0`` is the unpruned fine-tuned model). Importance scores
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-# Same names as workflow_scripts.pruning.STRATEGIES (a test checks) - repeated here so that
+# Same names as workflow_scripts.pruning.core.STRATEGIES (a test checks) - repeated here so that
 # importing this module does not import torch.
 STRATEGIES = (
     "forward",
@@ -107,7 +107,7 @@ def cell_params(config: dict, strategy: str) -> dict:
 
 def cell_json(config: dict, strategy: str) -> str:
     """Canonical JSON of :func:`cell_params` (a rule's ``params.cell``)."""
-    from .provenance import canonical_json
+    from workflow_scripts.core.provenance import canonical_json
 
     return canonical_json(cell_params(config, strategy))
 
@@ -164,7 +164,7 @@ def scores_from_cache(strategy: str, H, settings: dict) -> np.ndarray:
     (index 0 = input of block 0): length-L block influences (``block_influence``,
     ``knn_block_influence``; block l = change from h_l to h_l+1) or the (L+1, L+1) angular
     distance matrix (``angular_block``)."""
-    from . import similarity
+    from workflow_scripts.similarity import metrics as similarity
 
     if strategy == "block_influence":
         if settings.get("variant", "sequence") == "per_token":
@@ -188,7 +188,7 @@ def removal_plans(
 ) -> list[tuple[int | None, list[list[int]]]]:
     """``[(seed, sets)]`` with ``sets[n]`` the blocks removed at n removed blocks: one entry per
     seed for ``random`` (``settings["seeds"]``), else one entry with seed None."""
-    from .pruning import removal_sets
+    from workflow_scripts.pruning.core import removal_sets
 
     if strategy == "random":
         seeds = settings.get("seeds", [0])
@@ -256,8 +256,8 @@ def run_cell(
     """
     import torch
 
-    from .finetune import accuracy_report, predict
-    from .pruning import heal_with_lora, n_layers, remove_layers, sweep
+    from workflow_scripts.backbones.finetune import accuracy_report, predict
+    from workflow_scripts.pruning.core import heal_with_lora, n_layers, remove_layers, sweep
 
     log = log or (lambda _msg: None)
     strategy, settings = cell["strategy"], cell["settings"]

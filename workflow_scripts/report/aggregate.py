@@ -116,7 +116,7 @@ def _spans(rows: pd.DataFrame) -> str:
 def _pruning_headline(pruning: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """(model, strategy, max_removed, n_layers): one row per model and strategy - the mean
     over seeds for ``random`` - from :func:`pruning_cells.summary_table`."""
-    from .pruning_cells import summary_table
+    from workflow_scripts.pruning.cells import summary_table
 
     s = summary_table(pruning, threshold)
     if s.empty:
@@ -181,7 +181,7 @@ def overview_table(
             if r.model in rows:
                 rows[r.model][f"prunable: {r.strategy}"] = int(r.max_removed)
     if mimic is not None and len(mimic):
-        from .mimic_cells import summary_table
+        from workflow_scripts.mimic.cells import summary_table
 
         for r in best_mimickers(summary_table(mimic)).itertuples(index=False):
             if r.model in rows:
@@ -202,7 +202,7 @@ def overview_table(
 
 def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str]) -> str:
     """The overview as a markdown document: the table and what each column means."""
-    from .pruning_cells import markdown_table
+    from workflow_scripts.pruning.cells import markdown_table
 
     pct = f"{100 * threshold:g}%"
     notes = ["- `test accuracy`: the fine-tuned model on the test split; `layers`: blocks."]

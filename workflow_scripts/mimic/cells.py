@@ -1,7 +1,7 @@
 """The mimic grid (model x mimicker type x depth) as pure functions for ``rules/mimic.smk``.
 
 A cell ``results/cells/mimic/{model}/{kind}-{depth}.parquet`` (+ ``.curves.parquet``) trains
-one mimicker (:mod:`workflow_scripts.mimic`) from the hidden-state caches: ``kind`` is
+one mimicker (:mod:`workflow_scripts.mimic.core`) from the hidden-state caches: ``kind`` is
 ``linear`` or ``transformer`` with ``depth`` 1 or 2 (``config.mimic.types``), or the
 ``no_mimic-0`` baseline. This module knows which cells exist, what config slice each one
 depends on (its rule ``params``), which layers a depth-2 mimicker is trained to predict, and
@@ -15,8 +15,8 @@ import math
 
 import pandas as pd
 
-from .config import ConfigError, model_num_layers
-from .provenance import canonical_json
+from workflow_scripts.core.config import ConfigError, model_num_layers
+from workflow_scripts.core.provenance import canonical_json
 
 KINDS = ("linear", "transformer")
 NO_MIMIC = "no_mimic"
@@ -232,7 +232,7 @@ def target_layers(
     block before the last layer. When the blocks have none there, ``fallback`` "even" uses the
     evenly spaced layer (and says so in the returned source), "error" raises.
     """
-    from .mimic import choose_targets
+    from workflow_scripts.mimic.core import choose_targets
 
     if depth <= 1:
         return choose_targets(depth, n_layers), "last"
@@ -274,7 +274,7 @@ def frozen_outputs(mimicker, inputs, batch_size: int = 128, device="cpu"):
     import numpy as np
     import torch
 
-    from .finetune import autocast
+    from workflow_scripts.backbones.finetune import autocast
 
     device = torch.device(device)
     mimicker.to(device).eval()

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import encoder_of, normalize_audio
-from .finetune import autocast
+from workflow_scripts.backbones.finetune import autocast
+from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 
 
 @torch.inference_mode()

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import count_parameters, encoder_of
+from workflow_scripts.backbones.registry import count_parameters, encoder_of
 
 GATE_KINDS = ("layers", "heads", "head_dims", "ffn_units")
 
@@ -704,7 +704,7 @@ def load_pruned(out_dir: str | os.PathLike, base_model_dir: str | os.PathLike):
     fine-tuned model (its architecture is shrunk to the saved structure)."""
     from safetensors.torch import load_file
 
-    from .backbones import load_classifier
+    from workflow_scripts.backbones.registry import load_classifier
 
     out = Path(out_dir)
     info = json.loads((out / "structure.json").read_text())
@@ -732,9 +732,14 @@ def run_cell(model, cell: dict, x0: np.ndarray, teacher: dict[int, np.ndarray],
     pruned model to ``out_dir``. Returns (row, per-step training history)."""
     import time
 
-    from .finetune import accuracy_report, autocast, predict, train_classifier
-    from .pruning import transformer_parameters
-    from .timing import measure_latency
+    from workflow_scripts.backbones.finetune import (
+        accuracy_report,
+        autocast,
+        predict,
+        train_classifier,
+    )
+    from workflow_scripts.core.timing import measure_latency
+    from workflow_scripts.pruning.core import transformer_parameters
 
     log = log or (lambda _m: None)
     device = torch.device(device)
@@ -775,7 +780,7 @@ def run_cell(model, cell: dict, x0: np.ndarray, teacher: dict[int, np.ndarray],
     if ft.get("steps", 0) > 0:
         if train_data is None:
             raise ValueError("the short fine-tune is on but no training data was given")
-        from .finetune import resolve_finetune
+        from workflow_scripts.backbones.finetune import resolve_finetune
 
         x_tr, y_tr = train_data()
         tuned = copy.deepcopy(pruned)

@@ -19,7 +19,7 @@ TRACKED_PACKAGES = (
     "torch", "torchaudio", "transformers", "snakemake", "numpy", "pandas", "pyarrow", "peft",
     "safetensors", "espeakng-loader", "soundfile", "altair",
 )  # fmt: skip
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def canonical_json(obj) -> str:

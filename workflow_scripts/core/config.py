@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from .provenance import canonical_json
+from workflow_scripts.core.provenance import canonical_json
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -90,7 +90,7 @@ def cross_checks(config: dict) -> list[str]:
             f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
             "training speakers (must be < 100)"
         )
-    from .corpus import nondeterministic_variants_problem
+    from workflow_scripts.data.corpus import nondeterministic_variants_problem
 
     problem = nondeterministic_variants_problem(corpus.get("variants") or [])
     if problem:

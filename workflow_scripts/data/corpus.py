@@ -199,7 +199,7 @@ def synthesize_corpus(root: str | os.PathLike, cfg: dict, progress: bool = True)
     """
     from tqdm import tqdm
 
-    from .espeak import engine as get_engine
+    from workflow_scripts.data.espeak import engine as get_engine
 
     root = Path(root)
     eng = get_engine()

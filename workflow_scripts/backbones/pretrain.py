@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import small_config
-from .checkpoint import resume_checkpoint, save_checkpoint
-from .finetune import lr_at
-from .provenance import config_hash
+from workflow_scripts.backbones.finetune import lr_at
+from workflow_scripts.backbones.registry import small_config
+from workflow_scripts.core.checkpoint import resume_checkpoint, save_checkpoint
+from workflow_scripts.core.provenance import config_hash
 
 FRAME_HOP = 320  # samples per frame of every backbone (and of the MFCC targets)
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from workflow_scripts.provenance import now
+from workflow_scripts.core.provenance import now
 
 
 class RuleContext:
@@ -15,7 +15,7 @@ class RuleContext:
     def __init__(self, smk) -> None:
         self.smk = smk
         self.started = now()
-        from workflow_scripts.provenance import git_info
+        from workflow_scripts.core.provenance import git_info
 
         self.git = git_info()  # the code as it was when the job started
         self.log_file = open(smk.log[0], "a", buffering=1) if smk.log else sys.stderr
@@ -33,7 +33,7 @@ class RuleContext:
         self.log.info("cell config %s", smk.params.get("cell", "{}"))
 
     def provenance(self, inputs: dict | None = None, seed: int | None = None) -> dict:
-        from workflow_scripts.provenance import collect
+        from workflow_scripts.core.provenance import collect
 
         return collect(
             self.cell,

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import encoder_of, normalize_audio
-from .checkpoint import resume_checkpoint, save_checkpoint
-from .provenance import config_hash
+from workflow_scripts.backbones.registry import encoder_of, normalize_audio
+from workflow_scripts.core.checkpoint import resume_checkpoint, save_checkpoint
+from workflow_scripts.core.provenance import config_hash
 
 DEFAULT_FINETUNE = {
     "steps": 400,

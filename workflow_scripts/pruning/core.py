@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import count_parameters, encoder_of, normalize_audio
-from .finetune import accuracy_report, autocast
-from .timing import measure_latency
+from workflow_scripts.backbones.finetune import accuracy_report, autocast
+from workflow_scripts.backbones.registry import count_parameters, encoder_of, normalize_audio
+from workflow_scripts.core.timing import measure_latency
 
 STRATEGIES = (
     "forward",

@@ -3,7 +3,7 @@
 Pure helpers for the rules (per-cell config slice, inputs, targets), the summary table and
 the long table of the cross-method comparison chart (structured pruning vs layer pruning vs
 mimickers: test accuracy against whole-model parameters). The computation of a cell is in
-:mod:`workflow_scripts.structured` and ``scripts/structured_cell.py``.
+:mod:`workflow_scripts.structured.core` and ``scripts/structured_cell.py``.
 
 Cell file ``results/cells/structured/{model}/{sparsity}.parquet`` (one row): target and
 achieved sparsity (fraction of the prunable transformer-stack parameters removed - attention
@@ -21,7 +21,7 @@ import math
 
 import pandas as pd
 
-from .provenance import canonical_json
+from workflow_scripts.core.provenance import canonical_json
 
 CELL_DIR = "cells/structured"
 TABLE_KEYS = ("table", "csv", "md", "comparison_html", "comparison_png")

@@ -47,9 +47,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import count_parameters, encoder_of
-from .finetune import autocast
-from .timing import measure_latency
+from workflow_scripts.backbones.finetune import autocast
+from workflow_scripts.backbones.registry import count_parameters, encoder_of
+from workflow_scripts.core.timing import measure_latency
 
 KINDS = ("linear", "transformer", "identity")
 DEFAULT_MIMIC = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .resources import SMALL_CONV
+from workflow_scripts.core.resources import SMALL_CONV
 
 ARCHS = ("wav2vec2", "hubert", "wavlm")
 
