@@ -37,7 +37,7 @@ rule baseline_tables:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=cell_json({}),
+        slice=cell_json({}),
     script:
         "../workflow_scripts/scripts/aggregate_baseline.py"
 
@@ -69,6 +69,6 @@ rule overview:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=cell_json(aggregate.overview_params(config)),
+        slice=cell_json(aggregate.overview_params(config)),
     script:
         "../workflow_scripts/scripts/aggregate_overview.py"

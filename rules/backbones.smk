@@ -20,7 +20,7 @@ rule finetune:
         runtime=model_runtime(180),
         gpu=gpu_request,
     params:
-        cell=lambda w: finetune_cell(w.model),
+        slice=lambda w: finetune_cell(w.model),
         root=data_root(),
         work=lambda w: f"{RESULTS}/finetune_work/{w.model}",
     script:
@@ -45,7 +45,7 @@ rule hidden_cache:
         runtime=model_runtime(60),
         gpu=gpu_request,
     params:
-        cell=lambda w: cache_cell(w.split),
+        slice=lambda w: cache_cell(w.split),
         root=data_root(),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

@@ -14,7 +14,7 @@ rule synthesize_corpus:
         mem_mb=attempt_mem_mb(2000),
         runtime=60,
     params:
-        cell=corpus_cell(),
+        slice=corpus_cell(),
     script:
         "../workflow_scripts/scripts/synthesize_corpus.py"
 
@@ -35,6 +35,6 @@ rule manifest:
         mem_mb=attempt_mem_mb(4000),
         runtime=60,
     params:
-        cell=manifest_cell(),
+        slice=manifest_cell(),
     script:
         "../workflow_scripts/scripts/manifest.py"

@@ -36,7 +36,7 @@ rule mimic_cell:
         runtime=model_runtime(120),
         gpu=gpu_request,
     params:
-        cell=lambda w: mimic_cells.cell_json(config, w.model, w.kind, w.depth),
+        slice=lambda w: mimic_cells.cell_json(config, w.model, w.kind, w.depth),
         root=data_root(),
     script:
         "../workflow_scripts/scripts/mimic_cell.py"
@@ -76,6 +76,6 @@ rule mimic_tables:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=lambda w: cell_json({"cells": mimic_cells.grid(config)}),
+        slice=lambda w: cell_json({"cells": mimic_cells.grid(config)}),
     script:
         "../workflow_scripts/scripts/mimic_tables.py"

@@ -18,7 +18,7 @@ rule pretrain_backbone:
         runtime=model_runtime(240),
         gpu=gpu_request,
     params:
-        cell=lambda w: pretrain_cell(w.model),
+        slice=lambda w: pretrain_cell(w.model),
         root=data_root(),
         work=lambda w: f"{RESULTS}/pretrain_work/{w.model}",
     script:

@@ -23,7 +23,7 @@ rule pruning_cell:
         runtime=model_runtime(120),
         gpu=gpu_request,
     params:
-        cell=lambda w: pruning_cells.cell_json(config, w.strategy),
+        slice=lambda w: pruning_cells.cell_json(config, w.strategy),
         root=data_root(),
     script:
         "../workflow_scripts/scripts/pruning_cell.py"
@@ -62,6 +62,6 @@ rule pruning_tables:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=lambda w: cell_json(pruning_cells.tables_params(config)),
+        slice=lambda w: cell_json(pruning_cells.tables_params(config)),
     script:
         "../workflow_scripts/scripts/pruning_tables.py"

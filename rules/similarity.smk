@@ -17,7 +17,7 @@ rule similarity_cell:
         mem_mb=model_mem_mb(4000, 20),
         runtime=model_runtime(60),
     params:
-        cell=lambda w: similarity_cell(w.metric),
+        slice=lambda w: similarity_cell(w.metric),
     script:
         "../workflow_scripts/scripts/similarity_cell.py"
 
@@ -52,7 +52,7 @@ rule similarity_tables:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=lambda w: cell_json(config["similarity"]["blocks"]),
+        slice=lambda w: cell_json(config["similarity"]["blocks"]),
     script:
         "../workflow_scripts/scripts/similarity_tables.py"
 
@@ -72,6 +72,6 @@ rule model_blocks:
         mem_mb=attempt_mem_mb(1000),
         runtime=10,
     params:
-        cell=lambda w: cell_json(config["similarity"]["blocks"]),
+        slice=lambda w: cell_json(config["similarity"]["blocks"]),
     script:
         "../workflow_scripts/scripts/model_blocks.py"

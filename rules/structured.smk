@@ -24,7 +24,7 @@ rule structured_cell:
         runtime=model_runtime(120),
         gpu=gpu_request,
     params:
-        cell=lambda w: structured_cells.cell_json(config, w.sparsity),
+        slice=lambda w: structured_cells.cell_json(config, w.sparsity),
         root=data_root(),
     script:
         "../workflow_scripts/scripts/structured_cell.py"
@@ -58,7 +58,7 @@ rule structured_tables:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        cell=lambda w: cell_json(
+        slice=lambda w: cell_json(
             {"comparison": sorted(structured_cells.comparison_inputs(config, RESULTS))}
         ),
     script:

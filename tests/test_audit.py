@@ -103,12 +103,12 @@ def test_edited_metadata_is_tampered(project):
     table = pq.read_table(path)
     meta = dict(table.schema.metadata)
     prov = json.loads(meta[b"provenance"])
-    prov["cell_config"] = json.dumps({"name": "something else"})
+    prov["config_slice"] = json.dumps({"name": "something else"})
     meta[b"provenance"] = json.dumps(prov).encode()
     pq.write_table(table.replace_schema_metadata(meta), path)
     found = {f.path: f for f in audit.audit(["results/a.parquet"], jobs, root, check_code=False)}
     assert found["results/a.parquet"].status == "TAMPERED"
-    assert "cell_hash" in found["results/a.parquet"].reasons[0]
+    assert "slice_hash" in found["results/a.parquet"].reasons[0]
 
 
 def test_changed_or_missing_source_input(project):

@@ -381,7 +381,7 @@ def test_tiny_mimic_grid_end_to_end(tmp_path):
         assert r.raw_audio_check_max_abs_diff < 0.05
         assert r.mimicker_params < r.stack_params and r.batch_size == 4
         prov = read_provenance(res / f"cells/mimic/tiny-a/{name}.parquet")
-        assert json.loads(prov["cell_config"])["kind"] == r.kind
+        assert json.loads(prov["config_slice"])["kind"] == r.kind
         assert {"model", "train_cache", "val_cache", "test_cache"} <= set(
             json.loads(prov["inputs_sha256"])
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.core.tables import blocks_table, matrix_of
 from workflow_scripts.report.charts import save_chart, similarity_heatmaps
+from workflow_scripts.similarity.report import blocks_table, matrix_of
 
 
 def long_rows(model, metric, m, higher=True, k=None):

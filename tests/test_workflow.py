@@ -275,14 +275,14 @@ def test_cells_carry_provenance(tiny_project):
 
     path = tiny_project / "results/cells/similarity/tiny-a/cka_linear.parquet"
     prov = read_provenance(path)
-    for key in ("cell_config", "cell_hash", "git_commit", "git_dirty", "packages",
+    for key in ("config_slice", "slice_hash", "git_commit", "git_dirty", "packages",
                 "inputs_sha256", "seed", "device", "host", "start_time", "end_time", "rule",
                 "wildcards", "content_hash"):  # fmt: skip
         assert key in prov, key
     import json
 
-    cell = json.loads(prov["cell_config"])
-    assert cell["metric"] == "cka_linear" and prov["cell_hash"] == config_hash(cell)
+    cell = json.loads(prov["config_slice"])
+    assert cell["metric"] == "cka_linear" and prov["slice_hash"] == config_hash(cell)
     assert "cache" in json.loads(prov["inputs_sha256"])
     assert json.loads(prov["packages"])["torch"] == "2.9.1"
     assert prov["content_hash"] == content_hash(pd.read_parquet(path))

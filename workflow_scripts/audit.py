@@ -259,11 +259,11 @@ def legacy_content_hash(df) -> str:
 def check_config_record(prov: dict) -> str | None:
     """The recorded cell config must hash to the recorded cell hash (metadata not edited)."""
     try:
-        cell = json.loads(prov.get("cell_config", "null"))
+        cell = json.loads(prov.get("config_slice", "null"))
     except json.JSONDecodeError:
-        return "cell_config is not JSON"
-    if prov.get("cell_hash") and config_hash(cell) != prov["cell_hash"]:
-        return "recorded cell_config does not hash to the recorded cell_hash"
+        return "config_slice is not JSON"
+    if prov.get("slice_hash") and config_hash(cell) != prov["slice_hash"]:
+        return "recorded config_slice does not hash to the recorded slice_hash"
     return None
 
 
@@ -307,7 +307,7 @@ def audit_file(path: str, jobs: dict[str, Job], code: CodeChecker | None,
             files = {smk} | (import_closure(root, script) if script else set())
             stale, detail = code.check(prov, files)
             (f.reasons if stale else f.notes).append(detail)
-        f.notes.append(f"cell {prov.get('cell_hash', '?')}")
+        f.notes.append(f"slice {prov.get('slice_hash', '?')}")
     if job is None:
         f.reasons.append("no job of the current config makes it")
         if f.status == CURRENT:
@@ -383,8 +383,8 @@ def lineage(path: str, jobs: dict[str, Job], root: Path) -> list[str]:
         job = jobs.get(p)
         parts = [f"rule {job.rule}", job.status, job.plan] if job else ["source"]
         prov = node_provenance(root / p)
-        if prov.get("cell_hash"):
-            parts.append(f"cell {prov['cell_hash']}")
+        if prov.get("slice_hash"):
+            parts.append(f"slice {prov['slice_hash']}")
         if prov.get("git_commit"):
             dirty = "+dirty" if prov.get("git_dirty") == "true" else ""
             parts.append(f"commit {prov['git_commit'][:8]}{dirty}")

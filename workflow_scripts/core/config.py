@@ -111,16 +111,45 @@ def cross_checks(config: dict) -> list[str]:
     return problems
 
 
-def model_num_layers(model_cfg: dict) -> int | None:
-    """Transformer layer count of a model entry when knowable without loading weights."""
+def model_config(model_cfg: dict) -> dict | None:
+    """The architecture of a model registry entry without loading weights, in transformers'
+    config keys (``num_hidden_layers``, ``hidden_size``, ``intermediate_size``,
+    ``num_attention_heads``, ``conv_dim``, ``conv_kernel``, ...): a ``pretrain`` spec
+    translated, a local folder's ``config.json``, or None (a hub id: nothing local to read).
+    The one reader of a model's ``config.json``."""
     if "pretrain" in model_cfg:
-        return model_cfg["pretrain"].get("layers")
+        p = model_cfg["pretrain"]
+        out = {
+            "num_hidden_layers": p.get("layers"),
+            "hidden_size": p.get("hidden"),
+            "num_attention_heads": p.get("heads"),
+        }
+        if p.get("hidden") is not None:
+            out["intermediate_size"] = p.get("ffn", 4 * p["hidden"])
+        for key in ("conv_dim", "conv_kernel", "conv_stride"):
+            if key in p:
+                out[key] = p[key]
+        return out
     path = Path(str(model_cfg.get("hf", ""))) / "config.json"
     if path.is_file():
         import json
 
-        return json.loads(path.read_text()).get("num_hidden_layers")
+        return json.loads(path.read_text())
+    return None
+
+
+def model_num_layers(model_cfg: dict) -> int | None:
+    """Transformer layer count of a model entry when knowable without loading weights."""
+    cfg = model_config(model_cfg)
+    if cfg is not None:
+        return cfg.get("num_hidden_layers")
     return model_cfg.get("num_layers")
+
+
+def model_hidden_size(model_cfg: dict) -> int | None:
+    """Hidden size of a model entry when knowable without loading weights."""
+    cfg = model_config(model_cfg)
+    return None if cfg is None else cfg.get("hidden_size")
 
 
 def cell_json(obj) -> str:

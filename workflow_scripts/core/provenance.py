@@ -132,8 +132,8 @@ def collect(
 ) -> dict:
     """Everything a result needs to be traced back: a flat dict of JSON-able values."""
     return {
-        "cell_config": canonical_json(cell),
-        "cell_hash": config_hash(cell),
+        "config_slice": canonical_json(cell),
+        "slice_hash": config_hash(cell),
         **(git or git_info()),
         "packages": canonical_json(package_versions()),
         "inputs_sha256": canonical_json(

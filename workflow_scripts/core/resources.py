@@ -7,10 +7,8 @@ SLURM requests can be unit-tested without a cluster.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from pathlib import Path
 
 BASE_PARAMS = 95_000_000  # wav2vec2-base: the unit of the run-time scaling
 
@@ -50,25 +48,19 @@ def estimate_params(spec: dict) -> int:
     """Parameter count of a model registry entry (``pretrain`` spec, local folder with a
     ``config.json``, or hub id). Unknown hub ids fall back on their name: ``large``/``xl``
     → a large model, anything else → a base model."""
-    if "pretrain" in spec:
-        p = spec["pretrain"]
-        hidden = p["hidden"]
-        return transformer_params(
-            p["layers"], hidden, p.get("ffn", 4 * hidden),
-            p.get("conv_dim", SMALL_CONV["conv_dim"]),
-            p.get("conv_kernel", SMALL_CONV["conv_kernel"]),
-        )  # fmt: skip
+    from workflow_scripts.core.config import model_config
+
     hf = str(spec.get("hf", ""))
-    if hf in KNOWN_PARAMS:
+    if "pretrain" not in spec and hf in KNOWN_PARAMS:
         return KNOWN_PARAMS[hf]
-    cfg_file = Path(hf) / "config.json"
-    if cfg_file.is_file():
-        cfg = json.loads(cfg_file.read_text())
-        hidden = cfg.get("hidden_size", 768)
+    cfg = model_config(spec)
+    if cfg is not None:
+        small = "pretrain" in spec
+        conv = SMALL_CONV if small else REAL_CONV
+        hidden = cfg.get("hidden_size") or 768
         return transformer_params(
-            cfg.get("num_hidden_layers", 12), hidden, cfg.get("intermediate_size", 4 * hidden),
-            cfg.get("conv_dim", REAL_CONV["conv_dim"]),
-            cfg.get("conv_kernel", REAL_CONV["conv_kernel"]),
+            cfg.get("num_hidden_layers") or 12, hidden, cfg.get("intermediate_size") or 4 * hidden,
+            cfg.get("conv_dim", conv["conv_dim"]), cfg.get("conv_kernel", conv["conv_kernel"]),
         )  # fmt: skip
     if re.search(r"large|xl", hf, re.I):
         return KNOWN_PARAMS["facebook/wav2vec2-large"]

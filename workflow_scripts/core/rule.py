@@ -28,15 +28,15 @@ class RuleContext:
             force=True,
         )
         self.log = logging.getLogger(smk.rule)
-        self.cell = json.loads(smk.params.cell) if "cell" in smk.params.keys() else {}
+        self.slice = json.loads(smk.params.slice) if "slice" in smk.params.keys() else {}
         self.log.info("rule %s wildcards %s", smk.rule, dict(smk.wildcards))
-        self.log.info("cell config %s", smk.params.get("cell", "{}"))
+        self.log.info("config slice %s", smk.params.get("slice", "{}"))
 
     def provenance(self, inputs: dict | None = None, seed: int | None = None) -> dict:
         from workflow_scripts.core.provenance import collect
 
         return collect(
-            self.cell,
+            self.slice,
             inputs=inputs,
             seed=seed,
             rule=self.smk.rule,

@@ -1,11 +1,11 @@
-"""Aggregation of grid cells into comparison tables (pure functions over DataFrames)."""
+"""Table helpers shared by every stage: stacking cell files, one markdown writer."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
-
-from workflow_scripts.similarity.blocks import detect_blocks
 
 
 def concat_cells(paths: list[str]) -> pd.DataFrame:
@@ -14,30 +14,23 @@ def concat_cells(paths: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def matrix_of(df: pd.DataFrame) -> np.ndarray:
-    """(L, L) matrix from the long rows (layer_i, layer_j, value) of one model/metric/k."""
-    n = int(max(df.layer_i.max(), df.layer_j.max())) + 1
-    m = np.full((n, n), np.nan)
-    m[df.layer_i.to_numpy(), df.layer_j.to_numpy()] = df.value.to_numpy()
-    return m
+def _cell_text(v, floatfmt: str) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float | np.floating) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, float | np.floating):
+        return format(float(v), floatfmt)
+    if isinstance(v, list | tuple | np.ndarray):
+        return " ".join(map(str, v))
+    return str(v)
 
 
-def blocks_table(sim: pd.DataFrame, criterion: str, penalty: float,
-                 max_blocks: int | None, knn_k: int) -> pd.DataFrame:  # fmt: skip
-    """Detected contiguous blocks per model and matrix metric (mutual kNN at ``knn_k``):
-    one row per block with its first and last layer (hidden-state indices)."""
-    rows = []
-    mats = sim[sim.metric != "block_influence"]
-    mats = mats[(mats.metric != "mutual_knn") | (mats.k == knn_k)]
-    for (model, metric), g in mats.groupby(["model", "metric"], sort=True):
-        m = matrix_of(g)
-        if not g.higher_is_similar.iloc[0]:
-            m = 1.0 - m
-        seg = detect_blocks(m, max_blocks=max_blocks, criterion=criterion, penalty=penalty)
-        for b, (first, last) in enumerate(seg.boundaries):
-            rows.append({"model": model, "metric": metric, "n_blocks": seg.n_blocks,
-                         "block": b, "first_layer": first, "last_layer": last,
-                         "n_layers": m.shape[0], "criterion": criterion})  # fmt: skip
-    cols = ["model", "metric", "n_blocks", "block", "first_layer", "last_layer", "n_layers",
-            "criterion"]  # fmt: skip
-    return pd.DataFrame(rows, columns=cols)
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub markdown table of ``df``: floats formatted with ``floatfmt``, missing values
+    empty, list cells space-separated. The one markdown writer of every stage's tables."""
+    cols = list(map(str, df.columns))
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for rec in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell_text(v, floatfmt) for v in rec) + " |")
+    return "\n".join(lines) + "\n"

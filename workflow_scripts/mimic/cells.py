@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from workflow_scripts.core.config import ConfigError, model_num_layers
+from workflow_scripts.core.config import ConfigError, model_hidden_size, model_num_layers
 from workflow_scripts.core.provenance import canonical_json
 
 KINDS = ("linear", "transformer")
@@ -157,19 +157,6 @@ def cell_inputs(config: dict, results: str, model: str, kind: str, depth: int | 
 # --------------------------------------------------------------------------------------------
 # config checks a schema cannot express
 # --------------------------------------------------------------------------------------------
-def _hidden_size(model_cfg: dict) -> int | None:
-    if "pretrain" in model_cfg:
-        return model_cfg["pretrain"].get("hidden")
-    from pathlib import Path
-
-    path = Path(str(model_cfg.get("hf", ""))) / "config.json"
-    if path.is_file():
-        import json
-
-        return json.loads(path.read_text()).get("hidden_size")
-    return None
-
-
 def config_problems(config: dict) -> list[str]:
     """Relations between ``mimic`` and the rest of the config, each naming its key: explicit
     target layers of unknown models or out of 1..L-1, transformer heads that do not divide a
@@ -194,7 +181,7 @@ def config_problems(config: dict) -> list[str]:
     heads = m["types"].get("transformer", {}).get("heads")
     if "transformer" in m["types"] and heads is not None:
         for name, spec in models.items():
-            dim = _hidden_size(spec)
+            dim = model_hidden_size(spec)
             if dim is not None and dim % heads:
                 problems.append(
                     f"config.mimic.types.transformer.heads: {heads} does not divide the hidden "

@@ -14,10 +14,10 @@ tables = {
     name: pd.read_csv(path) if path.endswith(".csv") else pd.read_parquet(path)
     for name, path in inputs.items()
 }
-threshold = ctx.cell["threshold"]
+threshold = ctx.slice["threshold"]
 overview = overview_table(threshold=threshold, **tables)
 write_parquet(overview, out.table, ctx.provenance(inputs=inputs))
 write_text_atomic(out.csv, overview.to_csv(index=False))
-write_text_atomic(out.md, overview_markdown(overview, threshold, ctx.cell["stages"]))
+write_text_atomic(out.md, overview_markdown(overview, threshold, ctx.slice["stages"]))
 ctx.log.info("overview:\n%s", overview.to_string())
 save_chart(overview_chart(overview), out.html, out.png)

@@ -23,7 +23,7 @@ from workflow_scripts.data.loader import load_split, manifest_digest
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell, spec = ctx.cell, ctx.cell["finetune"]
+cell, spec = ctx.slice, ctx.slice["finetune"]
 labels = cell["labels"]
 root = snakemake.params.root
 manifest = pd.read_parquet(snakemake.input.manifest)

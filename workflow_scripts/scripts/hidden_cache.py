@@ -11,7 +11,7 @@ from workflow_scripts.data.loader import load_split
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell = ctx.cell
+cell = ctx.slice
 manifest = pd.read_parquet(snakemake.input.manifest)
 audio, y, paths = load_split(snakemake.params.root, manifest, cell["split"], cell["clips"])
 model = load_classifier(snakemake.input.model)
@@ -19,6 +19,6 @@ device = pick_device()
 arrays = extract_hidden_states(model, audio, device, cell["batch_size"])
 ctx.log.info("cache shapes %s", {k: v.shape for k, v in arrays.items()})
 meta = ctx.provenance(inputs={"model": snakemake.input.model})
-meta["cell_hash"] = config_hash(cell)
+meta["slice_hash"] = config_hash(cell)
 meta["model_sha256"] = sha256_path(snakemake.input.model)
 write_cache(snakemake.output[0], arrays, y, paths, meta)

@@ -8,8 +8,8 @@ from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS
 from workflow_scripts.data.loader import build_manifest, manifest_digest
 
 ctx = RuleContext(snakemake)  # noqa: F821
-words = ctx.cell["words"] or SPEECH_COMMANDS_WORDS
-df, summary = build_manifest(ctx.cell["root"], words)
+words = ctx.slice["words"] or SPEECH_COMMANDS_WORDS
+df, summary = build_manifest(ctx.slice["root"], words)
 for key, value in summary.items():
     ctx.log.info("%s: %s", key, value)
 bad = df[~df.usable]

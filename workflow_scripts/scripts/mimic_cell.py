@@ -25,7 +25,7 @@ from workflow_scripts.mimic.cells import NO_MIMIC, frozen_outputs, target_layers
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell, inp = ctx.cell, snakemake.input
+cell, inp = ctx.slice, snakemake.input
 kind, depth, model_name = cell["kind"], cell["depth"], cell["model"]
 log = ctx.log.info
 device = pick_device()

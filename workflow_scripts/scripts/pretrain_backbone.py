@@ -11,7 +11,7 @@ from workflow_scripts.data.loader import load_split, manifest_digest
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-spec = ctx.cell
+spec = ctx.slice
 manifest = pd.read_parquet(snakemake.input.manifest)
 audio, _, _ = load_split(snakemake.params.root, manifest, "training", spec.get("train_clips"))
 ctx.log.info("pretraining %s on %d training clips", spec["arch"], len(audio))

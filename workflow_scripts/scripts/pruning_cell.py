@@ -13,7 +13,7 @@ from workflow_scripts.pruning.core import SimilarityEvaluator
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell, inp = ctx.cell, snakemake.input
+cell, inp = ctx.slice, snakemake.input
 strategy, settings = cell["strategy"], cell["settings"]
 root = snakemake.params.root
 manifest = pd.read_parquet(inp.manifest)

@@ -9,7 +9,7 @@ from workflow_scripts.report.charts import pruning_accuracy_chart, pruning_laten
 
 ctx = RuleContext(snakemake)
 out = snakemake.output
-threshold = ctx.cell["threshold"]
+threshold = ctx.slice["threshold"]
 df = concat_cells(list(snakemake.input.cells))
 summary = summary_table(df, threshold)
 meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})

@@ -12,7 +12,7 @@ from workflow_scripts.similarity.metrics import compute_metric, to_long_rows
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell = ctx.cell
+cell = ctx.slice
 H = read_layers(snakemake.input.cache, limit=cell["clips"])
 ctx.log.info("layers x utterances x frames x dims: %s", H.shape)
 params = {**cell["params"], "n_boot": cell["n_boot"], "seed": cell["seed"]}

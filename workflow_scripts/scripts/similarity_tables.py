@@ -2,11 +2,12 @@
 
 from workflow_scripts.core.provenance import write_parquet, write_text_atomic
 from workflow_scripts.core.rule import RuleContext
-from workflow_scripts.core.tables import blocks_table, concat_cells
+from workflow_scripts.core.tables import concat_cells
 from workflow_scripts.report.charts import save_chart, similarity_heatmaps
+from workflow_scripts.similarity.report import blocks_table
 
 ctx = RuleContext(snakemake)
-cfg = ctx.cell
+cfg = ctx.slice
 sim = concat_cells(list(snakemake.input.cells))
 blocks = blocks_table(sim, cfg["criterion"], cfg["penalty"], cfg["max_blocks"], cfg["knn_k"])
 meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})

@@ -13,7 +13,7 @@ from workflow_scripts.structured.core import default_distill_layers, run_cell
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-cell, inp, out = ctx.cell, snakemake.input, snakemake.output
+cell, inp, out = ctx.slice, snakemake.input, snakemake.output
 root = snakemake.params.root
 device = pick_device()
 model = load_classifier(inp.model).to(device).eval()

@@ -12,10 +12,10 @@ ctx = RuleContext(snakemake)  # noqa: F821
 out = Path(snakemake.output[0])  # noqa: F821
 tmp = out.with_name(out.name + ".partial")
 shutil.rmtree(tmp, ignore_errors=True)
-summary = synthesize_corpus(tmp, ctx.cell)
+summary = synthesize_corpus(tmp, ctx.slice)
 (tmp / "provenance.json").write_text(
     json.dumps(
-        {**collect(ctx.cell, seed=ctx.cell["seed"], rule="synthesize_corpus"), "summary": summary},
+        {**collect(ctx.slice, seed=ctx.slice["seed"], rule="synthesize_corpus"), "summary": summary},
         indent=1,
     )  # fmt: skip
 )

@@ -1,0 +1,155 @@
+"""Every output path of the workflow, defined once.
+
+Templates use Snakemake's wildcard syntax (``{model}``), relative to the results folder. The
+rules use them as they are (``path("pruning_cell")`` keeps every wildcard); code and tests fill
+them (``path("pruning_cell", model="m", strategy="backward")``), and a wildcard left out stays a
+wildcard, so the same template serves ``output:``, ``expand`` and a test's expected file.
+
+Vocabulary: a *cell* is one grid output (one parquet per model x setting); a stage's *tables*
+are its aggregation rule's outputs, by role (``table``, ``summary_csv``, ``html`` ...).
+"""
+
+from __future__ import annotations
+
+import string
+
+RESULTS = "results"
+
+FILES = {
+    # data
+    "corpus": "corpus/speech_commands_v0.02",
+    "manifest": "data/manifest.parquet",
+    "manifest_summary": "data/manifest_summary.json",
+    # backbones
+    "pretrain_work": "pretrain_work/{model}",
+    "finetuned": "finetuned/{model}",
+    "finetune_work": "finetune_work/{model}",
+    "cache": "cache/{model}/{split}.safetensors",
+    # cells: one file per grid cell
+    "baseline_cell": "cells/baseline/{model}.parquet",
+    "similarity_cell": "cells/similarity/{model}/{metric}.parquet",
+    "pruning_cell": "cells/pruning/{model}/{strategy}.parquet",
+    "mimic_cell": "cells/mimic/{model}/{kind}-{depth}.parquet",
+    "mimic_curves": "cells/mimic/{model}/{kind}-{depth}.curves.parquet",
+    "structured_cell": "cells/structured/{model}/{sparsity}.parquet",
+    # per-model side outputs
+    "model_groups": "blocks/{model}/{metric}.csv",
+    "structured_model": "structured/{model}/{sparsity}",
+    "similarity_model_chart": "charts/similarity_{model}.html",
+    # the one HTML report
+    "report": "report.html",
+}
+
+# Each aggregation rule's outputs by role; the roles are the rule's named outputs.
+TABLES = {
+    "baseline": {
+        "table": "tables/baseline.parquet",
+        "csv": "tables/baseline.csv",
+        "md": "tables/baseline.md",
+        "html": "charts/baseline.html",
+        "png": "charts/baseline.png",
+    },
+    "similarity": {
+        "table": "tables/similarity.parquet",
+        "blocks": "tables/blocks.csv",
+        "html": "charts/similarity.html",
+        "png": "charts/similarity.png",
+    },
+    "pruning": {
+        "table": "tables/pruning.parquet",
+        "summary_csv": "tables/pruning_summary.csv",
+        "summary_md": "tables/pruning_summary.md",
+        "accuracy_html": "charts/pruning_accuracy.html",
+        "accuracy_png": "charts/pruning_accuracy.png",
+        "latency_html": "charts/pruning_latency.html",
+        "latency_png": "charts/pruning_latency.png",
+    },
+    "mimic": {
+        "table": "tables/mimic.parquet",
+        "summary_csv": "tables/mimic_summary.csv",
+        "summary_md": "tables/mimic_summary.md",
+        "tradeoff_html": "charts/mimic_tradeoff.html",
+        "tradeoff_png": "charts/mimic_tradeoff.png",
+        "curves_html": "charts/mimic_curves.html",
+        "curves_png": "charts/mimic_curves.png",
+    },
+    "structured": {
+        "table": "tables/structured.parquet",
+        "csv": "tables/structured.csv",
+        "md": "tables/structured.md",
+        "comparison_html": "charts/comparison.html",
+        "comparison_png": "charts/comparison.png",
+    },
+    "overview": {
+        "table": "tables/overview.parquet",
+        "csv": "tables/overview.csv",
+        "md": "tables/overview.md",
+        "html": "charts/overview.html",
+        "png": "charts/overview.png",
+    },
+}
+
+# Report captions (``workflow_scripts/report/captions/<file>``) of the outputs that enter the
+# HTML report: (stage, role) -> caption file.
+CAPTIONS = {
+    ("baseline", "csv"): "baseline_table.rst",
+    ("baseline", "html"): "baseline.rst",
+    ("similarity", "html"): "similarity.rst",
+    ("pruning", "summary_csv"): "pruning_summary.rst",
+    ("pruning", "accuracy_html"): "pruning_accuracy.rst",
+    ("pruning", "latency_html"): "pruning_latency.rst",
+    ("mimic", "summary_csv"): "mimic_summary.rst",
+    ("mimic", "tradeoff_html"): "mimic_tradeoff.rst",
+    ("mimic", "curves_html"): "mimic_curves.rst",
+    ("structured", "csv"): "structured_table.rst",
+    ("structured", "comparison_html"): "comparison.rst",
+    ("overview", "csv"): "overview_table.rst",
+    ("overview", "html"): "overview.rst",
+}
+# The report's category of each stage's outputs.
+CATEGORIES = {
+    "baseline": "Overview",
+    "overview": "Overview",
+    "similarity": "Similarity",
+    "pruning": "Pruning",
+    "mimic": "Mimickers",
+    "structured": "Structured pruning",
+}
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, **wildcards) -> str:
+    """``template`` with the given wildcards filled in; the others stay ``{name}``."""
+    return string.Formatter().vformat(template, (), _KeepMissing(wildcards))
+
+
+def path(name: str, results: str = RESULTS, **wildcards) -> str:
+    """The path of output ``name`` (a key of :data:`FILES`) under ``results``."""
+    return fill(f"{results}/{FILES[name]}", **wildcards)
+
+
+def tables(stage: str, results: str = RESULTS) -> dict[str, str]:
+    """A stage's aggregation outputs by role (a key of :data:`TABLES`)."""
+    return {role: f"{results}/{p}" for role, p in TABLES[stage].items()}
+
+
+def wildcard_names(template: str) -> list[str]:
+    """The wildcards of a template, in order."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def log(name: str, results: str = RESULTS, suffix: str = ".log") -> str:
+    """Log template of the job that writes output ``name`` (a FILES key, or any rule name
+    without wildcards): ``logs/<name>/<wildcard>/.../<wildcard>.log``."""
+    wc = wildcard_names(FILES.get(name, ""))
+    tail = "/".join("{" + w + "}" for w in wc) if wc else "job"
+    return f"{results}/logs/{name}/{tail}{suffix}"
+
+
+def benchmark(name: str, results: str = RESULTS) -> str:
+    """Benchmark (``benchmark:`` tsv) template, beside :func:`log`'s naming."""
+    return log(name, results, ".tsv").replace(f"{results}/logs/", f"{results}/benchmarks/", 1)
