@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit report clean
+.PHONY: venv run dryrun test lint fmt audit report clean compare
 
 venv: $(STAMP)
 
@@ -46,3 +46,6 @@ report: $(STAMP)  ## one offline HTML report of every chart and table (after `ma
 
 clean:
 	rm -rf results .snakemake
+
+compare: $(STAMP)  ## what differs between two result folders: make compare A=results B=other/results
+	$(BIN)/python -m workflow_scripts.compare $(A) $(B) $(COMPARE_ARGS)

@@ -1,7 +1,12 @@
 """Layer redundancy in speech transformers: the workflow's entry point.
 
-Stages live in rules/*.smk; helpers (config validation, per-cell params) in rules/common.smk.
+Stages live in rules/*.smk (one file per stage); helpers, the one config validation and the
+per-cell params in rules/common.smk; each stage's plan in workflow_scripts/<stage>/plan.py.
 """
+
+from snakemake.utils import min_version
+
+min_version("9")
 
 
 configfile: "config.yaml"
@@ -10,10 +15,11 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 
 
+report: "workflow_scripts/report/captions/workflow.rst"
+
+
 wildcard_constraints:
-    model=model_pattern(),
-    split="training|validation|testing",
-    metric="|".join(config["similarity"]["metrics"]) or "NO_METRIC",
+    **backbones.wildcard_constraints(config),
 
 
 include: "rules/data.smk"
@@ -26,7 +32,14 @@ include: "rules/structured.smk"
 include: "rules/aggregate.smk"
 
 
+localrules:
+    all,
+    model_groups,
+    baseline_tables,
+    overview,
+
+
 rule all:
     default_target: True
     input:
-        all_targets(),
+        grid.targets(config, RESULTS),

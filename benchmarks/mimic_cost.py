@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workflow_scripts.backbones.registry import pick_device, small_config  # noqa: E402
-from workflow_scripts.mimic.core import Mimicker, cost_report  # noqa: E402
+from workflow_scripts.mimic.cost import cost_report  # noqa: E402
+from workflow_scripts.mimic.model import Mimicker  # noqa: E402
 
 FRONT_END = dict(
     conv_dim=(512,) * 7,

@@ -34,9 +34,9 @@ try:
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts.backbones.finetune import accuracy_report, predict
+from workflow_scripts import pruning
+from workflow_scripts.backbones.evaluate import accuracy_report, predict
 from workflow_scripts.backbones.registry import count_parameters, pick_device, small_config
-from workflow_scripts.pruning import core as pruning
 
 BASE_CONV = dict(
     conv_dim=(512,) * 7,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts.similarity import metrics as sim  # noqa: E402
+from workflow_scripts import similarity as sim  # noqa: E402
 
 
 def make_stack(n: int, layers: int, feats: int, seed: int, device: str) -> torch.Tensor:

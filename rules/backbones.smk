@@ -3,14 +3,14 @@
 
 rule finetune:
     input:
-        unpack(finetune_inputs),
+        unpack(inputs_of(backbones.finetune_inputs)),
     output:
-        model=directory(f"{RESULTS}/finetuned/{{model}}"),
-        baseline=f"{RESULTS}/cells/baseline/{{model}}.parquet",
+        model=directory(path("finetuned")),
+        baseline=path("baseline_cell"),
     log:
-        f"{LOGS}/finetune/{{model}}.log",
+        log("finetuned"),
     benchmark:
-        f"{BENCH}/finetune/{{model}}.tsv"
+        bench("finetuned")
     priority: 10  # the grid's critical path: start every fine-tuning before any cell
     conda:
         "../envs/torch.yaml"
@@ -20,23 +20,22 @@ rule finetune:
         runtime=model_runtime(180),
         gpu=gpu_request,
     params:
-        slice=lambda w: finetune_cell(w.model),
-        root=data_root(),
-        work=lambda w: f"{RESULTS}/finetune_work/{w.model}",
+        slice=slice_of(backbones.finetune_slice),
+        root=data.data_root(config, RESULTS),
+        work=path("finetune_work"),
     script:
         "../workflow_scripts/scripts/finetune.py"
 
 
 rule hidden_cache:
     input:
-        model=f"{RESULTS}/finetuned/{{model}}",
-        manifest=f"{RESULTS}/data/manifest.parquet",
+        **backbones.cache_inputs("{model}", RESULTS),
     output:
-        f"{RESULTS}/cache/{{model}}/{{split}}.safetensors",
+        path("cache"),
     log:
-        f"{LOGS}/cache/{{model}}/{{split}}.log",
+        log("cache"),
     benchmark:
-        f"{BENCH}/cache/{{model}}/{{split}}.tsv"
+        bench("cache")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -45,7 +44,7 @@ rule hidden_cache:
         runtime=model_runtime(60),
         gpu=gpu_request,
     params:
-        slice=lambda w: cache_cell(w.split),
-        root=data_root(),
+        slice=lambda w: cell_json(backbones.cache_slice(config, w.split)),
+        root=data.data_root(config, RESULTS),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

@@ -3,38 +3,38 @@
 
 rule synthesize_corpus:
     output:
-        directory(SYNTH_ROOT),
+        directory(path("corpus")),
     log:
-        f"{LOGS}/synthesize_corpus.log",
+        log("corpus"),
     benchmark:
-        f"{BENCH}/synthesize_corpus.tsv"
+        bench("corpus")
     conda:
         "../envs/data.yaml"
     resources:
         mem_mb=attempt_mem_mb(2000),
         runtime=60,
     params:
-        slice=corpus_cell(),
+        slice=cell_json(data.corpus_slice(config)),
     script:
         "../workflow_scripts/scripts/synthesize_corpus.py"
 
 
 rule manifest:
     input:
-        unpack(manifest_inputs),
+        unpack(inputs_of(data.manifest_inputs)),
     output:
-        manifest=f"{RESULTS}/data/manifest.parquet",
-        summary=f"{RESULTS}/data/manifest_summary.json",
+        manifest=path("manifest"),
+        summary=path("manifest_summary"),
     log:
-        f"{LOGS}/manifest.log",
+        log("manifest"),
     benchmark:
-        f"{BENCH}/manifest.tsv"
+        bench("manifest")
     conda:
         "../envs/data.yaml"
     resources:
         mem_mb=attempt_mem_mb(4000),
         runtime=60,
     params:
-        slice=manifest_cell(),
+        slice=cell_json(data.manifest_slice(config, RESULTS)),
     script:
         "../workflow_scripts/scripts/manifest.py"

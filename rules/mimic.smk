@@ -3,31 +3,19 @@ hidden-state caches (training split to fit, validation split to select), then th
 table, the summary (accuracy retained, parameter and latency reduction) and the charts.
 """
 
-from workflow_scripts.mimic import cells as mimic_cells
-
-try:
-    mimic_cells.check_config(config)
-except ConfigError as err:
-    raise WorkflowError(str(err)) from None
-
 
 rule mimic_cell:
     input:
-        unpack(
-            lambda w: mimic_cells.cell_inputs(
-                config, RESULTS, w.model, w.kind, w.depth
-            )
-        ),
+        unpack(inputs_of(mimic.cell_inputs)),
     output:
-        cell=f"{RESULTS}/cells/mimic/{{model}}/{{kind}}-{{depth}}.parquet",
-        curves=f"{RESULTS}/cells/mimic/{{model}}/{{kind}}-{{depth}}.curves.parquet",
+        cell=path("mimic_cell"),
+        curves=path("mimic_curves"),
     log:
-        f"{LOGS}/mimic/{{model}}/{{kind}}-{{depth}}.log",
+        log("mimic_cell"),
     benchmark:
-        f"{BENCH}/mimic/{{model}}/{{kind}}-{{depth}}.tsv"
+        bench("mimic_cell")
     wildcard_constraints:
-        kind="linear|transformer|no_mimic",
-        depth="[0-9]+",
+        **mimic.wildcard_constraints(config),
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -36,46 +24,27 @@ rule mimic_cell:
         runtime=model_runtime(120),
         gpu=gpu_request,
     params:
-        slice=lambda w: mimic_cells.cell_json(config, w.model, w.kind, w.depth),
-        root=data_root(),
+        slice=slice_of(mimic.cell_slice),
+        root=data.data_root(config, RESULTS),
     script:
         "../workflow_scripts/scripts/mimic_cell.py"
 
 
 rule mimic_tables:
     input:
-        cells=mimic_cells.cell_paths(config, RESULTS),
-        curves=mimic_cells.cell_paths(config, RESULTS, curves=True),
+        **mimic.tables_inputs(config, RESULTS),
     output:
-        table=f"{RESULTS}/tables/mimic.parquet",
-        summary_csv=report(
-            f"{RESULTS}/tables/mimic_summary.csv",
-            category="Mimickers",
-            caption="../workflow_scripts/report/captions/mimic_summary.rst",
-        ),
-        summary_md=f"{RESULTS}/tables/mimic_summary.md",
-        tradeoff_html=report(
-            f"{RESULTS}/charts/mimic_tradeoff.html",
-            category="Mimickers",
-            caption="../workflow_scripts/report/captions/mimic_tradeoff.rst",
-        ),
-        tradeoff_png=f"{RESULTS}/charts/mimic_tradeoff.png",
-        curves_html=report(
-            f"{RESULTS}/charts/mimic_curves.html",
-            category="Mimickers",
-            caption="../workflow_scripts/report/captions/mimic_curves.rst",
-        ),
-        curves_png=f"{RESULTS}/charts/mimic_curves.png",
+        **table_outputs("mimic"),
     log:
-        f"{LOGS}/mimic_tables.log",
+        log("mimic_tables"),
     benchmark:
-        f"{BENCH}/mimic_tables.tsv"
+        bench("mimic_tables")
     conda:
         "../envs/report.yaml"
     resources:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        slice=lambda w: cell_json({"cells": mimic_cells.grid(config)}),
+        slice=cell_json(mimic.tables_slice(config)),
     script:
         "../workflow_scripts/scripts/mimic_tables.py"

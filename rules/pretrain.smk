@@ -3,13 +3,13 @@
 
 rule pretrain_backbone:
     input:
-        manifest=f"{RESULTS}/data/manifest.parquet",
+        manifest=path("manifest"),
     output:
         directory(f"{config['pretrained_dir']}/{{model}}"),
     log:
-        f"{LOGS}/pretrain/{{model}}.log",
+        log("pretrain_work"),
     benchmark:
-        f"{BENCH}/pretrain/{{model}}.tsv"
+        bench("pretrain_work")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -18,8 +18,8 @@ rule pretrain_backbone:
         runtime=model_runtime(240),
         gpu=gpu_request,
     params:
-        slice=lambda w: pretrain_cell(w.model),
-        root=data_root(),
-        work=lambda w: f"{RESULTS}/pretrain_work/{w.model}",
+        slice=slice_of(backbones.pretrain_slice),
+        root=data.data_root(config, RESULTS),
+        work=path("pretrain_work"),
     script:
         "../workflow_scripts/scripts/pretrain_backbone.py"

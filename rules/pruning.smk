@@ -1,20 +1,18 @@
 """Layer pruning grid: one cell per model x strategy on the fine-tuned classifier, then the
 aggregated table, the summary (largest n at >= 95% accuracy, AUC) and the charts."""
 
-from workflow_scripts.pruning import cells as pruning_cells
-
 
 rule pruning_cell:
     input:
-        unpack(lambda w: pruning_cells.cell_inputs(RESULTS, w.model, w.strategy)),
+        unpack(inputs_of(pruning.cell_inputs)),
     output:
-        f"{RESULTS}/cells/pruning/{{model}}/{{strategy}}.parquet",
+        path("pruning_cell"),
     log:
-        f"{LOGS}/pruning/{{model}}/{{strategy}}.log",
+        log("pruning_cell"),
     benchmark:
-        f"{BENCH}/pruning/{{model}}/{{strategy}}.tsv"
+        bench("pruning_cell")
     wildcard_constraints:
-        strategy=pruning_cells.strategy_pattern(config),
+        **pruning.wildcard_constraints(config),
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -23,45 +21,27 @@ rule pruning_cell:
         runtime=model_runtime(120),
         gpu=gpu_request,
     params:
-        slice=lambda w: pruning_cells.cell_json(config, w.strategy),
-        root=data_root(),
+        slice=slice_of(pruning.cell_slice),
+        root=data.data_root(config, RESULTS),
     script:
         "../workflow_scripts/scripts/pruning_cell.py"
 
 
 rule pruning_tables:
     input:
-        cells=pruning_cells.cell_paths(config, RESULTS),
+        **pruning.tables_inputs(config, RESULTS),
     output:
-        table=f"{RESULTS}/tables/pruning.parquet",
-        summary_csv=report(
-            f"{RESULTS}/tables/pruning_summary.csv",
-            category="Pruning",
-            caption="../workflow_scripts/report/captions/pruning_summary.rst",
-        ),
-        summary_md=f"{RESULTS}/tables/pruning_summary.md",
-        accuracy_html=report(
-            f"{RESULTS}/charts/pruning_accuracy.html",
-            category="Pruning",
-            caption="../workflow_scripts/report/captions/pruning_accuracy.rst",
-        ),
-        accuracy_png=f"{RESULTS}/charts/pruning_accuracy.png",
-        latency_html=report(
-            f"{RESULTS}/charts/pruning_latency.html",
-            category="Pruning",
-            caption="../workflow_scripts/report/captions/pruning_latency.rst",
-        ),
-        latency_png=f"{RESULTS}/charts/pruning_latency.png",
+        **table_outputs("pruning"),
     log:
-        f"{LOGS}/pruning_tables.log",
+        log("pruning_tables"),
     benchmark:
-        f"{BENCH}/pruning_tables.tsv"
+        bench("pruning_tables")
     conda:
         "../envs/report.yaml"
     resources:
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
-        slice=lambda w: cell_json(pruning_cells.tables_params(config)),
+        slice=cell_json(pruning.tables_slice(config)),
     script:
         "../workflow_scripts/scripts/pruning_tables.py"

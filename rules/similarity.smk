@@ -1,15 +1,18 @@
-"""Similarity grid: one cell per model x metric on the hidden-state cache, then tables+charts."""
+"""Similarity grid: one cell per model x metric on the hidden-state cache, then the groups of
+similar layers per model, the stacked table and the heatmaps."""
 
 
 rule similarity_cell:
     input:
-        cache=f"{RESULTS}/cache/{{model}}/validation.safetensors",
+        unpack(inputs_of(similarity.cell_inputs)),
     output:
-        f"{RESULTS}/cells/similarity/{{model}}/{{metric}}.parquet",
+        path("similarity_cell"),
     log:
-        f"{LOGS}/similarity/{{model}}/{{metric}}.log",
+        log("similarity_cell"),
     benchmark:
-        f"{BENCH}/similarity/{{model}}/{{metric}}.tsv"
+        bench("similarity_cell")
+    wildcard_constraints:
+        **similarity.wildcard_constraints(config),
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -17,61 +20,54 @@ rule similarity_cell:
         mem_mb=model_mem_mb(4000, 20),
         runtime=model_runtime(60),
     params:
-        slice=lambda w: similarity_cell(w.metric),
+        slice=slice_of(similarity.cell_slice),
     script:
         "../workflow_scripts/scripts/similarity_cell.py"
 
 
-rule similarity_tables:
+rule model_groups:
     input:
-        cells=similarity_cells(),
+        path("similarity_cell"),
     output:
-        table=f"{RESULTS}/tables/similarity.parquet",
-        blocks=f"{RESULTS}/tables/blocks.csv",
-        html=report(
-            f"{RESULTS}/charts/similarity.html",
-            category="Similarity",
-            caption="../workflow_scripts/report/captions/similarity.rst",
-        ),
-        png=f"{RESULTS}/charts/similarity.png",
-        per_model=report(
-            expand(
-                f"{RESULTS}/charts/similarity_{{model}}.html", model=config["models"]
-            ),
-            category="Similarity",
-            subcategory="per model",
-            caption="../workflow_scripts/report/captions/similarity.rst",
-        ),
+        path("model_groups"),
     log:
-        f"{LOGS}/similarity_tables.log",
+        log("model_groups"),
     benchmark:
-        f"{BENCH}/similarity_tables.tsv"
-    conda:
-        "../envs/report.yaml"
-    resources:
-        mem_mb=attempt_mem_mb(2000),
-        runtime=30,
-    params:
-        slice=lambda w: cell_json(config["similarity"]["blocks"]),
-    script:
-        "../workflow_scripts/scripts/similarity_tables.py"
-
-
-rule model_blocks:
-    input:
-        f"{RESULTS}/cells/similarity/{{model}}/{{metric}}.parquet",
-    output:
-        f"{RESULTS}/blocks/{{model}}/{{metric}}.csv",
-    log:
-        f"{LOGS}/blocks/{{model}}/{{metric}}.log",
-    benchmark:
-        f"{BENCH}/blocks/{{model}}/{{metric}}.tsv"
+        bench("model_groups")
+    wildcard_constraints:
+        **similarity.wildcard_constraints(config),
     conda:
         "../envs/report.yaml"
     resources:
         mem_mb=attempt_mem_mb(1000),
         runtime=10,
     params:
-        slice=lambda w: cell_json(config["similarity"]["blocks"]),
+        slice=cell_json(similarity.tables_slice(config)),
     script:
-        "../workflow_scripts/scripts/model_blocks.py"
+        "../workflow_scripts/scripts/model_groups.py"
+
+
+rule similarity_tables:
+    input:
+        **similarity.tables_inputs(config, RESULTS),
+    output:
+        **table_outputs("similarity"),
+        per_model=report(
+            expand(path("similarity_model_chart"), model=config["models"]),
+            category="Similarity",
+            subcategory="per model",
+            caption="../workflow_scripts/report/captions/similarity.rst",
+        ),
+    log:
+        log("similarity_tables"),
+    benchmark:
+        bench("similarity_tables")
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=attempt_mem_mb(2000),
+        runtime=30,
+    params:
+        slice=cell_json(similarity.tables_slice(config)),
+    script:
+        "../workflow_scripts/scripts/similarity_tables.py"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic corpus made once per test session."""
+"""Shared fixtures: a tiny synthetic corpus and the default config's dry run, each made once per
+test session."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def tiny_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus") / "speech_commands_v0.02"
     summary = synthesize_corpus(root, TINY_CORPUS, progress=False)
     return root, TINY_CORPUS, summary
+
+
+@pytest.fixture(scope="session")
+def default_plan(tmp_path_factory):
+    """rule -> job count of the default config's whole grid (``-n --forceall``), planned once
+    in a copy of the project (so a developer's results/ does not change the count)."""
+    from helpers import project_copy, rule_counts
+
+    d = project_copy(tmp_path_factory.mktemp("default"))
+    return rule_counts(d, "--forceall")

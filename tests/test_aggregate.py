@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from workflow_scripts.report import aggregate
+from workflow_scripts.report import plan as report_plan
 
 
 def config(*outputs):
@@ -19,22 +20,22 @@ def config(*outputs):
 
 def test_targets_and_inputs_follow_outputs():
     cfg = config("similarity", "tables")
-    targets = aggregate.targets(cfg, "R")
+    targets = report_plan.targets(cfg, "R")
     assert "R/tables/overview.md" in targets and "R/tables/baseline.parquet" in targets
     assert "R/charts/overview.html" in targets and "R/charts/baseline.png" in targets
-    assert aggregate.overview_inputs(cfg, "R") == {
+    assert report_plan.overview_inputs(cfg, "R") == {
         "baseline": "R/tables/baseline.parquet", "blocks": "R/tables/blocks.csv"
     }  # fmt: skip
-    full = aggregate.overview_inputs(config("pruning", "mimic", "structured", "tables"), "R")
+    full = report_plan.overview_inputs(config("pruning", "mimic", "structured", "tables"), "R")
     assert full == {"baseline": "R/tables/baseline.parquet",
                     "pruning": "R/tables/pruning.parquet", "mimic": "R/tables/mimic.parquet",
                     "structured": "R/tables/structured.parquet"}  # fmt: skip
     # the overview's slice: the stages it combines and the threshold, nothing else
-    assert aggregate.overview_params(cfg) == {"stages": ["similarity"], "threshold": 0.9}
-    assert aggregate.overview_params({"outputs": ["tables"]})["threshold"] == 0.95
-    assert aggregate.baseline_cells(cfg, "R") == [
-        "R/cells/baseline/m-a.parquet", "R/cells/baseline/m-b.parquet"
-    ]  # fmt: skip
+    assert report_plan.overview_slice(cfg) == {"stages": ["similarity"], "threshold": 0.9}
+    assert report_plan.overview_slice({"outputs": ["tables"]})["threshold"] == 0.95
+    assert report_plan.baseline_inputs(cfg, "R") == {
+        "cells": ["R/cells/baseline/m-a.parquet", "R/cells/baseline/m-b.parquet"]
+    }  # fmt: skip
 
 
 def baseline_cells():

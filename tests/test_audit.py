@@ -227,7 +227,7 @@ def test_lineage_walks_back_to_the_sources(project):
          "no update"),
     ]))  # fmt: skip
     lines = audit.lineage("results/c.parquet", jobs, root)
-    assert lines[0].startswith("results/c.parquet  [rule make_c, ok, no update, cell ")
+    assert lines[0].startswith("results/c.parquet  [rule make_c, ok, no update, slice ")
     assert lines[1].startswith("├─ results/a.parquet  [rule make_a")
     assert lines[2].startswith("│  └─ source.txt  [source, sha256 ")
     assert lines[3].startswith("└─ results/b.parquet  [rule make_b")

@@ -11,6 +11,8 @@ import torch
 
 from workflow_scripts.backbones import finetune as F
 from workflow_scripts.backbones import registry as B
+from workflow_scripts.backbones.evaluate import accuracy_report, predict
+from workflow_scripts.backbones.plan import resolve_finetune
 from workflow_scripts.core.config import ConfigError, validate_config
 
 TINY = {"hidden": 32, "layers": 3, "heads": 2, "ffn": 64, "conv_dim": [16, 32, 32]}
@@ -112,7 +114,7 @@ def _data(n=24, seed=0):
 
 def test_finetuning_learns_and_resumes_after_a_kill(tmp_path, monkeypatch):
     audio, y = _data()
-    spec = F.resolve_finetune({"steps": 8, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 3},
+    spec = resolve_finetune({"steps": 8, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 3},
                               None)  # fmt: skip
     ref = tiny_classifier()
     F.train_classifier(ref, audio, y, spec, torch.device("cpu"), None, progress=False)
@@ -150,7 +152,7 @@ def test_finetuning_learns_and_resumes_after_a_kill(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", ["wav2vec2", "hubert", "wavlm"])
 def test_training_on_cached_cnn_features_equals_training_through_the_frozen_cnn(arch):
     audio, y = _data(16)
-    spec = F.resolve_finetune({"steps": 4, "batch_size": 8, "lr": 3e-3}, None)
+    spec = resolve_finetune({"steps": 4, "batch_size": 8, "lr": 3e-3}, None)
     models = {}
     for cached in (False, True):
         model = tiny_classifier(arch)
@@ -174,10 +176,10 @@ def test_training_on_cached_cnn_features_equals_training_through_the_frozen_cnn(
 def test_finetuning_improves_accuracy():
     audio, y = _data(48)
     model = tiny_classifier()
-    before = F.accuracy_report(F.predict(model, audio, torch.device("cpu")), y, 3)["accuracy"]
-    spec = F.resolve_finetune({"steps": 40, "batch_size": 16, "lr": 3e-3}, None)
+    before = accuracy_report(predict(model, audio, torch.device("cpu")), y, 3)["accuracy"]
+    spec = resolve_finetune({"steps": 40, "batch_size": 16, "lr": 3e-3}, None)
     F.train_classifier(model, audio, y, spec, torch.device("cpu"), None, progress=False)
-    after = F.accuracy_report(F.predict(model, audio, torch.device("cpu")), y, 3)
+    after = accuracy_report(predict(model, audio, torch.device("cpu")), y, 3)
     assert after["accuracy"] >= 0.9 > before + 0.2
     assert after["ci_lo"] <= after["accuracy"] <= after["ci_hi"]
 

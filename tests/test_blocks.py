@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workflow_scripts.similarity import blocks
-from workflow_scripts.similarity.metrics import angular_distance_matrix, cosine_matrix
+from workflow_scripts.similarity.cosine import angular_distance_matrix, cosine_matrix
 
 
 def planted(sizes, within=0.8, between=0.2, noise=0.05, seed=0):

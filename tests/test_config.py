@@ -9,6 +9,7 @@ import yaml
 
 from workflow_scripts.core.config import ConfigError, validate_config
 from workflow_scripts.core.provenance import canonical_json, config_hash
+from workflow_scripts.grid import validate
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def default_config():
 
 
 def test_default_config_is_valid_and_gets_defaults(default_config):
-    cfg = validate_config(copy.deepcopy(default_config))
+    cfg = validate(copy.deepcopy(default_config))
     assert cfg["corpus"]["speakers"] == default_config["corpus"]["speakers"]
     assert cfg["corpus"]["voices"]  # filled from the schema's defaults
     assert cfg["cache"]["batch_size"] >= 1
@@ -51,7 +52,7 @@ def test_bad_config_names_the_key(default_config, patch, expected):
         else:
             cfg[key] = value
     with pytest.raises(ConfigError) as err:
-        validate_config(cfg)
+        validate(cfg)  # the schema, then every stage's cross-field checks
     assert expected in str(err.value)
 
 

@@ -12,13 +12,17 @@ from workflow_scripts.data import corpus as C
 def test_layout_matches_speech_commands(tiny_corpus):
     root, cfg, summary = tiny_corpus
     assert summary["clips"] == cfg["speakers"] * len(cfg["words"]) * cfg["repeats"]
+    speakers = {C.speaker_id(cfg["seed"], i) for i in range(cfg["speakers"])}
     for word in cfg["words"]:
         files = sorted((root / word).glob("*.wav"))
         assert len(files) == cfg["speakers"] * cfg["repeats"]
+        seen = set()
         for f in files:
             spk, rest = f.stem.split("_nohash_")
-            assert len(spk) == 8 and int(spk, 16) >= 0
+            assert len(spk) == 8 and spk in speakers
             assert int(rest) in range(cfg["repeats"])
+            seen.add(spk)
+        assert seen == speakers  # every speaker says every word
     assert (root / "validation_list.txt").is_file() and (root / "testing_list.txt").is_file()
     assert list((root / "_background_noise_").glob("*.wav"))
     info = sf.info(root / cfg["words"][0] / files[0].name)
@@ -98,9 +102,10 @@ def test_rejected_voice_fails_loudly():
     assert "f1" in defaults and not set(defaults) & set(C.NONDETERMINISTIC_VARIANTS)
     # ... and by config validation, before any job runs, naming the key
     from workflow_scripts.core.config import ConfigError
+    from workflow_scripts.grid import validate
 
     with pytest.raises(ConfigError, match=r"config\.corpus\.variants: \['f3'\] give different"):
-        validate_config({"corpus": {"variants": ["", "f3"]}})
+        validate({"corpus": {"variants": ["", "f3"]}})
 
 
 def _avg_logmel(path) -> np.ndarray:

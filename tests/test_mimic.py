@@ -1,16 +1,34 @@
-"""Tests for workflow_scripts.mimic.core (mimicking networks) and the shared latency helper."""
+"""Tests for the mimicking networks (workflow_scripts.mimic.model, .targets, .train, .cost)
+and the shared latency helper."""
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from workflow_scripts.backbones.registry import count_parameters, encoder_of, small_config
+from workflow_scripts.core import timing
 from workflow_scripts.core.timing import measure_latency
-from workflow_scripts.mimic import core as mimic
+from workflow_scripts.mimic.cost import cost_report, parameter_summary, replaced_stack_parameters
+from workflow_scripts.mimic.model import (
+    ClassifierHead,
+    MimickedModel,
+    Mimicker,
+    no_mimic,
+    teacher_states,
+)
+from workflow_scripts.mimic.targets import choose_targets
+from workflow_scripts.mimic.train import (
+    Stage1Config,
+    Stage2Config,
+    mimic_logits,
+    stage1_loss,
+    train_stage1,
+    train_stage2,
+)
 
 torch.set_num_threads(1)
 QUIET = lambda *_: None
@@ -31,7 +49,7 @@ def tiny_classifier(arch="hubert", hidden=32, layers=4, labels=3, seed=0):
 @pytest.mark.parametrize("depth", [1, 2])
 def test_output_shapes(kind, depth, dim):
     torch.manual_seed(0)
-    m = mimic.Mimicker(kind, depth, dim).eval()
+    m = Mimicker(kind, depth, dim).eval()
     x = torch.randn(2, 5, dim)
     with torch.no_grad():
         outs = m(x)
@@ -52,46 +70,46 @@ def test_output_shapes(kind, depth, dim):
 
 def test_identity_and_heads_validation():
     x = torch.randn(2, 5, 12)
-    ident = mimic.no_mimic(12)
+    ident = no_mimic(12)
     out = ident(x)
     assert len(out) == 1 and out[0] is x and count_parameters(ident) == 0
     with pytest.raises(ValueError, match="not divisible by heads=8"):
-        mimic.Mimicker("transformer", 1, 12)
-    assert mimic.Mimicker("transformer", 1, 12, heads=None).layers[0].self_attn.num_heads == 4
+        Mimicker("transformer", 1, 12)
+    assert Mimicker("transformer", 1, 12, heads=None).layers[0].self_attn.num_heads == 4
     with pytest.raises(ValueError, match="unknown mimicker kind"):
-        mimic.Mimicker("conv", 1, 12)
-    m = mimic.Mimicker.from_spec({"kind": "transformer", "depth": 2, "heads": 4, "ffn": 16}, 12)
+        Mimicker("conv", 1, 12)
+    m = Mimicker.from_spec({"kind": "transformer", "depth": 2, "heads": 4, "ffn": 16}, 12)
     assert m.depth == 2 and m.layers[1].linear1.out_features == 16
 
 
 # ---------------------------------------------------------------------------------- targets
 def test_choose_targets_from_blocks_and_defaults():
-    assert mimic.choose_targets(1, 12) == [12]
-    assert mimic.choose_targets(1, 12, blocks=[(0, 4), (5, 12)]) == [12]
+    assert choose_targets(1, 12) == [12]
+    assert choose_targets(1, 12, blocks=[(0, 4), (5, 12)]) == [12]
     # depth 2: the last layer of the first block, then the last layer
-    assert mimic.choose_targets(2, 12, blocks=[(0, 4), (5, 12)]) == [4, 12]
-    assert mimic.choose_targets(2, 24, blocks=[(9, 24), (0, 8)]) == [8, 24]  # unsorted input
-    assert mimic.choose_targets(2, 12, blocks=[(0, 4), (5, 12)], pick="middle") == [2, 12]
+    assert choose_targets(2, 12, blocks=[(0, 4), (5, 12)]) == [4, 12]
+    assert choose_targets(2, 24, blocks=[(9, 24), (0, 8)]) == [8, 24]  # unsorted input
+    assert choose_targets(2, 12, blocks=[(0, 4), (5, 12)], pick="middle") == [2, 12]
     # a block that is only the stack input (index 0) is skipped
-    assert mimic.choose_targets(2, 12, blocks=[(0, 0), (1, 6), (7, 12)]) == [6, 12]
-    assert mimic.choose_targets(3, 12, blocks=[(0, 3), (4, 8), (9, 12)]) == [3, 8, 12]
-    assert mimic.choose_targets(2, 12) == [6, 12]  # no blocks: evenly spaced
+    assert choose_targets(2, 12, blocks=[(0, 0), (1, 6), (7, 12)]) == [6, 12]
+    assert choose_targets(3, 12, blocks=[(0, 3), (4, 8), (9, 12)]) == [3, 8, 12]
+    assert choose_targets(2, 12) == [6, 12]  # no blocks: evenly spaced
     with pytest.raises(ValueError, match="intermediate target"):
-        mimic.choose_targets(2, 12, blocks=[(0, 12)])  # one block: nothing before the last
+        choose_targets(2, 12, blocks=[(0, 12)])  # one block: nothing before the last
 
 
 def test_choose_targets_explicit_validation():
-    assert mimic.choose_targets(2, 12, blocks=[(0, 4), (5, 12)], explicit=[7, 11]) == [7, 11]
+    assert choose_targets(2, 12, blocks=[(0, 4), (5, 12)], explicit=[7, 11]) == [7, 11]
     with pytest.raises(ValueError, match="out of range"):
-        mimic.choose_targets(2, 12, explicit=[3, 13])
+        choose_targets(2, 12, explicit=[3, 13])
     with pytest.raises(ValueError, match="out of range"):
-        mimic.choose_targets(1, 12, explicit=[-1])
+        choose_targets(1, 12, explicit=[-1])
     with pytest.raises(ValueError, match="needs 2 target"):
-        mimic.choose_targets(2, 12, explicit=[12])
+        choose_targets(2, 12, explicit=[12])
     with pytest.raises(ValueError, match="strictly increasing"):
-        mimic.choose_targets(2, 12, explicit=[8, 4])
+        choose_targets(2, 12, explicit=[8, 4])
     with pytest.raises(ValueError, match="valid inclusive range"):
-        mimic.choose_targets(2, 12, blocks=[(0, 4), (5, 13)])
+        choose_targets(2, 12, blocks=[(0, 4), (5, 13)])
 
 
 # ---------------------------------------------------------------------------------- stage 1
@@ -106,11 +124,11 @@ def test_stage1_learns_linear_map_from_float16_cache():
     x, y = linear_task()
     x16, y16 = x.numpy().astype(np.float16), y.numpy().astype(np.float16)  # a float16 cache
     torch.manual_seed(0)
-    m = mimic.Mimicker("linear", 1, 8, width=64)
+    m = Mimicker("linear", 1, 8, width=64)
     tr, va = np.arange(448), np.arange(448, 512)
-    before, _ = mimic.stage1_loss(m, x16, [y16], va)
-    res = mimic.train_stage1(m, x16, [y16], tr, va, epochs=60, lr=3e-3, batch_size=64, log=QUIET)
-    after, _ = mimic.stage1_loss(m, x16, [y16], va)
+    before, _ = stage1_loss(m, x16, [y16], va)
+    res = train_stage1(m, x16, [y16], tr, va, Stage1Config(60, lr=3e-3, batch_size=64), log=QUIET)
+    after, _ = stage1_loss(m, x16, [y16], va)
     var = float(y[va].var())
     assert after < 0.01 * var < before
     assert len(res["history"]) == 60
@@ -119,15 +137,15 @@ def test_stage1_learns_linear_map_from_float16_cache():
 
 def test_stage1_sums_losses_over_targets():
     x, y = linear_task(n=64)
-    m = mimic.Mimicker("linear", 2, 8)
-    total, per = mimic.stage1_loss(m, x, [y, 2 * y], np.arange(64), batch_size=10)
+    m = Mimicker("linear", 2, 8)
+    total, per = stage1_loss(m, x, [y, 2 * y], np.arange(64), batch_size=10)
     with torch.no_grad():
         p = m(x)
     ref = [float(((p[0] - y) ** 2).mean()), float(((p[1] - 2 * y) ** 2).mean())]
     np.testing.assert_allclose(per, ref, rtol=1e-5)
     assert total == pytest.approx(sum(ref), rel=1e-5)
     with pytest.raises(ValueError, match="2 output"):
-        mimic.train_stage1(m, x, [y], np.arange(32), np.arange(32, 64), 1, log=QUIET)
+        train_stage1(m, x, [y], np.arange(32), np.arange(32, 64), Stage1Config(1), log=QUIET)
 
 
 def test_stage1_keeps_best_validation_state():
@@ -137,13 +155,13 @@ def test_stage1_keeps_best_validation_state():
     targets = 3 * y
     targets[192:] = 0
     torch.manual_seed(0)
-    m = mimic.Mimicker("linear", 1, 8)
+    m = Mimicker("linear", 1, 8)
     tr, va = np.arange(192), np.arange(192, 256)
-    res = mimic.train_stage1(m, x, [targets], tr, va, epochs=8, lr=1e-2, batch_size=32, log=QUIET)
+    res = train_stage1(m, x, [targets], tr, va, Stage1Config(8, lr=1e-2, batch_size=32), log=QUIET)
     vals = [h["val_loss"] for h in res["history"]]
     assert vals[-1] > min(vals) * 1.5  # the case really has a late rise
     assert res["best_epoch"] == int(np.argmin(vals)) + 1 < len(vals)
-    again, _ = mimic.stage1_loss(m, x, [targets], va)
+    again, _ = stage1_loss(m, x, [targets], va)
     assert again == pytest.approx(min(vals), rel=1e-5)
     assert res["best_val_loss"] == pytest.approx(min(vals))
 
@@ -158,7 +176,7 @@ def class_task(n=192, t=5, d=16, classes=3, seed=0):
 
 def tiny_head(d=16, classes=3, seed=0):
     torch.manual_seed(seed)
-    return mimic.ClassifierHead(torch.nn.Linear(d, 8), torch.nn.Linear(8, classes))
+    return ClassifierHead(torch.nn.Linear(d, 8), torch.nn.Linear(8, classes))
 
 
 def state(module):
@@ -173,11 +191,11 @@ def same(a, b):
 def test_stage2_frozen_mimicker_is_bit_identical(kind):
     x, labels = class_task()
     torch.manual_seed(0)
-    m = mimic.Mimicker(kind, 2, 16, heads=4)
+    m = Mimicker(kind, 2, 16, heads=4)
     head = tiny_head()
     m0, h0 = state(m), state(head)
     tr, va = np.arange(160), np.arange(160, 192)
-    res = mimic.train_stage2(m, head, x, labels, tr, va, epochs=2, batch_size=32, log=QUIET)
+    res = train_stage2(m, head, x, labels, tr, va, Stage2Config(2, batch_size=32), log=QUIET)
     assert same(state(m), m0)
     assert not same(state(head), h0)
     assert all(p.requires_grad for p in m.parameters())  # freezing was temporary
@@ -187,31 +205,28 @@ def test_stage2_frozen_mimicker_is_bit_identical(kind):
 def test_stage2_unfrozen_mimicker_changes_and_frozen_head_does_not():
     x, labels = class_task()
     torch.manual_seed(0)
-    m = mimic.Mimicker("linear", 1, 16)
+    m = Mimicker("linear", 1, 16)
     head = tiny_head()
     m0, h0 = state(m), state(head)
     tr, va = np.arange(160), np.arange(160, 192)
-    mimic.train_stage2(
-        m, head, x, labels, tr, va, epochs=2, batch_size=32, freeze_mimicker=False,
-        freeze_head=True, log=QUIET,
-    )  # fmt: skip
+    cfg = Stage2Config(2, batch_size=32, freeze_mimicker=False, freeze_head=True)
+    train_stage2(m, head, x, labels, tr, va, cfg, log=QUIET)
     assert not same(state(m), m0)
     assert same(state(head), h0)
     with pytest.raises(ValueError, match="nothing to train"):
-        mimic.train_stage2(m, head, x, labels, tr, va, 1, freeze_head=True, log=QUIET)
+        train_stage2(m, head, x, labels, tr, va, Stage2Config(1, freeze_head=True), log=QUIET)
 
 
 def test_no_mimic_baseline_learns_head():
     x, labels = class_task(n=384)
-    ident, head = mimic.no_mimic(16), tiny_head()
+    ident, head = no_mimic(16), tiny_head()
     tr, va = np.arange(320), np.arange(320, 384)
     chance = np.bincount(labels[va]).max() / len(va)
-    res = mimic.train_stage2(
-        ident, head, x, labels, tr, va, epochs=25, lr=1e-2, batch_size=32, log=QUIET
-    )
+    cfg = Stage2Config(25, lr=1e-2, batch_size=32)
+    res = train_stage2(ident, head, x, labels, tr, va, cfg, log=QUIET)
     accs = [h["val_accuracy"] for h in res["history"]]
     assert res["best_val_accuracy"] == max(accs) > max(0.8, chance + 0.2)
-    logits = mimic.mimic_logits(ident, head, x, va[::-1].copy(), batch_size=16)
+    logits = mimic_logits(ident, head, x, va[::-1].copy(), batch_size=16)
     acc = float((logits.argmax(1) == labels[va[::-1]]).mean())
     assert acc == pytest.approx(max(accs))  # the best head was restored; rows keep idx order
 
@@ -222,8 +237,8 @@ def test_head_and_mimicked_model_match_original():
     x = torch.randn(2, 16000)
     with torch.no_grad():
         ref = model(x).logits
-        proj, (last,) = mimic.teacher_states(model, x, [4])
-        head = mimic.ClassifierHead.from_model(model)
+        proj, (last,) = teacher_states(model, x, [4])
+        head = ClassifierHead.from_model(model)
         torch.testing.assert_close(head(last), ref, atol=1e-5, rtol=1e-4)
         # a "mimicker" that is the real stack reproduces the model exactly
         stack = encoder_of(model).encoder
@@ -232,7 +247,7 @@ def test_head_and_mimicked_model_match_original():
             def forward(self, h):
                 return [stack(h).last_hidden_state]
 
-        mm = mimic.MimickedModel(model, StackAsMimicker())
+        mm = MimickedModel(model, StackAsMimicker())
         torch.testing.assert_close(mm(x).logits, ref, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(mm.features(x), proj)
     assert head.projector is not model.projector  # a copy, not shared
@@ -242,9 +257,9 @@ def test_replaced_stack_parameters_and_summary():
     model = tiny_classifier("wav2vec2")
     base = encoder_of(model)
     expect = sum(p.numel() for n, p in model.named_parameters() if ".encoder." in f".{n}")
-    assert mimic.replaced_stack_parameters(model) == expect
-    m = mimic.Mimicker("linear", 2, 32)
-    s = mimic.parameter_summary(model, m)
+    assert replaced_stack_parameters(model) == expect
+    m = Mimicker("linear", 2, 32)
+    s = parameter_summary(model, m)
     front = count_parameters(base.feature_extractor) + count_parameters(base.feature_projection)
     head = count_parameters(model.projector) + count_parameters(model.classifier)
     assert s["mimicked_model_params"] == front + count_parameters(m) + head
@@ -255,8 +270,8 @@ def test_replaced_stack_parameters_and_summary():
 
 def test_cost_report_fewer_parameters_positive_latency():
     model = tiny_classifier("hubert", hidden=64, layers=4)
-    m = mimic.Mimicker("linear", 2, 64, width=16)
-    rep = mimic.cost_report(model, m, torch.randn(2, 16000), "cpu", warmup=1, repeats=3)
+    m = Mimicker("linear", 2, 64, width=16)
+    rep = cost_report(model, m, torch.randn(2, 16000), "cpu", warmup=1, repeats=3)
     assert rep["mimicker_params"] < rep["stack_params"]
     assert rep["mimicked_model_params"] < rep["model_params"]
     for k in ("stack_ms", "mimicker_ms", "model_ms", "mimicked_model_ms"):
@@ -265,21 +280,28 @@ def test_cost_report_fewer_parameters_positive_latency():
     assert rep["stack_latency_reduction_pct"] == pytest.approx(
         100 * (1 - rep["mimicker_ms"] / rep["stack_ms"])
     )
-    again = mimic.cost_report(model, m, torch.randn(2, 16000), warmup=0, repeats=1, reference=rep)
+    again = cost_report(model, m, torch.randn(2, 16000), warmup=0, repeats=1, reference=rep)
     assert again["stack_ms"] == rep["stack_ms"] and again["model_ms"] == rep["model_ms"]
 
 
-def test_measure_latency_excludes_warmup_and_reports_median():
-    # calls 1-2 (warm-up) sleep 300 ms; the timed calls sleep 5, 5, 80, 5, 5 ms
-    sleeps = [0.3, 0.3, 0.005, 0.005, 0.08, 0.005, 0.005]
+def test_measure_latency_excludes_warmup_and_reports_median(monkeypatch):
+    # a fake clock that only the timed function advances: deterministic on a loaded machine.
+    # calls 1-2 (warm-up) take 300 ms; the timed calls 5, 5, 80, 5, 5 ms
+    clock = SimpleNamespace(now=0.0)
+    clock.perf_counter = lambda: clock.now
+    monkeypatch.setattr(timing, "time", clock)
+    durations = [0.3, 0.3, 0.005, 0.005, 0.08, 0.005, 0.005]
     calls = []
 
     def fn():
-        time.sleep(sleeps[len(calls)])
+        clock.now += durations[len(calls)]
         calls.append(1)
 
     res = measure_latency(fn, "cpu", warmup=2, repeats=5)
     assert len(calls) == 7 and len(res["times_ms"]) == 5
-    assert 80 <= res["max_ms"] < 250  # the 300-ms warm-up calls were not timed
-    assert 5 <= res["median_ms"] < 15  # the median, not the mean (20 ms) or the max
+    assert res["times_ms"] == pytest.approx([5, 5, 80, 5, 5])
+    assert res["max_ms"] == pytest.approx(80)  # the 300-ms warm-up calls were not timed
+    assert res["min_ms"] == pytest.approx(5)
+    assert res["median_ms"] == pytest.approx(5)  # the median, not the mean (20 ms) or the max
     assert res["median_ms"] == sorted(res["times_ms"])[2]
+    assert (res["warmup"], res["repeats"], res["device"]) == (2, 5, "cpu")

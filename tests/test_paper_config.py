@@ -4,49 +4,25 @@ a GPU for the GPU rules only; and the model-size-aware resources behind those re
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, job_blocks, run_smk
 
 from workflow_scripts.core import resources
 
-ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
 GPU_RULES = {"pretrain_backbone", "finetune", "hidden_cache", "pruning_cell", "mimic_cell",
              "structured_cell"}  # fmt: skip
 
 
 def dry_run(*args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT"):
-        env.pop(var, None)
-    proc = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", *args], cwd=ROOT, capture_output=True, text=True,
-        env=env, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_smk(ROOT, "-n", "--forceall", *args, timeout=300)
     return proc.stdout + proc.stderr
 
 
-def planned(out: str) -> list[dict]:
-    """One dict per planned job: rule, wildcards, resources (as text)."""
-    jobs = []
-    for block in re.split(r"\n(?=\[|rule |localrule )", out):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not m or m.group(1) == "all":
-            continue
-        wc = re.search(r"wildcards: (.*)", block)
-        res = re.search(r"resources: (.*)", block)
-        jobs.append({"rule": m.group(1), "wildcards": wc.group(1) if wc else "",
-                     "resources": dict(kv.split("=", 1) for kv in res.group(1).split(", "))
-                     if res else {}})  # fmt: skip
-    return jobs
+planned = job_blocks
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +50,7 @@ def test_paper_dry_run_plans_exactly_the_grid(paper_jobs):
         "mimic_cell": n * mimickers,
         "mimic_tables": 1,
         # depth-2 mimickers read their own model's blocks of the targets' metric
-        "model_blocks": n if any(2 in t["depths"] for t in PAPER["mimic"]["types"].values()) else 0,
+        "model_groups": n if any(2 in t["depths"] for t in PAPER["mimic"]["types"].values()) else 0,
         "structured_cell": n * len(PAPER["structured"]["targets"]),
         "structured_tables": 1,
         "baseline_tables": 1,

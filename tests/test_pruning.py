@@ -1,4 +1,5 @@
-"""Tests for workflow_scripts.pruning.core (tiny random models, CPU, one thread)."""
+"""Tests for the layer-pruning library (workflow_scripts.pruning: layers, strategies, sweeps,
+heal) on tiny random models, CPU, one thread."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.backbones.finetune import accuracy_report, predict
+from workflow_scripts import pruning
+from workflow_scripts.backbones.evaluate import accuracy_report, predict
 from workflow_scripts.backbones.registry import (
     count_parameters,
     encoder_of,
     normalize_audio,
     small_config,
 )
-from workflow_scripts.pruning import core as pruning
 
 torch.set_num_threads(1)
 ARCHS = ("wav2vec2", "hubert", "wavlm")

@@ -1,5 +1,7 @@
-"""The pruning grid's helpers (workflow_scripts.pruning.cells): targets, per-cell config slices,
-scores from a cache, one cell on a tiny model, the summary's headline numbers, the schema."""
+"""The pruning grid (workflow_scripts.pruning: plan, strategies, run, report): targets,
+per-cell config slices, the config check, scores from a cache, one cell on a tiny model (in
+memory and from its input files, including a toy strategy added to the registry), the
+summary's headline numbers."""
 
 from __future__ import annotations
 
@@ -20,19 +22,31 @@ import yaml
 
 from workflow_scripts.backbones.registry import small_config
 from workflow_scripts.core.config import ConfigError, validate_config
-from workflow_scripts.pruning import cells as pruning_cells
-from workflow_scripts.pruning import core as pruning
+from workflow_scripts.core.provenance import canonical_json
+from workflow_scripts.core.tables import markdown_table
+from workflow_scripts.pruning import plan, report, run
+from workflow_scripts.pruning import strategies as registry
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
 def config(**pruning_cfg) -> dict:
-    """The default config.yaml with a pruning section, validated (defaults filled)."""
+    """The default config.yaml with a pruning section, validated (defaults filled) by the
+    schema and the stage's check (as ``workflow_scripts.grid.validate`` does)."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["outputs"] = list(dict.fromkeys([*cfg["outputs"], "pruning"]))
     cfg["pruning"] = pruning_cfg
-    return validate_config(cfg)
+    validate_config(cfg)
+    problems = plan.config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def slice_json(cfg: dict, strategy: str) -> str:
+    """The canonical JSON of a cell's slice (what the rule hashes)."""
+    return canonical_json(plan.cell_slice(cfg, strategy=strategy, model="m"))
 
 
 STRATS = {"forward": {}, "block_influence": {"variant": "sequence"}, "random": {"seeds": [0, 1]}}
@@ -41,16 +55,18 @@ STRATS = {"forward": {}, "block_influence": {"variant": "sequence"}, "random": {
 # ----------------------------------------------------------------------------------------
 # Targets, slices, schema
 # ----------------------------------------------------------------------------------------
-def test_strategies_are_the_librarys_and_module_imports_no_torch():
-    assert pruning_cells.STRATEGIES == pruning.STRATEGIES
-    code = "import sys, workflow_scripts.pruning.cells; print('torch' in sys.modules)"
+def test_plan_and_report_import_no_torch():
+    code = (
+        "import sys, workflow_scripts.pruning.plan, workflow_scripts.pruning.report; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr  # the report env has no torch
 
 
 def test_targets_are_exactly_models_times_strategies_plus_tables():
     cfg = config(strategies=STRATS)
-    got = pruning_cells.targets(cfg, "R")
+    got = plan.targets(cfg, "R")
     cells = {f"R/cells/pruning/{m}/{s}.parquet" for m in cfg["models"] for s in STRATS}
     tables = {"R/tables/pruning.parquet", "R/tables/pruning_summary.csv",
               "R/tables/pruning_summary.md", "R/charts/pruning_accuracy.html",
@@ -58,60 +74,71 @@ def test_targets_are_exactly_models_times_strategies_plus_tables():
               "R/charts/pruning_latency.png"}  # fmt: skip
     assert len(got) == len(set(got)) == len(cells) + len(tables) == 3 * 3 + 7
     assert set(got) == cells | tables
-    assert re.fullmatch(pruning_cells.strategy_pattern(cfg), "random")
-    assert not re.fullmatch(pruning_cells.strategy_pattern(cfg), "backward")
-
-
-def test_rule_outputs_match_targets():
-    """rules/pruning.smk spells the aggregation outputs out; they must be what targets() asks."""
-    text = (ROOT / "rules/pruning.smk").read_text()
-    in_rule = set(re.findall(r'f"\{RESULTS\}/((?:tables|charts)/pruning[^"]*)"', text))
-    listed = {p.removeprefix("R/") for p in pruning_cells.table_outputs("R").values()}
-    assert in_rule == listed
+    # grid order: models outer, strategies in registry order
+    wanted = [{"model": m, "strategy": s} for m in cfg["models"]
+              for s in ("forward", "block_influence", "random")]  # fmt: skip
+    assert plan.cells(cfg) == wanted
+    assert (
+        plan.tables_inputs(cfg, "R") == {"cells": plan.cell_paths(cfg, "R")} == {"cells": got[:9]}
+    )
+    pattern = plan.wildcard_constraints(cfg)["strategy"]
+    assert re.fullmatch(pattern, "random")
+    assert not re.fullmatch(pattern, "backward")
+    assert plan.tables_slice(cfg) == {"threshold": 0.95}
 
 
 def test_cell_slice_holds_only_its_strategy():
     base = config(strategies=copy.deepcopy(STRATS))
-    fwd, bi = (pruning_cells.cell_params(base, s) for s in ("forward", "block_influence"))
+    fwd, bi = (plan.cell_slice(base, strategy=s, model="m") for s in ("forward", "block_influence"))
     assert fwd["strategy"] == "forward" and bi["settings"] == {"variant": "sequence"}
     assert "models" not in json.dumps(fwd) and "seeds" not in json.dumps(fwd)
 
     other = config(strategies={**copy.deepcopy(STRATS), "random": {"seeds": [5, 6, 7]}},
                    calibration_clips=64)  # fmt: skip
-    assert pruning_cells.cell_json(other, "forward") == pruning_cells.cell_json(base, "forward")
-    assert pruning_cells.cell_json(other, "block_influence") != pruning_cells.cell_json(
+    assert slice_json(other, "forward") == slice_json(base, "forward")
+    assert slice_json(other, "block_influence") != slice_json(
         base, "block_influence"
     )  # calibration size enters only the cache-scored strategies
-    assert pruning_cells.cell_params(other, "random")["settings"]["seeds"] == [5, 6, 7]
+    assert plan.cell_slice(other, strategy="random", model="m")["settings"]["seeds"] == [5, 6, 7]
 
     # healing settings enter only when healing is on, and a strategy's own heal overrides
     quiet = config(strategies=copy.deepcopy(STRATS), heal={"steps": 7})
-    assert pruning_cells.cell_json(quiet, "forward") == pruning_cells.cell_json(base, "forward")
+    assert slice_json(quiet, "forward") == slice_json(base, "forward")
     strats = copy.deepcopy(STRATS)
     strats["forward"] = {"heal": {"n": [3, 1], "lr": 0.01}}
     on = config(strategies=strats, heal={"steps": 7})
-    heal = pruning_cells.cell_params(on, "forward")["heal"]
-    assert heal == {**pruning_cells.HEAL_DEFAULTS, "n": [1, 3], "steps": 7, "lr": 0.01}
-    assert pruning_cells.cell_params(on, "random")["heal"] is None
-    assert pruning_cells.cell_json(on, "random") == pruning_cells.cell_json(base, "random")
+    heal = plan.cell_slice(on, strategy="forward", model="m")["heal"]
+    assert heal == {**plan.HEAL_DEFAULTS, "n": [1, 3], "steps": 7, "lr": 0.01}
+    assert plan.cell_slice(on, strategy="random", model="m")["heal"] is None
+    assert slice_json(on, "random") == slice_json(base, "random")
 
 
 def test_cell_inputs_need_the_cache_only_for_scored_strategies():
-    assert "cache" in pruning_cells.cell_inputs("R", "m", "knn_block_influence")
-    assert set(pruning_cells.cell_inputs("R", "m", "forward")) == {"model", "manifest"}
+    cfg = config(strategies=copy.deepcopy(STRATS))
+    scored = plan.cell_inputs(cfg, "R", model="m", strategy="knn_block_influence")
+    assert scored == {"model": "R/finetuned/m", "manifest": "R/data/manifest.parquet",
+                      "cache": "R/cache/m/validation.safetensors"}  # fmt: skip
+    assert set(plan.cell_inputs(cfg, "R", model="m", strategy="forward")) == {"model", "manifest"}
 
 
 @pytest.mark.parametrize(
     "section, expected",
     [
         ({"strategies": {"prune_randomly": {}}},
-         "config.pruning.strategies: unknown key(s) ['prune_randomly']; allowed keys: ['angular"),
+         "config.pruning.strategies: unknown key(s) ['prune_randomly']; allowed keys: "
+         "['angular_block', "),
         ({"strategies": {"random": {"seed": 1}}},
          "config.pruning.strategies.random: unknown key(s) ['seed']"),
         ({"strategies": {"forward": {"heal": {"n": [0]}}}},
          "config.pruning.strategies.forward.heal.n[0]: 0 is less than the minimum"),
         ({"latency": {"repeats": 0}}, "config.pruning.latency.repeats: 0 is less than"),
         ({"strategies": {}}, "config.pruning.strategies: {} should be non-empty"),
+        ({"strategies": {"angular_block": {"reduce": "median"}}},
+         "config.pruning.strategies.angular_block.reduce: 'median' is not one of the allowed"),
+        ({"strategies": {"random": {"seeds": [1, 1]}}},
+         "config.pruning.strategies.random.seeds: [1, 1] has non-unique elements"),
+        ({"strategies": {"forward": {"keep_first": "yes"}}},
+         "config.pruning.strategies.forward.keep_first: 'yes' is not of type"),
     ],
 )  # fmt: skip
 def test_schema_names_the_bad_key(section, expected):
@@ -120,11 +147,25 @@ def test_schema_names_the_bad_key(section, expected):
     assert expected in str(err.value)
 
 
-def test_schema_fills_defaults():
+def test_config_problems_name_an_unknown_strategy():
+    cfg = {"pruning": {"strategies": {"forward": {}, "foo": {}, "random": {"seed": 1}}}}
+    assert plan.config_problems(cfg) == [
+        f"config.pruning.strategies: unknown key(s) ['foo']; allowed keys: "
+        f"{sorted(registry.STRATEGIES)}",
+        "config.pruning.strategies.random: unknown key(s) ['seed']; allowed keys: ['heal', "
+        "'keep_first', 'seeds']",
+    ]
+    fine = {"pruning": {"strategies": {"forward": {"keep_first": True}}}}
+    assert plan.config_problems(fine) == []
+    assert plan.config_problems({}) == []
+
+
+def test_defaults_fill_the_slice():
+    """The schema fills the section's defaults, the registry each strategy's settings."""
     cfg = config(strategies={"random": {}, "similarity_greedy": {}})
     p = cfg["pruning"]
-    assert p["strategies"]["random"]["seeds"] == [0, 1, 2]
-    assert p["strategies"]["similarity_greedy"]["clips"] >= 2
+    assert plan.cell_slice(cfg, strategy="random")["settings"]["seeds"] == [0, 1, 2]
+    assert plan.cell_slice(cfg, strategy="similarity_greedy")["settings"]["clips"] >= 2
     assert p["threshold"] == 0.95 and p["latency"]["enabled"] is True and p["heal"] == {}
 
 
@@ -143,18 +184,18 @@ def planted_stack(changes, n=6, t=5, d=8, seed=0) -> np.ndarray:
 def test_block_influence_scores_from_a_cache_give_the_planted_order():
     changes = [0.9, 0.05, 0.4, 0.01, 0.2]  # block 3 changes least, then 1, 4, 2, 0
     H = planted_stack(changes)
-    s = pruning_cells.scores_from_cache("block_influence", H, {"variant": "sequence"})
+    s = registry.scores_from_cache("block_influence", H, {"variant": "sequence"})
     assert s.shape == (5,) and list(np.argsort(s)) == [3, 1, 4, 2, 0]
-    tok = pruning_cells.scores_from_cache("block_influence", H, {"variant": "per_token"})
+    tok = registry.scores_from_cache("block_influence", H, {"variant": "per_token"})
     assert list(np.argsort(tok)) == [3, 1, 4, 2, 0]
-    [(seed, sets)] = pruning_cells.removal_plans("block_influence", 5, {}, scores=s)
+    [(seed, sets)] = registry.removal_plans("block_influence", 5, {}, scores=s)
     assert seed is None and sets == [[], [3], [1, 3], [1, 3, 4], [1, 2, 3, 4]]
-    D = pruning_cells.scores_from_cache("angular_block", H, {"reduce": "all"})
+    D = registry.scores_from_cache("angular_block", H, {"reduce": "all"})
     assert D.shape == (6, 6)
-    [(_, ang)] = pruning_cells.removal_plans("angular_block", 5, {}, scores=D)
+    [(_, ang)] = registry.removal_plans("angular_block", 5, {}, scores=D)
     assert ang[1] == [3] and all(len(a) == n for n, a in enumerate(ang))
     with pytest.raises(ValueError, match="no scores"):
-        pruning_cells.scores_from_cache("forward", H, {})
+        registry.scores_from_cache("forward", H, {})
 
 
 L = 4
@@ -180,20 +221,20 @@ def test_random_cell_rows_per_seed_plus_mean_and_healing():
     rng = np.random.default_rng(0)
     audio = rng.normal(size=(9, 4000)).astype(np.float32)
     labels = np.arange(9) % 3
-    heal = {**pruning_cells.HEAL_DEFAULTS, "n": [1, 9], "steps": 2, "batch_size": 4}
+    heal = {**plan.HEAL_DEFAULTS, "n": [1, 9], "steps": 2, "batch_size": 4}
     calls = []
 
     def train_data():
         calls.append(1)
         return audio, labels
 
-    df = pruning_cells.run_cell(tiny_model(), tiny_cell("random", {"seeds": [0, 1]}, heal),
-                                audio, labels, "cpu", train_data=train_data)  # fmt: skip
+    df = run.cell_rows(tiny_model(), tiny_cell("random", {"seeds": [0, 1]}, heal),
+                       audio, labels, "cpu", train_data=train_data)  # fmt: skip
     assert len(df) == 3 * L and calls == [1]  # 2 seeds x L rows + L mean rows, data loaded once
     per_seed = df[df.seed.notna()]
     for seed in (0, 1):
         g = per_seed[per_seed.seed == seed].sort_values("n_removed")
-        expect = pruning.removal_sets("random", L, seed=seed)
+        expect = registry.removal_sets("random", L, seed=seed)
         assert [list(r) for r in g.removed] == expect
         assert (np.diff(g.total_params) < 0).all() and (g.latency_ms > 0).all()
     assert per_seed.groupby("n_removed").accuracy.nunique()[0] == 1  # n = 0: same model
@@ -213,10 +254,112 @@ def test_scored_cell_removes_in_score_order():
     scores = np.array([0.3, 0.1, 0.4, 0.2])
     cell = tiny_cell("block_influence", {"variant": "sequence"})
     cell["latency"] = {"enabled": False}
-    df = pruning_cells.run_cell(tiny_model(), cell, audio, np.arange(5) % 3, scores=scores)
+    df = run.cell_rows(tiny_model(), cell, audio, np.arange(5) % 3, scores=scores)
     assert [list(r) for r in df.removed] == [[], [1], [1, 3], [0, 1, 3]]
     assert df.latency_ms.isna().all() and df.seed.isna().all()
     assert json.loads(df.scores.iloc[0]) == pytest.approx(scores.tolist())
+
+
+# ----------------------------------------------------------------------------------------
+# One cell from its input files; a toy strategy through the registry
+# ----------------------------------------------------------------------------------------
+WORDS = ["backward", "bed", "bird"]  # label_idx 0..2 = the tiny model's classes
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """A cell's inputs on disk: the tiny model's folder, a 3-word Speech Commands layout
+    (4 validation, 5 test, 3 training clips per word), its manifest and a validation cache."""
+    import soundfile as sf
+
+    from workflow_scripts.backbones.cache import write_cache
+    from workflow_scripts.data.loader import build_manifest
+
+    d = tmp_path_factory.mktemp("pruning_cell")
+    root, rng, lists = d / "corpus", np.random.default_rng(5), {"val": [], "test": []}
+    for w in WORDS:
+        (root / w).mkdir(parents=True)
+        for k in range(12):
+            rel = f"{w}/s{k:02d}_nohash_0.wav"
+            sf.write(root / rel, 0.1 * rng.normal(size=16000), 16000, subtype="FLOAT")
+            if k < 9:
+                lists["val" if k < 4 else "test"].append(rel)
+    (root / "validation_list.txt").write_text("\n".join(lists["val"]) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    build_manifest(root, words=WORDS, progress=False)[0].to_parquet(d / "manifest.parquet")
+    tiny_model().save_pretrained(d / "model", safe_serialization=True)
+    H = planted_stack([0.9, 0.05, 0.4, 0.01], n=8, t=49, d=32)  # block 3 least, then 1, 2, 0
+    write_cache(d / "cache.safetensors", {"hidden_states": H}, np.zeros(8), ["p"] * 8)
+    return {"model_dir": str(d / "model"), "manifest": str(d / "manifest.parquet"),
+            "root": str(root), "cache": str(d / "cache.safetensors")}  # fmt: skip
+
+
+def file_cell(cfg: dict, strategy: str, files: dict) -> pd.DataFrame:
+    """``run.run_cell`` on the files its plan inputs name (the cache only when it is one)."""
+    cell = plan.cell_slice(cfg, strategy=strategy, model="tiny")
+    inputs = plan.cell_inputs(cfg, "R", model="tiny", strategy=strategy)
+    cache = files["cache"] if "cache" in inputs else None
+    return run.run_cell(cell, model="tiny", model_dir=files["model_dir"],
+                        manifest=files["manifest"], root=files["root"], cache=cache,
+                        device="cpu")  # fmt: skip
+
+
+@pytest.fixture
+def toy_strategy():
+    """``odd_first``: odd blocks first, then even ones; needs nothing, one setting."""
+
+    def odd_first(L, keep_first, *, scores=None, evaluator=None, seed=0):
+        order = [i for i in range(L) if i % 2] + [i for i in range(L) if not i % 2]
+        return [sorted(order[:n]) for n in range(L)]
+
+    registry.register("odd_first", function=odd_first, defaults={"note": "toy"},
+                      schema={"note": {"type": "string"}})  # fmt: skip
+    yield "odd_first"
+    registry.unregister("odd_first")
+
+
+def test_toy_strategy_runs_through_run_cell(tiny_files, toy_strategy):
+    cfg = config(strategies={toy_strategy: {}, "backward": {}}, latency={"enabled": False},
+                 batch_size=8)  # fmt: skip
+    assert plan.cell_slice(cfg, strategy=toy_strategy)["settings"] == {"note": "toy"}
+    assert re.fullmatch(plan.wildcard_constraints(cfg)["strategy"], toy_strategy)
+    assert plan.config_problems({"pruning": {"strategies": {toy_strategy: {"note": 3}}}}) == [
+        "config.pruning.strategies.odd_first.note: 3 is not of type 'string'"
+    ]
+    df = file_cell(cfg, toy_strategy, tiny_files)
+    assert [list(r) for r in df.removed] == [[], [1], [1, 3], [0, 1, 3]]
+    assert list(df.model) == ["tiny"] * L and set(df.strategy) == {toy_strategy}
+    assert df.calibration_clips.isna().all() and df.seed.isna().all()
+    assert (df.n_utterances == 15).all()  # the whole test split
+    ref = file_cell(cfg, "backward", tiny_files)
+    assert list(df.columns) == list(ref.columns) and df.columns[0] == "model"
+    assert list(df.dtypes) == list(ref.dtypes) and df.accuracy[0] == ref.accuracy[0]
+    summary = report.summary_table(pd.concat([ref, df], ignore_index=True))
+    assert list(summary.strategy) == ["backward", toy_strategy]  # registry order
+
+
+@pytest.mark.parametrize(
+    "strategy, settings, calibration",
+    [("block_influence", {}, 5), ("similarity_greedy", {"clips": 3, "batch_size": 2}, 3)],
+)
+def test_calibrated_cell_from_files(tiny_files, strategy, settings, calibration):
+    cfg = config(strategies={strategy: settings}, latency={"enabled": False},
+                 calibration_clips=5)  # fmt: skip
+    df = file_cell(cfg, strategy, tiny_files)
+    assert list(df.calibration_clips) == [calibration] * L
+    assert [len(r) for r in df.removed] == list(range(L))
+    if strategy == "block_influence":  # the planted order, from the first 5 cached clips
+        assert [list(r) for r in df.removed] == [[], [3], [1, 3], [1, 2, 3]]
+        assert len(json.loads(df.scores.iloc[0])) == L
+    else:
+        assert df.scores.isna().all()
+
+
+def test_provenance_seed():
+    heal = {**plan.HEAL_DEFAULTS, "n": [1], "seed": 7}
+    assert run.provenance_seed(tiny_cell("random", {"seeds": [0, 1]}, heal)) == "0,1"
+    assert run.provenance_seed(tiny_cell("forward", {}, heal)) == 7
+    assert run.provenance_seed(tiny_cell("forward", {})) is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,7 +383,7 @@ def test_summary_headline_and_auc_on_a_known_curve():
         curve("m", "random", [0.8, 0.8, 0.8, 0.8, 0.8]),  # mean row (seed null)
         curve("k", "backward", [0.5, 0.2, 0.1]),
     ], ignore_index=True)  # fmt: skip
-    s = pruning_cells.summary_table(df, 0.95)
+    s = report.summary_table(df, 0.95)
     assert list(zip(s.model, s.strategy, s.seed.astype(object), strict=True)) == [
         ("k", "backward", pd.NA), ("m", "forward", pd.NA), ("m", "random", pd.NA),
         ("m", "random", 0)]  # fmt: skip
@@ -255,10 +398,10 @@ def test_summary_headline_and_auc_on_a_known_curve():
     assert list(rnd.max_removed) == [4, 0] and rnd.auc_relative.iloc[0] == pytest.approx(1.0)
     bwd = s[s.strategy == "backward"].iloc[0]
     assert bwd.max_removed == 0 and bwd.auc_accuracy == pytest.approx((0.35 + 0.15) / 2)
-    exact = pruning_cells.summary_table(curve("j", "forward", [1.0, 0.95, 0.5]), 0.95)
+    exact = report.summary_table(curve("j", "forward", [1.0, 0.95, 0.5]), 0.95)
     assert exact.max_removed.item() == 1  # exactly 95% counts as kept
-    assert pruning_cells.summary_table(df, 0.5).set_index("strategy").max_removed["forward"] == 3
-    md = pruning_cells.markdown_table(s)
+    assert report.summary_table(df, 0.5).set_index("strategy").max_removed["forward"] == 3
+    md = markdown_table(s)
     assert md.count("\n") == len(s) + 2 and "| m | forward |" in md
 
 

@@ -1,4 +1,4 @@
-"""Tests for workflow_scripts.similarity.metrics.
+"""Tests for the similarity metrics (workflow_scripts.similarity).
 
 The reference implementations below are deliberately naive: one layer pair at a time, plain
 numpy float64, formulas written out as in the papers, no shared code with the library.
@@ -13,7 +13,9 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist, squareform
 
-from workflow_scripts.similarity import metrics as sim
+from workflow_scripts import similarity as sim
+from workflow_scripts.similarity import cka as cka_mod
+from workflow_scripts.similarity import hsic, stack
 
 ATOL = 1e-6
 
@@ -311,7 +313,7 @@ def test_chunked_paths_agree_with_gram_path(monkeypatch, H4):
     ang = sim.angular_distance_matrix(H4, "all")
     knn = sim.mutual_knn_matrix(H4, ks=(2, 5))
     # tiny working chunks: features, utterances and Gram rows are all split into pieces
-    monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 24 * 4)
+    monkeypatch.setattr(stack, "WORK_BYTES", 8 * 24 * 4)
     for (kern, deb), r in ref.items():
         got = sim.cka_matrix(H4, kern, deb, method="rowblock", memory_limit=8 * 4 * 24 * 2 * 5)
         np.testing.assert_allclose(got, r, atol=1e-10, rtol=0)
@@ -331,11 +333,11 @@ def test_chunked_paths_agree_with_gram_path(monkeypatch, H4):
 
 
 def test_rbf_median_subset_is_consistent_between_paths(monkeypatch, H4):
-    monkeypatch.setattr(sim, "RBF_MEDIAN_MAX_N", 10)  # force the subset median for N=24
+    monkeypatch.setattr(hsic, "RBF_MEDIAN_MAX_N", 10)  # force the subset median for N=24
     a = sim.cka_matrix(H4, "rbf", method="gram")
     b = sim.cka_matrix(H4, "rbf", method="rowblock", memory_limit=4000)
     np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
-    monkeypatch.setattr(sim, "RBF_MEDIAN_MAX_N", 4096)
+    monkeypatch.setattr(hsic, "RBF_MEDIAN_MAX_N", 4096)
     assert np.abs(sim.cka_matrix(H4, "rbf") - a).max() > 1e-6  # the subset did matter
 
 
@@ -403,8 +405,8 @@ def test_cka_bootstrap_resamples_gram_like_recomputation():
     rng = np.random.default_rng(0)
     sel = rng.integers(0, 15, size=15)
     for kernel, debiased in (("linear", True), ("linear", False), ("rbf", True)):
-        V, _ = sim._centred_grams(sim._Stack(H), kernel, 0.8)
-        boot = sim._resampled_cka(V, debiased, 1, 0, "bootstrap")[0]
+        V, _ = hsic.centred_grams(stack.Stack(H), kernel, 0.8)
+        boot = cka_mod._resampled_cka(V, debiased, 1, 0, "bootstrap")[0]
         direct = sim.cka_matrix(H[:, sel], kernel, debiased)
         if kernel == "rbf":  # the bootstrap keeps the full-sample bandwidth: compare loosely
             assert np.abs(boot - direct).max() < 0.1
@@ -464,9 +466,9 @@ def test_symmetric_blocked_gram_matches_plain_product(monkeypatch):
     rng = np.random.default_rng(10)
     H = rng.standard_normal((3, 1030, 7)).astype(np.float32)
     X = H[1].astype(np.float64)
-    np.testing.assert_allclose(sim._gram(sim._Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
-    monkeypatch.setattr(sim, "_WORK_BYTES", 8 * 1030 * 3)
-    np.testing.assert_allclose(sim._gram(sim._Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
+    np.testing.assert_allclose(stack.gram(stack.Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
+    monkeypatch.setattr(stack, "WORK_BYTES", 8 * 1030 * 3)
+    np.testing.assert_allclose(stack.gram(stack.Stack(H), 1).numpy(), X @ X.T, atol=1e-10)
     np.testing.assert_allclose(
         sim.cka_matrix(H, method="gram"), sim.cka_matrix(H, method="features"), atol=1e-10
     )
@@ -476,10 +478,10 @@ def test_symmetric_blocked_gram_matches_plain_product(monkeypatch):
 def test_weighted_cka_resampling_equals_explicit_gathering(scheme):
     H = _stack(11, N=30)
     for kernel in ("linear", "rbf"):
-        V, _ = sim._centred_grams(sim._Stack(H), kernel, 0.8)
-        w = sim._resample_weights(30, 7, 3, scheme)
+        V, _ = hsic.centred_grams(stack.Stack(H), kernel, 0.8)
+        w = cka_mod._resample_weights(30, 7, 3, scheme)
         assert np.all(w.sum(1) == (30 if scheme == "bootstrap" else 15))
-        a = sim._resampled_cka_weighted(V, w)
-        b = sim._resampled_cka_gather(V, False, w)
+        a = cka_mod._resampled_cka_weighted(V, w)
+        b = cka_mod._resampled_cka_gather(V, False, w)
         np.testing.assert_allclose(a, b, atol=1e-10, rtol=0)
         assert np.ptp(a[:, 0, 3]) > 1e-3  # the replicates do differ

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import ROOT, TINY, project_copy
 from slurm_cluster import SlurmCluster, missing_tools
-from test_workflow import COPY, ROOT, TINY
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,12 +71,8 @@ sys.exit(main())
 
 
 def copy_project(dest: Path, config: dict) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    project_copy(dest, config)
     os.symlink(os.readlink(ROOT / "slurm"), dest / "slurm")  # the profile link, as committed
-    (dest / "config.yaml").write_text(yaml.safe_dump(config))
     return dest
 
 

@@ -59,3 +59,18 @@ def test_heatmap_chart_is_offline_html_and_png(tmp_path):
     png = (tmp_path / "c.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_similarity_tables_stack_cells_and_detect_blocks(tmp_path):
+    from workflow_scripts.similarity.report import similarity_tables
+
+    cells = []
+    for model in ("a", "b"):
+        path = tmp_path / f"{model}.parquet"
+        long_rows(model, "cka_linear", planted()).to_parquet(path)
+        cells.append(str(path))
+    detector = {"criterion": "penalized", "penalty": 0.02, "max_blocks": None, "knn_k": 10}
+    sim, blocks = similarity_tables(cells, detector)
+    assert len(sim) == 2 * 64 and list(sim.model.unique()) == ["a", "b"]
+    pd.testing.assert_frame_equal(blocks, blocks_table(sim, "penalized", 0.02, None, knn_k=10))
+    assert blocks.groupby("model").n_blocks.first().tolist() == [2, 2]

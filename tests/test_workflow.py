@@ -7,109 +7,65 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-COPY = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"]
-
-
-def run_smk(cwd, *args, check=True, timeout=900):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [SNAKEMAKE, "--cores", "2", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env=env,
-    )  # fmt: skip
-    if check and proc.returncode != 0:
-        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        raise AssertionError(f"snakemake {args} failed:\n{tail}")
-    return proc
+from helpers import (
+    ROOT,
+    TINY,
+    default_config,
+    planned_jobs,
+    project_copy,
+    run_smk,
+    write_config,
+)
 
 
-def planned_jobs(cwd) -> dict[str, list[str]]:
-    """rule -> list of wildcard strings of the jobs a dry run would execute."""
-    out = run_smk(cwd, "-n").stdout
-    jobs: dict[str, list[str]] = {}
-    for block in re.split(r"\n(?=\[|rule |localrule )", out):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not m or m.group(1) == "all":
-            continue
-        wc = re.search(r"wildcards: (.*)", block)
-        jobs.setdefault(m.group(1), []).append(wc.group(1) if wc else "")
-    return jobs
-
-
-def test_default_config_dry_run():
-    jobs = planned_jobs(ROOT)
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    n_models, n_metrics = len(cfg["models"]), len(cfg["similarity"]["metrics"])
-    # nothing may be done already in a developer's checkout, so count only what is planned
-    assert len(jobs.get("similarity_cell", [])) in (0, n_models * n_metrics)
-    out = run_smk(ROOT, "-n", "--forceall", "--quiet", "rules").stdout
-    assert re.search(rf"similarity_cell\s+{n_models * n_metrics}\b", out), out
-    assert re.search(rf"finetune\s+{n_models}\b", out), out
+def test_default_config_plans_the_whole_grid(default_plan):
+    """The default config's dry run plans one job per cell of every stage, computed here from
+    the config itself."""
+    cfg = default_config()
+    models = len(cfg["models"])
+    mim = cfg["mimic"]
+    n_mimic = sum(len(t["depths"]) for t in mim["types"].values()) + bool(mim["no_mimic"])
+    expected = {
+        "synthesize_corpus": 1, "manifest": 1, "finetune": models, "hidden_cache": 3 * models,
+        "similarity_cell": models * len(cfg["similarity"]["metrics"]),
+        "pruning_cell": models * len(cfg["pruning"]["strategies"]),
+        "mimic_cell": models * n_mimic,
+        "structured_cell": models * len(cfg["structured"]["targets"]),
+        "similarity_tables": 1, "pruning_tables": 1, "mimic_tables": 1, "structured_tables": 1,
+        "baseline_tables": 1, "overview": 1, "all": 1,
+    }  # fmt: skip
+    counts = {rule: n for rule, n in default_plan.items() if rule != "model_groups"}
+    assert counts == expected
+    # per-model groups only where a depth-2 mimicker reads them
+    assert default_plan.get("model_groups", 0) == models * any(
+        2 in t["depths"] for t in mim["types"].values()
+    )
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg = default_config()
     cfg["similarity"]["metrics"]["cosinus"] = {}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = run_smk(tmp_path, check=False)
+    d = project_copy(tmp_path, cfg)
+    proc = run_smk(d, check=False)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "config.similarity.metrics: unknown key(s) ['cosinus']" in text
-    assert "allowed keys" in text and "cka_linear" in text
-    assert not (tmp_path / "results").exists()
-
-
-TINY_MODEL = {"arch": "hubert", "layers": 3, "hidden": 32, "heads": 2, "ffn": 64,
-              "conv_dim": [16, 32, 32], "steps": 3, "batch_size": 8, "clusters": 8}  # fmt: skip
-TINY = {
-    "corpus": {"speakers": 12, "seed": 1, "validation_percentage": 30, "testing_percentage": 30,
-               "words": ["yes", "no", "up"], "voices": ["en-us", "en-029"], "variants": ["", "m3"]},
-    "outputs": ["manifest", "baseline", "cache", "similarity", "pruning", "mimic", "structured",
-                "tables"],
-    "models": {"tiny-a": {"pretrain": TINY_MODEL},
-               "tiny-b": {"pretrain": {**TINY_MODEL, "arch": "wavlm"}}},
-    "finetune": {"steps": 4, "batch_size": 8},
-    "cache": {"clips": 20, "train_clips": 20, "test_clips": 20, "batch_size": 10},
-    "similarity": {"n_boot": 10, "metrics": {"cosine": {}, "cka_linear": {}},
-                   "blocks": {"knn_k": 2}},
-    "pruning": {"strategies": {"forward": {}}, "test_clips": 12, "batch_size": 16,
-                "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}},
-    "mimic": {"types": {"linear": {"depths": [1], "width": 8}}, "no_mimic": False,
-              "targets": {"metric": None}, "stage1": {"epochs": 1, "batch_size": 16},
-              "stage2": {"epochs": 1, "batch_size": 16},
-              "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}},
-    "structured": {"targets": [0.5], "steps": 6, "batch_size": 4, "test_clips": 12,
-                   "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}},
-}  # fmt: skip
+    assert "config.similarity.metrics" in text and "cosinus" in text
+    assert "cka_linear" in text  # the allowed names are listed
+    assert not (d / "results").exists()
 
 
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
     """A copy of the workflow with the tiny config, run once to completion."""
-    d = tmp_path_factory.mktemp("wf")
-    for name in COPY:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / name)
-    (d / "config.yaml").write_text(yaml.safe_dump(TINY))
+    d = project_copy(tmp_path_factory.mktemp("wf"), TINY)
     run_smk(d)
     return d
-
-
-def write_config(d, cfg):
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
 AGGREGATIONS = {"similarity_tables", "pruning_tables", "mimic_tables", "structured_tables",
@@ -269,6 +225,14 @@ def test_report_holds_every_chart_offline(tiny_project):
     assert not re.search(r"<script[^>]+src=[\"']https?://", html)  # opens offline
 
 
+def pinned_version(package: str) -> str:
+    """The version pyproject.toml pins for ``package``."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d.split("==")[1] for d in deps if d.split("==")[0] == package)
+
+
 @pytest.mark.slow
 def test_cells_carry_provenance(tiny_project):
     from workflow_scripts.core.provenance import config_hash, content_hash, read_provenance
@@ -284,6 +248,6 @@ def test_cells_carry_provenance(tiny_project):
     cell = json.loads(prov["config_slice"])
     assert cell["metric"] == "cka_linear" and prov["slice_hash"] == config_hash(cell)
     assert "cache" in json.loads(prov["inputs_sha256"])
-    assert json.loads(prov["packages"])["torch"] == "2.9.1"
+    assert json.loads(prov["packages"])["torch"] == pinned_version("torch")
     assert prov["content_hash"] == content_hash(pd.read_parquet(path))
     assert prov["start_time"] <= prov["end_time"]

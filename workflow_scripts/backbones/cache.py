@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workflow_scripts.backbones.finetune import autocast
+from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 
 

@@ -17,35 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 from workflow_scripts.core.checkpoint import resume_checkpoint, save_checkpoint
 from workflow_scripts.core.provenance import config_hash
-
-DEFAULT_FINETUNE = {
-    "steps": 400,
-    "batch_size": 32,
-    "lr": 5e-4,
-    "warmup_frac": 0.1,
-    "seed": 0,
-    "eval_clips": None,
-    "freeze_feature_encoder": True,
-    "checkpoint_every": 100,
-    "mask_time_prob": 0.05,
-    "head_lr_mult": 1.0,
-    "cache_features": True,
-}
-
-
-def resolve_finetune(global_spec: dict | None, model_spec: dict | None) -> dict:
-    """Defaults < the config's top-level ``finetune`` < the model's own ``finetune``."""
-    return {**DEFAULT_FINETUNE, **(global_spec or {}), **(model_spec or {})}
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (where it pays), nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
@@ -54,48 +29,6 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
     if step < warm:
         return peak * (step + 1) / warm
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
-@torch.inference_mode()
-def predict(model, audio: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
-    """Logits (N, classes) of a classifier on float32 clips (N, samples)."""
-    model.eval()
-    out = []
-    for start in range(0, len(audio), batch_size):
-        x = normalize_audio(torch.from_numpy(audio[start : start + batch_size])).to(device)
-        with autocast(device):
-            out.append(model(x).logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels))
-
-
-def bootstrap_accuracy_ci(
-    correct: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of a 0/1 vector (resampling utterances)."""
-    if len(correct) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-    means = correct[idx].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-def accuracy_report(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
-    """Accuracy, its bootstrap CI and per-class accuracy (NaN for absent classes)."""
-    pred = logits.argmax(1)
-    correct = (pred == labels).astype(np.float64)
-    lo, hi = bootstrap_accuracy_ci(correct)
-    per_class = [
-        float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
-        for c in range(n_classes)
-    ]
-    return {
-        "accuracy": float(correct.mean()) if len(correct) else float("nan"),
-        "ci_lo": lo,
-        "ci_hi": hi,
-        "n": len(correct),
-        "per_class_accuracy": per_class,
-    }
 
 
 @torch.inference_mode()

@@ -158,6 +158,40 @@ def mix_utterances(audio: torch.Tensor, rng: np.random.Generator, prob: float = 
     return out
 
 
+def _objective(model, arch: str, batch, mask_np, targets, idx, spec: dict, step: int,
+               rng: np.random.Generator, device) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """One step's loss (and its parts) of the architecture's self-supervised objective:
+    contrastive + diversity for wav2vec2 (Gumbel temperature annealed), masked prediction of
+    cluster targets for HuBERT and WavLM (WavLM on utterance mixtures)."""
+    mask = torch.from_numpy(mask_np).to(device)
+    if arch == "wav2vec2":
+        steps = spec["steps"]
+        model.set_gumbel_temperature(max(2.0 * (0.25 ** (step / max(1, steps))), 0.5))
+        neg = torch.from_numpy(sample_negatives(mask_np, model.config.num_negatives, rng))
+        out = model(batch.to(device), mask_time_indices=mask,
+                    sampled_negative_indices=neg.to(device))  # fmt: skip
+        extra = {"contrastive": out.contrastive_loss.item() / float(mask.sum()),
+                 "diversity": out.diversity_loss.item()}  # fmt: skip
+        return out.loss / mask.sum(), extra
+    if arch == "wavlm":
+        batch = mix_utterances(batch, rng, spec.get("mix_prob", 0.2))
+    return model(batch.to(device), mask, targets[idx].to(device)), {}
+
+
+def _save_partial(base, out_dir: str | os.PathLike, spec: dict) -> Path:
+    """``save_pretrained`` of the backbone into ``<out_dir>.partial`` (float16 when asked),
+    the model itself left in float32."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base.config.architectures = [type(base).__name__]
+    if spec.get("save_dtype", "float32") == "float16":
+        base.half()
+    base.save_pretrained(tmp, safe_serialization=True)
+    base.float()
+    return tmp
+
+
 def pretrain(
     audio: np.ndarray,
     spec: dict,
@@ -190,8 +224,6 @@ def pretrain(
     frames = int(base._get_feat_extract_output_lengths(torch.tensor(audio.shape[1])))
     work = Path(work_dir)
     ckpt = work / "checkpoint"
-    history: list[dict] = []
-    start = 0
     spec_hash = config_hash(spec)
     start, history = resume_checkpoint(ckpt, model, opt, rng, spec_hash, log)
     t_start = time.time()
@@ -203,20 +235,8 @@ def pretrain(
         batch = x_all[idx]
         mask_np = mask_indices(bs, frames, spec.get("mask_prob", 0.5), spec.get("mask_length", 4),
                                rng)  # fmt: skip
-        mask = torch.from_numpy(mask_np).to(device)
-        if arch == "wav2vec2":
-            model.set_gumbel_temperature(max(2.0 * (0.25 ** (step / max(1, steps))), 0.5))
-            neg = torch.from_numpy(sample_negatives(mask_np, model.config.num_negatives, rng))
-            out = model(batch.to(device), mask_time_indices=mask,
-                        sampled_negative_indices=neg.to(device))  # fmt: skip
-            loss = out.loss / mask.sum()
-            extra = {"contrastive": out.contrastive_loss.item() / float(mask.sum()),
-                     "diversity": out.diversity_loss.item()}  # fmt: skip
-        else:
-            if arch == "wavlm":
-                batch = mix_utterances(batch, rng, spec.get("mix_prob", 0.2))
-            loss = model(batch.to(device), mask, targets[idx].to(device))
-            extra = {}
+        loss, extra = _objective(model, arch, batch, mask_np, targets, idx, spec, step, rng,
+                                 device)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -227,14 +247,7 @@ def pretrain(
         if (step + 1) % spec.get("checkpoint_every", 200) == 0 and step + 1 < steps:
             save_checkpoint(ckpt, model, opt, step + 1, rng, history, spec_hash)
     elapsed = time.time() - t_start
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    base.config.architectures = [type(base).__name__]
-    if spec.get("save_dtype", "float32") == "float16":
-        base.half()
-    base.save_pretrained(tmp, safe_serialization=True)
-    base.float()
+    tmp = _save_partial(base, out_dir, spec)
     tail = history[-5:]
     summary = {
         "arch": arch,

@@ -1,4 +1,5 @@
-"""Config validation (JSON schema + cross-field checks) and per-cell config slices."""
+"""Config validation by JSON schema, canonical config slices, and a model's architecture read
+without loading its weights."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def _fill_defaults(validator_cls):
     return validators.extend(validator_cls, {"properties": set_defaults})
 
 
-def _describe(err) -> str:
-    where = "config" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.path)
+def describe_error(err, root: str = "config") -> str:
+    """One jsonschema error as a line naming the key (``root`` + the error's path) and, where
+    it helps, the allowed keys or values."""
+    where = root + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in err.path)
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
@@ -65,49 +68,41 @@ def _describe(err) -> str:
 
 
 def validate_config(config: dict, schema: dict | None = None) -> dict:
-    """Validate ``config`` in place (filling defaults) and return it, or raise ConfigError
-    listing every problem with the key's path and the allowed values."""
+    """Validate ``config`` against the JSON schema in place (filling defaults) and return it,
+    or raise ConfigError listing every problem with the key's path and the allowed values.
+    The stages' cross-field checks run after it in :func:`workflow_scripts.grid.validate`."""
     from jsonschema import Draft202012Validator
 
     schema = schema or load_schema()
     validator = _fill_defaults(Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
-    problems = [_describe(e) for e in errors]
-    if not problems:
-        problems = cross_checks(config)
+    problems = [describe_error(e) for e in errors]
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return config
 
 
-def cross_checks(config: dict) -> list[str]:
-    """Checks a JSON schema cannot express (relations between keys)."""
-    problems = []
-    corpus = config.get("corpus", {})
-    v, t = corpus.get("validation_percentage", 0), corpus.get("testing_percentage", 0)
-    if v + t >= 100:
-        problems.append(
-            f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
-            "training speakers (must be < 100)"
-        )
-    from workflow_scripts.data.corpus import nondeterministic_variants_problem
+def registry_problems(section: dict, schemas: dict[str, dict], where: str) -> list[str]:
+    """Problems of a config section keyed by the names of a registry (similarity metrics,
+    pruning strategies): ``section`` maps name -> settings, ``schemas`` maps each registered
+    name -> {setting: JSON schema of its value}. Reports unknown names, unknown settings and
+    bad values, each naming its key in the schema's own wording."""
+    from jsonschema import Draft202012Validator
 
-    problem = nondeterministic_variants_problem(corpus.get("variants") or [])
-    if problem:
-        problems.append(problem)
-    for key in ("rate", "pitch", "pitch_range", "snr_db"):
-        rng = corpus.get(key)
-        if rng and rng[0] > rng[1]:
-            problems.append(f"config.corpus.{key}: range {rng} has min > max")
-    for name, model in (config.get("models") or {}).items():
-        n_layers = model_num_layers(model)
-        for key in ("mimic_targets",):
-            for idx in model.get(key) or []:
-                if n_layers is not None and not 0 <= idx < n_layers:
-                    problems.append(
-                        f"config.models.{name}.{key}: layer index {idx} out of range "
-                        f"0..{n_layers - 1}"
-                    )
+    problems = []
+    unknown = [name for name in section if name not in schemas]
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(schemas)}")
+    for name, settings in section.items():
+        if name not in schemas:
+            continue
+        settings, own = settings or {}, schemas[name]
+        extra = sorted(set(settings) - set(own))
+        if extra:
+            problems.append(f"{where}.{name}: unknown key(s) {extra}; allowed keys: {sorted(own)}")
+        for key in sorted(set(settings) & set(own)):
+            errors = Draft202012Validator(own[key]).iter_errors(settings[key])
+            problems += [describe_error(e, f"{where}.{name}.{key}") for e in errors]
     return problems
 
 

@@ -146,8 +146,9 @@ def log(name: str, results: str = RESULTS, suffix: str = ".log") -> str:
     """Log template of the job that writes output ``name`` (a FILES key, or any rule name
     without wildcards): ``logs/<name>/<wildcard>/.../<wildcard>.log``."""
     wc = wildcard_names(FILES.get(name, ""))
-    tail = "/".join("{" + w + "}" for w in wc) if wc else "job"
-    return f"{results}/logs/{name}/{tail}{suffix}"
+    if not wc:
+        return f"{results}/logs/{name}{suffix}"
+    return f"{results}/logs/{name}/" + "/".join("{" + w + "}" for w in wc) + suffix
 
 
 def benchmark(name: str, results: str = RESULTS) -> str:

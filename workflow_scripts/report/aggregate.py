@@ -21,73 +21,11 @@ import math
 
 import pandas as pd
 
-STAGES = ("similarity", "pruning", "mimic", "structured")
 BASELINE_COLUMNS = [
     "model", "split", "accuracy", "ci_lo", "ci_hi", "n", "num_layers", "params_total",
     "params_transformer", "params_feature_encoder", "params_head", "finetune_steps",
     "finetune_seconds", "device",
 ]  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------
-# files
-# ----------------------------------------------------------------------------------------
-def enabled_stages(config: dict) -> list[str]:
-    """The stages whose results the overview combines: those listed in ``config.outputs``."""
-    outputs = set(config.get("outputs") or [])
-    return [s for s in STAGES if s in outputs]
-
-
-def baseline_cells(config: dict, results: str) -> list[str]:
-    return [f"{results}/cells/baseline/{m}.parquet" for m in config["models"]]
-
-
-def baseline_outputs(results: str) -> dict[str, str]:
-    """The baseline aggregation's outputs (names as in ``rules/aggregate.smk``)."""
-    return {
-        "table": f"{results}/tables/baseline.parquet",
-        "csv": f"{results}/tables/baseline.csv",
-        "md": f"{results}/tables/baseline.md",
-        "html": f"{results}/charts/baseline.html",
-        "png": f"{results}/charts/baseline.png",
-    }
-
-
-def overview_outputs(results: str) -> dict[str, str]:
-    """The overview's outputs (names as in ``rules/aggregate.smk``)."""
-    return {
-        "table": f"{results}/tables/overview.parquet",
-        "csv": f"{results}/tables/overview.csv",
-        "md": f"{results}/tables/overview.md",
-        "html": f"{results}/charts/overview.html",
-        "png": f"{results}/charts/overview.png",
-    }
-
-
-def overview_inputs(config: dict, results: str) -> dict[str, str]:
-    """The aggregated tables the overview reads: the baseline always, each enabled stage's
-    table (the similarity stage's detected blocks)."""
-    stages = enabled_stages(config)
-    inputs = {"baseline": baseline_outputs(results)["table"]}
-    if "similarity" in stages:
-        inputs["blocks"] = f"{results}/tables/blocks.csv"
-    for stage in ("pruning", "mimic", "structured"):
-        if stage in stages:
-            inputs[stage] = f"{results}/tables/{stage}.parquet"
-    return inputs
-
-
-def overview_params(config: dict) -> dict:
-    """The overview's config slice: which stages it combines and the accuracy threshold of
-    the headline numbers (``pruning.threshold``, 0.95 when pruning is off)."""
-    pruning = config.get("pruning") or {}
-    return {"stages": enabled_stages(config), "threshold": pruning.get("threshold", 0.95)}
-
-
-def targets(config: dict, results: str) -> list[str]:
-    """What ``rule all`` builds for ``outputs: [tables]``: the baseline table and the
-    overview (each with csv, markdown and chart); the stages' own tables come with them."""
-    return list(baseline_outputs(results).values()) + list(overview_outputs(results).values())
 
 
 # ----------------------------------------------------------------------------------------
@@ -115,8 +53,8 @@ def _spans(rows: pd.DataFrame) -> str:
 
 def _pruning_headline(pruning: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """(model, strategy, max_removed, n_layers): one row per model and strategy - the mean
-    over seeds for ``random`` - from :func:`pruning_cells.summary_table`."""
-    from workflow_scripts.pruning.cells import summary_table
+    over seeds for ``random`` - from :func:`pruning.report.summary_table`."""
+    from workflow_scripts.pruning.report import summary_table
 
     s = summary_table(pruning, threshold)
     if s.empty:
@@ -126,7 +64,7 @@ def _pruning_headline(pruning: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def best_mimickers(summary: pd.DataFrame) -> pd.DataFrame:
     """Per model the mimicker (no_mimic excluded) with the highest accuracy retained, ties
-    broken by the larger whole-model parameter reduction, from :func:`mimic_cells.summary_table`."""
+    broken by the larger whole-model parameter reduction (from the mimic summary table)."""
     d = summary[summary.kind != "no_mimic"]
     if d.empty:
         return d
@@ -181,7 +119,7 @@ def overview_table(
             if r.model in rows:
                 rows[r.model][f"prunable: {r.strategy}"] = int(r.max_removed)
     if mimic is not None and len(mimic):
-        from workflow_scripts.mimic.cells import summary_table
+        from workflow_scripts.mimic.report import summary_table
 
         for r in best_mimickers(summary_table(mimic)).itertuples(index=False):
             if r.model in rows:
@@ -202,7 +140,7 @@ def overview_table(
 
 def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str]) -> str:
     """The overview as a markdown document: the table and what each column means."""
-    from workflow_scripts.pruning.cells import markdown_table
+    from workflow_scripts.core.tables import markdown_table
 
     pct = f"{100 * threshold:g}%"
     notes = ["- `test accuracy`: the fine-tuned model on the test split; `layers`: blocks."]

@@ -83,7 +83,7 @@ def similarity_heatmaps(sim: pd.DataFrame, blocks: pd.DataFrame, knn_k: int):
 
 def mimic_tradeoff_chart(long: pd.DataFrame):
     """Accuracy retained (% of the backbone) vs cost reduction (%), one point per mimic cell,
-    rows = models, columns = cost axes; ``long`` from ``mimic_cells.tradeoff_long``. A dashed
+    rows = models, columns = cost axes; ``long`` from ``mimic.report.tradeoff_long``. A dashed
     line marks 95% retained."""
     import altair as alt
 
@@ -258,7 +258,7 @@ def pruning_latency_chart(df: pd.DataFrame):
 def comparison_chart(long: pd.DataFrame):
     """Test accuracy vs whole-model parameters: structured pruning (points joined in order of
     size), layer pruning (one line per strategy), mimickers (points), the unpruned model (a
-    black point); one panel per model. ``long`` from ``structured_cells.comparison_long``."""
+    black point); one panel per model. ``long`` from ``structured.report.comparison_long``."""
     import altair as alt
 
     d = long.copy()

@@ -2,8 +2,7 @@
 
 from workflow_scripts.core.provenance import write_parquet, write_text_atomic
 from workflow_scripts.core.rule import RuleContext
-from workflow_scripts.core.tables import concat_cells
-from workflow_scripts.pruning.cells import markdown_table
+from workflow_scripts.core.tables import concat_cells, markdown_table
 from workflow_scripts.report.aggregate import baseline_chart, baseline_table
 from workflow_scripts.report.charts import save_chart
 

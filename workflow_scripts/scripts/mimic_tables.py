@@ -3,7 +3,7 @@
 from workflow_scripts.core.provenance import write_parquet, write_text_atomic
 from workflow_scripts.core.rule import RuleContext
 from workflow_scripts.core.tables import concat_cells
-from workflow_scripts.mimic.cells import summary_table, to_markdown, tradeoff_long
+from workflow_scripts.mimic.report import summary_markdown, summary_table, tradeoff_long
 from workflow_scripts.report.charts import mimic_curves_chart, mimic_tradeoff_chart, save_chart
 
 ctx = RuleContext(snakemake)
@@ -14,7 +14,7 @@ summary = summary_table(cells)
 meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
 write_parquet(cells, out.table, meta)
 write_text_atomic(out.summary_csv, summary.to_csv(index=False))
-write_text_atomic(out.summary_md, to_markdown(summary))
+write_text_atomic(out.summary_md, summary_markdown(summary))
 ctx.log.info("summary:\n%s", summary.to_string())
 save_chart(mimic_tradeoff_chart(tradeoff_long(summary)), out.tradeoff_html, out.tradeoff_png)
 save_chart(mimic_curves_chart(curves), out.curves_html, out.curves_png)

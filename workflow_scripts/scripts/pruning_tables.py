@@ -3,8 +3,8 @@ and draw accuracy-vs-removed-layers and latency-vs-accuracy charts."""
 
 from workflow_scripts.core.provenance import write_parquet, write_text_atomic
 from workflow_scripts.core.rule import RuleContext
-from workflow_scripts.core.tables import concat_cells
-from workflow_scripts.pruning.cells import markdown_table, summary_table
+from workflow_scripts.core.tables import concat_cells, markdown_table
+from workflow_scripts.pruning.report import summary_table
 from workflow_scripts.report.charts import pruning_accuracy_chart, pruning_latency_chart, save_chart
 
 ctx = RuleContext(snakemake)

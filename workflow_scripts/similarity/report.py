@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from workflow_scripts.core.tables import concat_cells
 from workflow_scripts.similarity.blocks import detect_blocks
 
 
@@ -36,3 +37,12 @@ def blocks_table(sim: pd.DataFrame, criterion: str, penalty: float,
     cols = ["model", "metric", "n_blocks", "block", "first_layer", "last_layer", "n_layers",
             "criterion"]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
+
+
+def similarity_tables(cell_paths: list[str], detector: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stacked cells and their detected blocks: ``(similarity table, blocks table)``, with
+    ``detector`` the block detector's settings (``config.similarity.blocks``: criterion,
+    penalty, max_blocks, knn_k)."""
+    sim = concat_cells(list(cell_paths))
+    d = detector
+    return sim, blocks_table(sim, d["criterion"], d["penalty"], d["max_blocks"], d["knn_k"])

@@ -3,12 +3,9 @@ that a change to another model never reruns this model's mimickers)."""
 
 from workflow_scripts.core.provenance import write_text_atomic
 from workflow_scripts.core.rule import RuleContext
-from workflow_scripts.core.tables import concat_cells
-from workflow_scripts.similarity.report import blocks_table
+from workflow_scripts.similarity.report import similarity_tables
 
 ctx = RuleContext(snakemake)
-cfg = ctx.slice
-sim = concat_cells([snakemake.input[0]])
-blocks = blocks_table(sim, cfg["criterion"], cfg["penalty"], cfg["max_blocks"], cfg["knn_k"])
+_, blocks = similarity_tables([snakemake.input[0]], ctx.slice)
 write_text_atomic(snakemake.output[0], blocks.to_csv(index=False))
 ctx.log.info("blocks:\n%s", blocks.to_string())

@@ -1,0 +1,55 @@
+"""The whole grid: each stage's plan module, one config validation, and what ``rule all`` builds.
+
+Every stage has a torch-free ``workflow_scripts/<stage>/plan.py`` (its cells, their config
+slices and inputs, its targets, its config checks); this module only strings them together.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from workflow_scripts.core.config import ConfigError, validate_config
+from workflow_scripts.core.paths import RESULTS
+
+STAGES = ("data", "backbones", "similarity", "pruning", "mimic", "structured", "report")
+
+# `config.outputs` family -> (stage, the plan function listing its targets).
+OUTPUTS = {
+    "manifest": ("data", "targets"),
+    "pretrained": ("backbones", "pretrained_targets"),
+    "baseline": ("backbones", "cell_paths"),
+    "cache": ("backbones", "cache_targets"),
+    "similarity": ("similarity", "targets"),
+    "pruning": ("pruning", "targets"),
+    "mimic": ("mimic", "targets"),
+    "structured": ("structured", "targets"),
+    "tables": ("report", "targets"),
+}
+
+
+def plan(stage: str) -> ModuleType:
+    """The plan module of ``stage``."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
+    return importlib.import_module(f"workflow_scripts.{stage}.plan")
+
+
+def validate(config: dict) -> dict:
+    """Validate ``config`` in place before any job runs: the JSON schema (filling defaults),
+    then every stage's cross-field checks. Raises ConfigError naming each bad key."""
+    validate_config(config)
+    problems = [p for stage in STAGES for p in plan(stage).config_problems(config)]
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def targets(config: dict, results: str = RESULTS) -> list[str]:
+    """Everything ``rule all`` builds: the targets of each family in ``config.outputs``."""
+    out: list[str] = []
+    for family, (stage, fn) in OUTPUTS.items():
+        if family in config["outputs"]:
+            kwargs = {} if fn == "pretrained_targets" else {"results": results}
+            out += getattr(plan(stage), fn)(config, **kwargs)
+    return list(dict.fromkeys(out))

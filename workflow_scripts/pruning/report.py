@@ -1,0 +1,76 @@
+"""The layer-pruning tables: the summary of the stacked cells (largest n at >= threshold,
+AUC); the markdown is :func:`workflow_scripts.core.tables.markdown_table`. Torch-free."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from workflow_scripts.pruning.strategies import STRATEGIES
+
+
+def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
+    """The headline numbers of one accuracy-vs-n curve (see :func:`summary_table`)."""
+    g = g.sort_values("n_removed")
+    n = g.n_removed.to_numpy(int)
+    L = int(g.n_layers.iloc[0])
+    acc = g.accuracy.to_numpy(float)
+    rel = g.relative_accuracy.to_numpy(float)
+    ok = (rel >= threshold) | (n == 0)  # n = 0 keeps 100% by definition
+    best = int(n[ok].max())
+    prefix = int(n[np.cumprod(ok).astype(bool)].max())
+    at = g[g.n_removed == best].iloc[0]
+    base = g[g.n_removed == 0].iloc[0]
+    span = n.max() - n.min()
+
+    def area(y):
+        return float(np.trapezoid(y, n) / span) if span > 0 else float(y[0])
+
+    lat0, lat = base.get("latency_ms", math.nan), at.get("latency_ms", math.nan)
+    return {
+        "n_layers": L,
+        "base_accuracy": float(base.accuracy),
+        "threshold": threshold,
+        "max_removed": best,
+        "max_removed_pct": 100.0 * best / L,
+        "max_removed_prefix": prefix,
+        "accuracy_at_max": float(at.accuracy),
+        "relative_accuracy_at_max": float(at.relative_accuracy),
+        "removed_at_max": None if at.removed is None else list(map(int, at.removed)),
+        "total_params_pct_at_max": 100.0 * float(at.total_params) / float(base.total_params),
+        "latency_ms_at_max": float(lat),
+        "speedup_at_max": float(lat0) / float(lat) if lat and lat > 0 else math.nan,
+        "auc_accuracy": area(acc),
+        "auc_relative": area(rel),
+    }
+
+
+def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
+    """Per model, strategy and seed (null = deterministic strategy or mean over random seeds):
+
+    * ``max_removed``: the largest n whose accuracy is >= ``threshold`` x the unpruned
+      accuracy (the paper's headline number), ``max_removed_pct`` = 100 n / L;
+    * ``max_removed_prefix``: the largest n such that every n' <= n keeps the threshold;
+    * ``auc_accuracy`` / ``auc_relative``: area under the accuracy (relative accuracy) vs n
+      curve over n = 0 .. L-1 (trapezoids), divided by L-1 - i.e. the mean accuracy over the
+      curve, comparable across models of different depth;
+    * accuracy, parameters and latency at ``max_removed``.
+    """
+    out = []
+    d = df.copy()
+    d["seed"] = d["seed"].astype("Int64")
+    for (model, strategy, seed), g in d.groupby(["model", "strategy", "seed"], dropna=False,
+                                                sort=False):  # fmt: skip
+        seed = None if pd.isna(seed) else int(seed)
+        out.append({"model": model, "strategy": strategy, "seed": seed,
+                    **_curve_summary(g, threshold)})  # fmt: skip
+    res = pd.DataFrame(out)
+    if res.empty:
+        return res
+    res["seed"] = res["seed"].astype("Int64")
+    order = {s: i for i, s in enumerate(STRATEGIES)}
+    res["_o"] = res.strategy.map(order)
+    res["_s"] = res.seed.fillna(-1)
+    return res.sort_values(["model", "_o", "_s"]).drop(columns=["_o", "_s"]).reset_index(drop=True)

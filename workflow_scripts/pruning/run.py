@@ -1,0 +1,260 @@
+"""One layer-pruning cell: the rows of one (model, strategy) pair.
+
+Cell file ``cells/pruning/{model}/{strategy}.parquet``: one row per number of removed blocks
+``n = 0 .. L-1`` (``n = 0`` is the unpruned fine-tuned model). Importance scores
+(``block_influence``, ``knn_block_influence``, ``angular_block``) come from the hidden-state
+cache of the validation split, ``similarity_greedy`` runs validation clips through the model;
+accuracy is measured on the test split. A seeded strategy (``random``) is one cell holding the
+rows of every configured seed (``seed`` = that seed) plus one mean-over-seeds row per ``n``
+(``seed`` = null, ``removed`` = null, ``ci_lo``/``ci_hi`` = NaN, the seed spread in
+``accuracy_min``/``accuracy_max``); every other strategy has ``seed`` = null.
+
+:func:`run_cell` reads the cell's inputs (model folder, manifest, data root, cache) and calls
+:func:`cell_rows`, the computation on a loaded model and clips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workflow_scripts.backbones.evaluate import accuracy_report, predict
+from workflow_scripts.pruning.heal import heal_with_lora
+from workflow_scripts.pruning.layers import n_layers, remove_layers
+from workflow_scripts.pruning.strategies import get, removal_plans, scores_from_cache
+from workflow_scripts.pruning.sweeps import sweep
+
+LATENCY_COLUMNS = ("latency_ms", "latency_min_ms", "latency_batch_size", "latency_device")
+#: The columns the rule's log shows.
+LOG_COLUMNS = ["seed", "n_removed", "removed", "accuracy", "relative_accuracy", "total_params",
+               "latency_ms", "healed_accuracy"]  # fmt: skip
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# The cell from its input files
+# ----------------------------------------------------------------------------------------
+def run_cell(
+    cell: dict,
+    *,
+    model: str,
+    model_dir: str,
+    manifest: str,
+    root: str,
+    cache: str | None = None,
+    device=None,
+    log: Log | None = None,
+) -> pd.DataFrame:
+    """The cell's table for fine-tuned model ``model`` (its folder ``model_dir``) and the
+    ``cell`` slice of :func:`~workflow_scripts.pruning.plan.cell_slice`: the test clips of
+    ``manifest`` under the data ``root``, calibration from the validation ``cache`` (cache
+    strategies) or validation clips (evaluator strategies), the training clips for healing.
+    Column ``model`` first, ``calibration_clips`` (null: no calibration) last."""
+    from workflow_scripts.backbones.registry import load_classifier, pick_device
+    from workflow_scripts.data.loader import load_split
+
+    log = log or _quiet
+    strategy = cell["strategy"]
+    manifest_df = pd.read_parquet(manifest)
+    device = device or pick_device()
+    net = load_classifier(model_dir).to(device).eval()
+    audio, labels, _ = load_split(root, manifest_df, "testing", cell["test_clips"])
+    log(f"{model} / {strategy}: {len(audio)} test clips, device {device}")
+    scores, evaluator, n_cal = _calibration(cell, net, device, cache, root, manifest_df, log)
+
+    def train_data():
+        x, y, _ = load_split(root, manifest_df, "training", cell["heal"]["train_clips"])
+        log(f"healing on {len(x)} training clips")
+        return x, y
+
+    df = cell_rows(net, cell, audio, labels, device, scores, evaluator, train_data, log)
+    df.insert(0, "model", model)
+    df["calibration_clips"] = pd.array([n_cal] * len(df), dtype="Int64")  # null: no scores
+    return df
+
+
+def _calibration(cell: dict, model, device, cache, root, manifest_df, log: Log):
+    """``(scores, evaluator, n_clips)`` of the cell's strategy: scores from the first
+    ``calibration_clips`` of the validation hidden-state cache, or its evaluator on
+    ``settings["clips"]`` validation clips run through the model, or nothing."""
+    from workflow_scripts.backbones.cache import read_layers
+    from workflow_scripts.data.loader import load_split
+
+    spec, settings = get(cell["strategy"]), cell["settings"]
+    if spec.needs == "cache":
+        H = read_layers(cache, limit=cell["calibration_clips"])
+        scores = scores_from_cache(spec.name, H, settings)
+        log(f"scores from {H.shape[1]} validation clips: {scores}")
+        return scores, None, H.shape[1]
+    if spec.needs == "model":
+        x_val, _, _ = load_split(root, manifest_df, "validation", settings["clips"])
+        return None, spec.build_evaluator(model, x_val, device, settings), len(x_val)
+    return None, None, None
+
+
+def provenance_seed(cell: dict) -> str | int | None:
+    """The seed a cell's provenance records: a seeded strategy's removal-order seeds (the heal
+    seed is in the slice), else the heal seed when healing is on."""
+    if get(cell["strategy"]).seeded:
+        return ",".join(map(str, cell["settings"]["seeds"]))
+    return cell["heal"]["seed"] if cell["heal"] else None
+
+
+# ----------------------------------------------------------------------------------------
+# The cell on a loaded model
+# ----------------------------------------------------------------------------------------
+def cell_rows(
+    model,
+    cell: dict,
+    test_audio: np.ndarray,
+    test_labels: np.ndarray,
+    device="cpu",
+    scores=None,
+    evaluator=None,
+    train_data: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    log: Log | None = None,
+) -> pd.DataFrame:
+    """The rows of one pruning cell (see the module docstring) for a fine-tuned ``model``
+    (eval mode, on ``device``) and the ``cell`` slice, without the ``model`` and
+    ``calibration_clips`` columns :func:`run_cell` adds.
+
+    Accuracy: one :func:`~workflow_scripts.pruning.sweeps.sweep` over all removal sets (all
+    seeds) on the test clips, with prefix resumption. Latency: a second ``sweep`` over the
+    first ``latency.batch_size`` test clips with timing on, so the timed batch is small and
+    fixed. Healing (when ``cell["heal"]`` lists n): for each listed n < L, the set removed at
+    n is healed with :func:`~workflow_scripts.pruning.heal.heal_with_lora` on ``train_data()``
+    (training split) and the healed model's test accuracy is reported beside the unhealed one.
+    """
+    log = log or _quiet
+    strategy, settings = cell["strategy"], cell["settings"]
+    device = torch.device(device)
+    L = n_layers(model)
+    plans = removal_plans(strategy, L, settings, cell.get("keep_first"), scores, evaluator)
+    flat = [(seed, s) for seed, sets in plans for s in sets]
+    rows = _sweep_rows(model, cell, [s for _, s in flat], test_audio, test_labels, device, log)
+    lat = cell["latency"]
+    base_acc = rows[0]["accuracy"] if rows else math.nan
+    for (seed, _), row in zip(flat, rows, strict=True):
+        row.update(
+            seed=seed,
+            n_layers=L,
+            base_accuracy=base_acc,
+            accuracy_min=row["accuracy"],
+            accuracy_max=row["accuracy"],
+            latency_warmup=lat.get("warmup", 0),
+            latency_repeats=lat.get("repeats", 0) if lat.get("enabled") else 0,
+            latency_threads=torch.get_num_threads(),
+            healed=False,
+            healed_accuracy=math.nan,
+            healed_ci_lo=math.nan,
+            healed_ci_hi=math.nan,
+            healed_relative_accuracy=math.nan,
+            heal_steps=0,
+            heal_seconds=math.nan,
+        )
+    _heal_rows(model, cell, flat, rows, test_audio, test_labels, device, train_data, log)
+    df = pd.DataFrame(rows)
+    if get(strategy).seeded:
+        df = pd.concat([df, _mean_rows(df)], ignore_index=True)
+    df["seed"] = df["seed"].astype("Int64")
+    if scores is not None:
+        df["scores"] = json.dumps(np.asarray(scores, dtype=float).round(6).tolist())
+    else:
+        df["scores"] = None
+    return df
+
+
+def _sweep_rows(model, cell: dict, sets, test_audio, test_labels, device, log: Log) -> list:
+    """The accuracy rows of every removal set, with the latency columns of the timed sweep
+    when latency is enabled."""
+    strategy = cell["strategy"]
+    t0 = time.perf_counter()
+    rows = sweep(model, test_audio, test_labels, strategy, sets, device,
+                 batch_size=cell["batch_size"], latency=False)  # fmt: skip
+    log(f"accuracy sweep of {len(sets)} sets: {time.perf_counter() - t0:.1f} s")
+    lat = cell["latency"]
+    if lat.get("enabled"):
+        t0 = time.perf_counter()
+        b = lat["batch_size"]
+        timed = sweep(model, test_audio[:b], test_labels[:b], strategy, sets, device,
+                      batch_size=b, latency=True, latency_warmup=lat["warmup"],
+                      latency_repeats=lat["repeats"])  # fmt: skip
+        for row, t in zip(rows, timed, strict=True):
+            row.update({k: t[k] for k in LATENCY_COLUMNS})
+        log(f"latency of {len(sets)} sets: {time.perf_counter() - t0:.1f} s")
+    return rows
+
+
+def _heal_rows(model, cell, flat, rows, test_audio, test_labels, device, train_data, log: Log):
+    """Heal the set removed at each listed n < L and write the healed accuracy into its rows
+    (every seed's); ``train_data()`` is called once, only when some n is healed."""
+    heal = cell.get("heal")
+    wanted = [n for n in heal["n"] if n < n_layers(model)] if heal else []
+    if not wanted:
+        return
+    if train_data is None:
+        raise ValueError("healing is on but no training data was given")
+    x_train, y_train = train_data()
+    C = model.config.num_labels
+    base_acc = rows[0]["accuracy"]
+    for (_, s), row in zip(flat, rows, strict=True):
+        if len(s) not in wanted:
+            continue
+        t0 = time.perf_counter()
+        healed = heal_with_lora(
+            remove_layers(model, s), x_train, y_train, steps=heal["steps"],
+            lr=heal["lr"], rank=heal["rank"], alpha=heal["alpha"], device=device,
+            batch_size=heal["batch_size"], seed=heal["seed"],
+        )  # fmt: skip
+        rep = accuracy_report(
+            predict(healed, test_audio, device, cell["batch_size"]), test_labels, C
+        )
+        row.update(
+            healed=True,
+            healed_accuracy=rep["accuracy"],
+            healed_ci_lo=rep["ci_lo"],
+            healed_ci_hi=rep["ci_hi"],
+            healed_relative_accuracy=rep["accuracy"] / base_acc if base_acc > 0 else math.nan,
+            heal_steps=heal["steps"],
+            heal_seconds=time.perf_counter() - t0,
+        )
+        log(f"healed {s}: {row['accuracy']:.4f} -> {rep['accuracy']:.4f}")
+        del healed
+
+
+def _mean_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One mean-over-seeds row per n (seeded strategies)."""
+    rows = []
+    for _, g in df.groupby("n_removed", sort=True):
+        first = g.iloc[0]
+        row = first.to_dict()
+        row.update(
+            seed=None,
+            removed=None,
+            accuracy=float(g.accuracy.mean()),
+            ci_lo=math.nan,
+            ci_hi=math.nan,
+            accuracy_min=float(g.accuracy.min()),
+            accuracy_max=float(g.accuracy.max()),
+            relative_accuracy=float(g.relative_accuracy.mean()),
+            per_class_accuracy=list(np.mean(np.stack(g.per_class_accuracy.to_list()), axis=0)),
+            transformer_params=int(round(g.transformer_params.mean())),
+            total_params=int(round(g.total_params.mean())),
+            latency_ms=float(g.latency_ms.median()),
+            latency_min_ms=float(g.latency_min_ms.min()),
+        )
+        for col in ("healed_accuracy", "healed_relative_accuracy", "heal_seconds"):
+            row[col] = float(g[col].mean()) if g[col].notna().any() else math.nan
+        row.update(healed_ci_lo=math.nan, healed_ci_hi=math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
