@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit report clean compare
+.PHONY: venv run dryrun test lint fmt audit report clean compare real-models smoke-paper
 
 venv: $(STAMP)
 
@@ -49,3 +49,25 @@ clean:
 
 compare: $(STAMP)  ## what differs between two result folders: make compare A=results B=other/results
 	$(BIN)/python -m workflow_scripts.compare $(A) $(B) $(COMPARE_ARGS)
+
+# The paper's five architectures at real size with random weights, written offline from
+# config/architectures.yaml (float16 safetensors, ~1.9 GB; skipped when already current).
+REAL_MODELS := models/real
+real-models: $(STAMP)  ## wav2vec2-base/-large, wavlm-base/-large, hubert-base as random checkpoints
+	$(BIN)/python -m workflow_scripts.backbones.architectures $(REAL_MODELS)
+
+# config/paper-smoke.yaml end to end on CPU in its own folder (smoke/paper/: results, logs,
+# Snakemake's metadata), so the default grid's results/ stay untouched; every failing job is
+# reported (--keep-going). SMOKE_MEM_MB caps the rules' planned memory (mem_mb, scaled by the
+# model) summed over concurrent jobs: 24000 never runs two large-model jobs at once. Wall time
+# and the largest job's peak RSS go to smoke/paper/time.txt (GNU time, where installed).
+SMOKE := smoke/paper
+SMOKE_MEM_MB ?= 24000
+TIME := $(shell test -x /usr/bin/time && echo /usr/bin/time -v -o $(SMOKE)/time.txt)
+smoke-paper: real-models  ## the five at real size through every stage (SMOKE_ARGS: more snakemake options)
+	mkdir -p $(SMOKE)
+	ln -sfn $(CURDIR)/config.yaml $(SMOKE)/config.yaml
+	ln -sfn $(CURDIR)/models $(SMOKE)/models
+	$(TIME) $(BIN)/snakemake --profile profiles/local --directory $(SMOKE) --keep-going \
+	  --resources mem_mb=$(SMOKE_MEM_MB) --configfile $(CURDIR)/config/paper-smoke.yaml $(SMOKE_ARGS)
+	@test ! -f $(SMOKE)/time.txt || grep -E "Elapsed|Maximum resident" $(SMOKE)/time.txt

@@ -12,7 +12,10 @@ On random layer stacks (default N=2048 utterances, L=13 layers, 49 frames x 768 
 
 checks that the results agree to 1e-5 and prints a table of ratios. Per-pair timings can be
 taken on a subset of the L(L-1)/2 pairs (``--naive-pairs``) and extrapolated linearly
-(every pair does the same work); the table says when that was done.
+(every pair does the same work); the table says when that was done. It also times the
+default CIs against the point estimates alone (``--skip ci`` to leave out): CKA's delete-1
+jackknife (leave-one-out HSICs downdated from the Grams) and mutual k-NN's half-sampling
+(neighbour sets recomputed in each of ``--n-boot`` half-samples).
 
 Usage: python benchmarks/similarity.py [--n 512] [--layers 13] [--frames 49] [--dim 768]
        [--naive-pairs 4] [--k 10] [--device cpu|cuda]
@@ -118,6 +121,19 @@ def max_diff(mat: np.ndarray, vals: dict) -> float:
     return max(abs(mat[i, j] - v) for (i, j), v in vals.items())
 
 
+def time_cis(H, args) -> None:
+    """Print the time of each default CI next to its point estimate alone."""
+    dev, k = args.device, args.k
+    _, t_point = timed(lambda: sim.compute_metric("cka_linear", H, {"n_boot": 0}), dev)
+    _, t_ci = timed(lambda: sim.compute_metric("cka_linear", H, {"n_boot": 1}), dev)
+    print(f"cka_linear: point {t_point:.2f} s, with the jackknife CI {t_ci:.2f} s", flush=True)
+    knn = {"ks": (k,), "n_boot": args.n_boot}
+    _, t_point = timed(lambda: sim.compute_metric("mutual_knn", H, {**knn, "n_boot": 0}), dev)
+    _, t_ci = timed(lambda: sim.compute_metric("mutual_knn", H, knn), dev)
+    print(f"mutual_knn (k={k}): point {t_point:.2f} s, with {args.n_boot} half-samples "
+          f"{t_ci:.2f} s", flush=True)  # fmt: skip
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2048, help="utterances")
@@ -126,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--k", type=int, default=10, help="k for mutual k-NN")
     ap.add_argument("--naive-pairs", type=int, default=0, help="time only this many pairs (0=all)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["cka", "cosine", "knn"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["cka", "cosine", "knn", "ci"])
+    ap.add_argument("--n-boot", type=int, default=200, help="half-samples of the k-NN CI")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
@@ -183,6 +200,8 @@ def main(argv=None) -> int:
         print(f"mutual kNN: all-pairs {t_proj:.2f} s, per-pair{note} {t_naive:.2f} s", flush=True)
         rows.append((f"mutual kNN (k={k})", t_proj, t_naive, d, None))
 
+    if "ci" not in args.skip:
+        time_cis(H, args)
     print()
     print(f"{'metric':<20}{'all-pairs s':>12}{'per-pair s':>12}{'speedup':>9}"
           f"{'floor s':>9}{'vs floor':>9}{'max|diff|':>11}")  # fmt: skip

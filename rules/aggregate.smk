@@ -15,6 +15,7 @@ rule baseline_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     script:
@@ -33,6 +34,7 @@ rule overview:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:

@@ -18,6 +18,7 @@ rule finetune:
     resources:
         mem_mb=model_mem_mb(8000, 40),
         runtime=model_runtime(180),
+        disk_mb=disk_mb(backbones.finetune_bytes),
         gpu=gpu_request,
     params:
         slice=slice_of(backbones.finetune_slice),
@@ -42,9 +43,10 @@ rule hidden_cache:
     resources:
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(60),
+        disk_mb=disk_mb(backbones.cache_bytes),
         gpu=gpu_request,
     params:
-        slice=lambda w: cell_json(backbones.cache_slice(config, w.split)),
+        slice=slice_of(backbones.cache_slice),
         root=data.data_root(config, RESULTS),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

@@ -4,13 +4,13 @@ Every stage's torch-free plan (``workflow_scripts/<stage>/plan.py``) decides its
 config slices and inputs; every output path comes from ``workflow_scripts/core/paths.py``.
 """
 
-import copy
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts import grid
-from workflow_scripts.core import paths
+from workflow_scripts.core import paths, site
 from workflow_scripts.core.config import ConfigError, cell_json
 from workflow_scripts.core.paths import RESULTS
 
@@ -22,30 +22,10 @@ mimic = grid.plan("mimic")
 structured = grid.plan("structured")
 aggregate = grid.plan("report")
 
-# The grid registries that a --configfile (or --config) replaces instead of merging into
-# config.yaml's: `--configfile config/paper.yaml` runs the paper's models, metrics, strategies
-# and mimickers only, not those plus the defaults.
-GRID_KEYS = (
-    ("models",),
-    ("similarity", "metrics"),
-    ("pruning", "strategies"),
-    ("mimic", "types"),
-)
-
-
-def replace_grid_keys(cfg, overrides):
-    """Set each grid registry present in ``overrides`` (the command line's configfiles and
-    --config, merged) to exactly its value there. Snakemake merges dicts recursively."""
-    for key_path in GRID_KEYS:
-        src, dst = overrides, cfg
-        for key in key_path[:-1]:
-            src = src.get(key) if isinstance(src, dict) else None
-            dst = dst.setdefault(key, {})
-        if isinstance(src, dict) and key_path[-1] in src:
-            dst[key_path[-1]] = copy.deepcopy(src[key_path[-1]])
-
-
-replace_grid_keys(config, workflow.config_settings.overwrite_config or {})
+# config.yaml < config/site.yaml (git-ignored machine settings) < the command line.
+grid.assemble(config, site.config_overrides(), workflow.config_settings.overwrite_config or {})
+if site.setting("hf_home"):
+    os.environ.setdefault("HF_HOME", str(site.setting("hf_home")))
 
 try:
     grid.validate(config)
@@ -136,6 +116,35 @@ def model_runtime(base_min):
         return runtime_min(model_params(wildcards.model), base_min, attempt, override)
 
     return runtime
+
+
+def disk_mb(fn, floor_mb=10):
+    """A `disk_mb` resource: the predicted bytes of a job's outputs, ``fn(config,
+    **wildcards, results=RESULTS)`` (the estimates `make plan` reports), times the attempt."""
+    from workflow_scripts.core.sizes import mb
+
+    def disk(wildcards, attempt):
+        return max(floor_mb, mb(fn(config, results=RESULTS, **wildcards_of(wildcards))))
+
+    return disk
+
+
+def similarity_mem_mb(base_mb, mb_per_mparam=20):
+    """`mem_mb` of a similarity cell: a model job's memory plus the N x N Gram matrices of
+    every state (8 (L+1) N^2 bytes; N = the similarity's utterances), which CKA and mutual
+    kNN need by design - the one request that grows with the number of clips."""
+    from workflow_scripts.core.sizes import mb, model_dims
+
+    model_mem = model_mem_mb(base_mb, mb_per_mparam)
+
+    def mem(wildcards, attempt):
+        n = backbones.split_size(config, "validation", "clips", RESULTS)
+        for cap in (config["similarity"]["clips"], config["similarity"]["batch_size"]):
+            n = min(n, cap) if cap else n
+        layers = model_dims(config["models"][wildcards.model])["layers"]
+        return model_mem(wildcards, attempt) + mb(8 * (layers + 1) * n * n) * attempt
+
+    return mem
 
 
 def attempt_mem_mb(base_mb):

@@ -11,6 +11,7 @@ rule synthesize_corpus:
     conda:
         "../envs/data.yaml"
     resources:
+        disk_mb=disk_mb(data.corpus_bytes),
         mem_mb=attempt_mem_mb(2000),
         runtime=60,
     params:
@@ -32,6 +33,7 @@ rule manifest:
     conda:
         "../envs/data.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(4000),
         runtime=60,
     params:

@@ -20,6 +20,7 @@ rule mimic_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,
@@ -42,6 +43,7 @@ rule mimic_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:

@@ -14,6 +14,7 @@ rule pretrain_backbone:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(backbones.model_bytes),
         mem_mb=model_mem_mb(6000, 40),
         runtime=model_runtime(240),
         gpu=gpu_request,

@@ -17,6 +17,7 @@ rule pruning_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,
@@ -39,6 +40,7 @@ rule pruning_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:

@@ -17,7 +17,8 @@ rule similarity_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb(4000, 20),
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
+        mem_mb=similarity_mem_mb(4000, 20),
         runtime=model_runtime(60),
     params:
         slice=slice_of(similarity.cell_slice),
@@ -39,6 +40,7 @@ rule model_groups:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(1000),
         runtime=10,
     params:
@@ -65,6 +67,7 @@ rule similarity_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:

@@ -18,6 +18,7 @@ rule structured_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(backbones.model_bytes),  # the pruned model: at most the whole
         mem_mb=model_mem_mb(6000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,
@@ -40,6 +41,7 @@ rule structured_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:

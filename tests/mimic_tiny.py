@@ -1,7 +1,8 @@
-"""A tiny mimic world for unit tests: a fine-tuned-looking classifier (3 layers, hidden 32)
-saved with ``save_pretrained``, 1-s wav clips of three words with a manifest, the three
-hidden-state caches made from those clips (``backbones.cache.write_cache``), a baseline cell
-and a blocks table. Everything a mimic cell reads, in seconds on one CPU core."""
+"""A tiny mimic world for unit tests: a fine-tuned-looking classifier (3 layers, hidden 32;
+post-LN, or pre-LN with ``stable=True``) saved with ``save_pretrained``, 1-s wav clips of three
+words with a manifest, the three hidden-state caches made from those clips
+(``backbones.cachefile.write_cache``, with ``final``), a baseline cell and a blocks table.
+Everything a mimic cell reads, in seconds on one CPU core."""
 
 from __future__ import annotations
 
@@ -62,14 +63,16 @@ def _write_clips(root: Path, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_world(d: Path, seed: int = 0) -> dict[str, str]:
-    """Write the tiny world under ``d``; returns the cell's inputs by name (the keys of
-    ``mimic.plan.cell_inputs``, ``blocks`` included) plus ``root`` (the clips' folder) and
-    ``baseline_other`` (a baseline cell whose clip count does not match the testing cache)."""
+def build_world(d: Path, seed: int = 0, stable: bool = False) -> dict[str, str]:
+    """Write the tiny world under ``d`` (a pre-LN model with ``stable``); returns the cell's
+    inputs by name (the keys of ``mimic.plan.cell_inputs``, ``blocks`` included) plus ``root``
+    (the clips' folder) and ``baseline_other`` (a baseline cell whose clip count does not match
+    the testing cache)."""
     import torch
     from transformers import AutoModelForAudioClassification
 
-    from workflow_scripts.backbones.cache import extract_hidden_states, write_cache
+    from workflow_scripts.backbones.cache import extract_hidden_states
+    from workflow_scripts.backbones.cachefile import write_cache
     from workflow_scripts.backbones.evaluate import accuracy_report, predict
     from workflow_scripts.backbones.registry import small_config
     from workflow_scripts.data.loader import load_split
@@ -82,6 +85,7 @@ def build_world(d: Path, seed: int = 0) -> dict[str, str]:
     torch.manual_seed(seed)
     cfg = small_config(PRETRAIN["arch"], {**PRETRAIN, "classifier_proj": 8})
     cfg.num_labels = len(WORDS)
+    cfg.do_stable_layer_norm = stable
     model = AutoModelForAudioClassification.from_config(cfg).eval()
     out["model"] = str(d / "finetuned")
     model.save_pretrained(out["model"], safe_serialization=True)

@@ -1,6 +1,8 @@
 """A real single-node SLURM cluster for tests: munged, slurmctld and slurmd from the Debian
 packages (slurmctld, slurmd, slurm-client, munge), each with its own ports, key, sockets, state
-and spool folders under one temp folder, and a node that has one fake GPU.
+and spool folders under one temp folder, and a node that has one fake GPU; node selection by
+select/cons_tres (default), or select/cons_res or select/linear (clusters that accept GPUs only
+as --gres).
 
 The SLURM client commands are reached through wrappers in ``<root>/bin`` (put first in PATH):
 each exports ``SLURM_CONF`` itself, because the Snakemake jobstep plugin strips every
@@ -54,8 +56,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+{select}
 SlurmdParameters=config_overrides
 SchedulerType=sched/builtin
 SchedulerParameters=sched_min_interval=0
@@ -69,6 +70,16 @@ NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=25
  Gres=gpu:1 State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
+
+# The node-selection plugins a cluster can run: cons_tres (GPUs as trackable resources: --gpus,
+# --cpus-per-gpu) and the older cons_res (cores) and linear (whole nodes), which take GPUs only
+# as --gres and refuse --gpus / --cpus-per-gpu with "Requested GRES option unsupported by
+# configured SelectType plugin".
+SELECT = {
+    "cons_tres": "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core",
+    "cons_res": "SelectType=select/cons_res\nSelectTypeParameters=CR_Core",
+    "linear": "SelectType=select/linear",
+}
 
 GRES_CONF = "AutoDetect=off\nNodeName={node} Name=gpu File=/dev/null\n"
 
@@ -108,10 +119,12 @@ def _free_ports(n: int) -> list[int]:
 class SlurmCluster:
     """munged + slurmctld + slurmd rooted at ``root``; ``env()`` is what a client needs."""
 
-    def __init__(self, root: Path, cpus: int = 4, min_job_age: int = 300) -> None:
+    def __init__(self, root: Path, cpus: int = 4, min_job_age: int = 300,
+                 select: str = "cons_tres") -> None:  # fmt: skip
         self.root = Path(root)
         self.cpus = cpus
         self.min_job_age = min_job_age
+        self.select = select
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
         self.bin = self.root / "bin"
@@ -140,6 +153,7 @@ class SlurmCluster:
                 node=NODE,
                 cpus=self.cpus,
                 partition=PARTITION,
+                select=SELECT[self.select],
             )  # fmt: skip
         )
         (r / "gres.conf").write_text(GRES_CONF.format(node=NODE))
@@ -225,6 +239,10 @@ class SlurmCluster:
         return "\n".join(out)
 
     # -- queries --------------------------------------------------------------------------
+    def sbatch(self, *args: str) -> subprocess.CompletedProcess:
+        """``sbatch *args`` through the wrapper (logged like Snakemake's submissions)."""
+        return self._run("sbatch", *args)
+
     def job_ids(self) -> list[str]:
         out = self._run("squeue", "-h", "-o", "%i", "--states=all").stdout
         return out.split()

@@ -135,11 +135,14 @@ def test_finetuning_learns_and_resumes_after_a_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
+    assert (tmp_path / F.FEATURES_FILE).is_file()  # complete: renamed into place
 
     resumed = tiny_classifier(seed=1)  # different init: everything must come from the checkpoint
+    logged = []
     out = F.train_classifier(resumed, audio, y, spec, torch.device("cpu"), tmp_path,
-                             progress=False)  # fmt: skip
+                             logged.append, progress=False)  # fmt: skip
     assert out["resumed_from"] == 3
+    assert any("reusing the frozen CNN features" in m for m in logged)
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=k)
 
@@ -147,6 +150,65 @@ def test_finetuning_learns_and_resumes_after_a_kill(tmp_path, monkeypatch):
     out = F.train_classifier(tiny_classifier(), audio, y, other, torch.device("cpu"), tmp_path,
                              progress=False)  # fmt: skip
     assert out["resumed_from"] == 0  # a checkpoint made with other settings is discarded
+    F.release_features(tmp_path)
+    assert not (tmp_path / F.FEATURES_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory):
+    """The clips of ``_data(20)`` as wav files with a manifest's rows (path, label_idx)."""
+    import pandas as pd
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("clips")
+    audio, y = _data(20)
+    paths = [f"c{i:02d}.wav" for i in range(len(y))]
+    for p, a in zip(paths, audio, strict=True):
+        sf.write(root / p, a, 16000, subtype="FLOAT")
+    return root, pd.DataFrame({"path": paths, "label_idx": y}), audio, y
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_finetuning_streamed_from_files_equals_in_memory(clip_files, tmp_path, cached):
+    """Clips read per batch from files (2 loader workers) train bit-identical weights to the
+    in-memory array; the frozen features (cached) are a file of the work folder, rewritten
+    when the CNN changes."""
+    root, rows, audio, y = clip_files
+    spec = resolve_finetune({"steps": 5, "batch_size": 6, "lr": 3e-3, "cache_features": cached,
+                             "checkpoint_every": 2, "workers": 2}, None)  # fmt: skip
+    ref = tiny_classifier()
+    F.train_classifier(ref, audio, y, spec, torch.device("cpu"), None, progress=False)
+    streamed = tiny_classifier()
+    clips = F.ClipSet.from_rows(root, rows)
+    F.train_classifier(streamed, clips, None, spec, torch.device("cpu"), tmp_path, progress=False)
+    for (k, a), b in zip(ref.state_dict().items(), streamed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert (tmp_path / F.FEATURES_FILE).is_file() == cached
+    if cached:  # another CNN (another model's weights): the file is not reused
+        (tmp_path / "checkpoint").rename(tmp_path / "old")
+        logged = []
+        F.train_classifier(tiny_classifier(seed=3), clips, None, spec, torch.device("cpu"),
+                           tmp_path, logged.append, progress=False)  # fmt: skip
+        assert not any("reusing" in m for m in logged)
+    # the loader never draws from torch's global RNG
+    torch.manual_seed(0)
+    rng_state = torch.get_rng_state()
+    batches = F.DrawnBatches(np.random.default_rng(0), len(clips), 4, 3)
+    got = [idx for _, _, idx in F.clip_loader(clips, batches, workers=1)]
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    draw = np.random.default_rng(0)
+    assert all(np.array_equal(g, draw.choice(len(clips), 4, replace=False)) for g in got)
+
+
+def test_predict_batches_equals_predict(clip_files):
+    from workflow_scripts.backbones.evaluate import predict_batches
+    from workflow_scripts.data.loader import iter_batches
+
+    root, rows, audio, y = clip_files
+    model = tiny_classifier()
+    logits, labels = predict_batches(model, iter_batches(root, rows, 8), torch.device("cpu"))
+    assert np.array_equal(logits, predict(model, audio, torch.device("cpu"), batch_size=8))
+    assert np.array_equal(labels, y)
 
 
 @pytest.mark.parametrize("arch", ["wav2vec2", "hubert", "wavlm"])
@@ -227,12 +289,8 @@ def test_mask_and_negatives_shapes():
 
 
 def test_cache_holds_every_layer_once(tmp_path):
-    from workflow_scripts.backbones.cache import (
-        cache_info,
-        extract_hidden_states,
-        read_layers,
-        write_cache,
-    )
+    from workflow_scripts.backbones.cache import extract_hidden_states
+    from workflow_scripts.backbones.cachefile import cache_info, read_layers, write_cache
 
     model = tiny_classifier("wavlm").eval()
     audio, y = _data(10)
@@ -274,3 +332,67 @@ def test_shipped_backbones_are_what_config_pretrain_yaml_makes():
         assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
         total += sum(f.stat().st_size for f in folder.iterdir())
     assert total <= 40e6
+
+
+# ----------------------------------------------------------------------------------------
+# One evaluation set across the stages
+# ----------------------------------------------------------------------------------------
+def test_every_stage_tests_on_the_same_clips(tmp_path, monkeypatch):
+    """With one ``evaluation.test_clips`` the baseline cell, the pruning and structured cells
+    and the testing-split cache (the mimic cells' test data) select the identical clips,
+    through data.loader.split_rows; null = the whole split for all of them."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import yaml
+
+    from workflow_scripts.backbones import plan as bplan
+    from workflow_scripts.backbones import run as brun
+    from workflow_scripts.data.loader import split_rows
+    from workflow_scripts.pruning import plan as pplan
+    from workflow_scripts.pruning import run as prun
+    from workflow_scripts.structured import plan as splan
+    from workflow_scripts.structured import run as srun
+
+    manifest = pd.DataFrame({
+        "path": [f"w/{s[:2]}{i:02d}_nohash_0.wav" for s in ("training", "testing")
+                 for i in range(12)],
+        "split": ["training"] * 12 + ["testing"] * 12, "usable": True, "label_idx": 0,
+    })  # fmt: skip
+    manifest.loc[13, "usable"] = False  # an unusable clip is never selected
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    cached = {}
+    monkeypatch.setattr(
+        brun,
+        "load_classifier",
+        lambda _: SimpleNamespace(config=SimpleNamespace(num_hidden_layers=2)),
+    )
+    monkeypatch.setattr(brun, "sha256_path", lambda _: "sha")
+    monkeypatch.setattr(brun, "extract_to_cache",
+                        lambda _m, _b, paths, *a: cached.setdefault("paths", paths))  # fmt: skip
+
+    def selections(test_clips):
+        cfg = yaml.safe_load((Path(__file__).parent.parent / "config.yaml").read_text())
+        cfg["outputs"] = ["baseline", "pruning", "mimic", "structured"]
+        cfg["evaluation"] = {"test_clips": test_clips}
+        validate_config(cfg)
+        model = next(iter(cfg["models"]))
+        cached.clear()
+        brun.run_cache(bplan.cache_slice(cfg, model, "testing"), "m", str(tmp_path /
+                       "manifest.parquet"), "root", "out", {}, lambda _: None)  # fmt: skip
+        return {
+            "baseline": list(brun.evaluation_rows(manifest, bplan.finetune_slice(cfg, model),
+                                                  "testing").path),
+            "pruning": list(prun.evaluation_rows(manifest, pplan.cell_slice(
+                cfg, strategy="forward", model=model)).path),
+            "structured": list(srun.evaluation_rows(manifest, splan.cell_slice(
+                cfg, model=model, sparsity="0.3")).path),
+            "mimic (testing cache)": cached["paths"],
+        }  # fmt: skip
+
+    for n, want in ((5, 5), (None, 11), (50, 11)):
+        got = selections(n)
+        expected = list(split_rows(manifest, "testing", n).path)
+        assert len(expected) == want
+        assert got == dict.fromkeys(got, expected), n

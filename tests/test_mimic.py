@@ -1,17 +1,13 @@
-"""Tests for the mimicking networks (workflow_scripts.mimic.model, .targets, .train, .cost)
-and the shared latency helper."""
+"""Tests for the mimicking networks (workflow_scripts.mimic.model, .targets, .train, .cost);
+the shared latency helpers: tests/test_timing.py."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from workflow_scripts.backbones.registry import count_parameters, encoder_of, small_config
-from workflow_scripts.core import timing
-from workflow_scripts.core.timing import measure_latency
 from workflow_scripts.mimic.cost import cost_report, parameter_summary, replaced_stack_parameters
 from workflow_scripts.mimic.model import (
     ClassifierHead,
@@ -280,28 +276,7 @@ def test_cost_report_fewer_parameters_positive_latency():
     assert rep["stack_latency_reduction_pct"] == pytest.approx(
         100 * (1 - rep["mimicker_ms"] / rep["stack_ms"])
     )
-    again = cost_report(model, m, torch.randn(2, 16000), warmup=0, repeats=1, reference=rep)
-    assert again["stack_ms"] == rep["stack_ms"] and again["model_ms"] == rep["model_ms"]
-
-
-def test_measure_latency_excludes_warmup_and_reports_median(monkeypatch):
-    # a fake clock that only the timed function advances: deterministic on a loaded machine.
-    # calls 1-2 (warm-up) take 300 ms; the timed calls 5, 5, 80, 5, 5 ms
-    clock = SimpleNamespace(now=0.0)
-    clock.perf_counter = lambda: clock.now
-    monkeypatch.setattr(timing, "time", clock)
-    durations = [0.3, 0.3, 0.005, 0.005, 0.08, 0.005, 0.005]
-    calls = []
-
-    def fn():
-        clock.now += durations[len(calls)]
-        calls.append(1)
-
-    res = measure_latency(fn, "cpu", warmup=2, repeats=5)
-    assert len(calls) == 7 and len(res["times_ms"]) == 5
-    assert res["times_ms"] == pytest.approx([5, 5, 80, 5, 5])
-    assert res["max_ms"] == pytest.approx(80)  # the 300-ms warm-up calls were not timed
-    assert res["min_ms"] == pytest.approx(5)
-    assert res["median_ms"] == pytest.approx(5)  # the median, not the mean (20 ms) or the max
-    assert res["median_ms"] == sorted(res["times_ms"])[2]
-    assert (res["warmup"], res["repeats"], res["device"]) == (2, 5, "cpu")
+    for pre in ("", "stack_"):  # each pair timed against each other, interleaved
+        assert rep[f"{pre}speedup_lo"] <= rep[f"{pre}speedup"] <= rep[f"{pre}speedup_hi"]
+    assert (rep["timing_precision"], rep["timing_device"]) == ("fp32", "cpu")
+    assert rep["latency_threads"] == torch.get_num_threads()

@@ -146,7 +146,6 @@ def test_cell_inputs_need_blocks_only_for_depth_2_from_blocks():
         "train_cache": "R/cache/a/training.safetensors",
         "val_cache": "R/cache/a/validation.safetensors",
         "test_cache": "R/cache/a/testing.safetensors",
-        "manifest": "R/data/manifest.parquet",
         "baseline": "R/cells/baseline/a.parquet",
     }
     cfg = cfg_with({"targets": {"metric": None}})
@@ -187,16 +186,32 @@ def test_target_layers_from_a_blocks_table():
 
 
 # ------------------------------------------------------- stage 2 with a frozen mimicker
+def frozen_outputs(mimicker, inputs, batch_size):
+    """The eval-mode mimicker's last output (N, T, D) float32 for every row, computed once (what
+    the cell precomputed before it streamed)."""
+    import numpy as np
+    import torch
+
+    mimicker.eval()
+    out = np.empty(inputs.shape, dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(inputs), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(inputs[s : s + batch_size]))
+            out[s : s + len(xb)] = mimicker(xb.float())[-1].numpy()
+    return out
+
+
 @pytest.mark.parametrize("kind", ["linear", "transformer"])
 def test_frozen_outputs_make_stage2_identical_to_running_the_frozen_mimicker(kind):
-    """The cell trains the head on precomputed outputs of a frozen mimicker (an identity
-    mimicker in stage 2): same history and same head as train_stage2 with the mimicker."""
+    """The cell runs a frozen mimicker in every stage-2 batch (eval mode, no gradients): same
+    history and same head as training the head on the mimicker's precomputed outputs through
+    an identity mimicker (what the cell did before it streamed the caches)."""
     import numpy as np
     import torch
     from torch import nn
 
     from workflow_scripts.mimic.model import ClassifierHead, Mimicker, no_mimic
-    from workflow_scripts.mimic.train import Stage2Config, frozen_outputs, train_stage2
+    from workflow_scripts.mimic.train import Stage2Config, train_stage2
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -230,7 +245,8 @@ def cell_row(model, kind, depth, acc, base, stack_p, mim_p, model_p, mm_p, stack
             "stack_params": stack_p, "mimicker_params": mim_p, "model_params": model_p,
             "mimicked_model_params": mm_p, "stack_ms": stack_ms, "mimicker_ms": mim_ms,
             "model_ms": model_ms, "mimicked_model_ms": mm_ms, "batch_size": 8,
-            "device": "cpu"}  # fmt: skip
+            "eval_clips": 512, "speedup": 2.0, "speedup_lo": 1.9, "speedup_hi": 2.2,
+            "timing_precision": "fp32", "device": "cpu"}  # fmt: skip
 
 
 def test_summary_table_known_answer():
@@ -257,6 +273,11 @@ def test_summary_table_known_answer():
     assert r.loc[("m2", "linear-1"), "target_layers"] == "10"
     assert r.loc[("m1", "linear-2"), "target_layers"] == "4,10"
     assert r.loc[("m1", "linear-2"), "latency_batch_size"] == 8
+    # the cells' own interleaved speed-ups and clip counts pass through; absent ones are NaN
+    assert list(r.loc[("m1", "linear-2"), ["speedup", "speedup_lo", "speedup_hi"]]) == [
+        2.0, 1.9, 2.2]  # fmt: skip
+    assert (s.eval_clips == 512).all() and (s.timing_precision == "fp32").all()
+    assert s.stack_speedup.isna().all()
     md = summary_markdown(s)
     lines = md.splitlines()
     assert len(lines) == 2 + len(s) and lines[1].startswith("| --- |")

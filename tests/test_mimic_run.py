@@ -24,8 +24,9 @@ from workflow_scripts.mimic import run as mimic_run
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = lambda *_: None  # noqa: E731
 CELL_COLUMNS = [
-    "model", "kind", "depth", "target_layers", "target_source", "n_layers", "hidden_size",
-    "accuracy", "ci_lo", "ci_hi", "n", "per_class_accuracy", "backbone_accuracy",
+    "model", "kind", "depth", "target_layers", "target_source", "last_target", "n_layers",
+    "hidden_size",
+    "accuracy", "ci_lo", "ci_hi", "n", "per_class_accuracy", "eval_clips", "backbone_accuracy",
     "backbone_ci_lo", "backbone_ci_hi", "backbone_accuracy_source", "accuracy_retained",
     "val_accuracy", "train_clips", "val_clips", "raw_audio_check_clips",
     "raw_audio_check_max_abs_diff", "raw_audio_check_agreement", "stage1_best_epoch",
@@ -35,7 +36,9 @@ CELL_COLUMNS = [
     "model_param_reduction_pct", "stack_ms", "mimicker_ms", "model_ms", "mimicked_model_ms",
     "stack_ms_per_sample", "mimicker_ms_per_sample", "model_ms_per_sample",
     "mimicked_model_ms_per_sample", "stack_latency_reduction_pct", "model_latency_reduction_pct",
-    "batch_size", "frames", "warmup", "repeats", "device",
+    "speedup", "speedup_lo", "speedup_hi", "stack_speedup", "stack_speedup_lo",
+    "stack_speedup_hi", "batch_size", "frames", "warmup", "repeats", "timing_precision",
+    "timing_device", "latency_threads", "device",
 ]  # fmt: skip
 
 
@@ -58,13 +61,13 @@ def run_tiny(world, kind, depth, blocks=None, **mimic):
     return sl, cell.iloc[0], curves
 
 
-def fits(world, targets: list, layers: list[int]) -> bool:
-    """Whether stage 1's target arrays are hidden states ``layers`` of the training then the
-    validation cache."""
-    from workflow_scripts.backbones.cache import read_layers
+def fits(world, targets: list, layers: list) -> bool:
+    """Whether stage 1's target arrays are hidden states ``layers`` (indices or "final") of
+    the training then the validation cache."""
+    from workflow_scripts.backbones.cachefile import CacheFile
 
-    caches = ("train_cache", "val_cache")
-    want = [np.concatenate([read_layers(world[k], [i])[0] for k in caches]) for i in layers]
+    caches = [CacheFile(world[k]) for k in ("train_cache", "val_cache")]
+    want = [np.concatenate([c.read_state(i) for c in caches]) for i in layers]
     return len(targets) == len(want) and all(map(np.array_equal, targets, want))
 
 
@@ -73,8 +76,9 @@ def check_common(world, r, curves, sl):
     reference, the mimicked model on raw audio agreeing with the cached path."""
     assert (r.model, r.kind, r.depth) == (MODEL, sl["kind"], sl["depth"])
     assert (r.n_layers, r.hidden_size) == (PRETRAIN["layers"], PRETRAIN["hidden"])
-    assert (r.train_clips, r.val_clips, r.n) == (
-        SIZES["training"], SIZES["validation"], SIZES["testing"])  # fmt: skip
+    assert (r.train_clips, r.val_clips, r.n, r.eval_clips) == (
+        SIZES["training"], SIZES["validation"], SIZES["testing"], SIZES["testing"])  # fmt: skip
+    assert r.speedup_lo <= r.speedup <= r.speedup_hi and r.timing_precision == "fp32"
     assert 0 <= r.accuracy <= 1 and r.ci_lo <= r.accuracy <= r.ci_hi
     assert r.accuracy_retained == pytest.approx(r.accuracy / r.backbone_accuracy)
     assert r.backbone_accuracy_source == "baseline cell"
@@ -92,6 +96,7 @@ def test_no_mimic_cell_trains_only_the_head(world):
     sl, r, curves = run_tiny(world, "no_mimic", 0)
     check_common(world, r, curves, sl)
     assert list(r.target_layers) == [] and r.target_source == "none"
+    assert r.last_target == "none"
     assert r.mimicker_params == 0 and r.stack_param_reduction_pct == 100.0
     assert r.stage1_best_epoch == 0 and np.isnan(r.stage1_best_val_loss)
     assert (r.freeze_mimicker, r.freeze_head) == (True, False)
@@ -125,7 +130,7 @@ def capture_mimicker(monkeypatch):
         return seen["mimicker"]
 
     def stage1_spy(mimicker, inputs, targets, *args, **kwargs):
-        seen["targets"] = [np.array(t) for t in targets]
+        seen["targets"] = [np.array(t[:]) for t in targets]  # every row of the cache views
         out = stage1(mimicker, inputs, targets, *args, **kwargs)
         seen["after_stage1"] = {k: v.clone() for k, v in mimicker.state_dict().items()}
         return out
@@ -141,6 +146,7 @@ def test_depth_2_targets_come_from_the_blocks_table(world, tmp_path, monkeypatch
     check_common(world, r, curves, sl)
     # blocks (0-1), (2-3) of a 3-layer model: the last layer of the first block, then layer 3
     assert list(r.target_layers) == [1, 3] and r.target_source == "blocks:cka_linear:last"
+    assert r.last_target == "state L"  # post-LN: state L is what the head reads
     assert 0 < r.mimicker_params < r.stack_params
     assert list(curves.stage) == [1, 1, 1, 2, 2, 2]
     s1 = curves[curves.stage == 1]
@@ -187,11 +193,12 @@ def test_rule_adapter_writes_cell_curves_and_provenance(world, tmp_path):
     sl = plan.cell_slice(cfg, MODEL, "linear", "2")
     names = plan.cell_inputs(cfg, model=MODEL, kind="linear", depth="2")
     inputs = {k: world[k] for k in names}
-    out = {"cell": str(tmp_path / "c.parquet"), "curves": str(tmp_path / "c.curves.parquet")}
+    out = {"cell": str(tmp_path / "c.parquet"), "curves": str(tmp_path / "c.curves.parquet"),
+           "export": str(tmp_path / "export")}  # fmt: skip
     params = {"slice": cell_json(sl), "root": world["root"]}
     smk = SimpleNamespace(  # what the script reads of Snakemake's object
         input=SimpleNamespace(**inputs, items=inputs.items, keys=inputs.keys),
-        output=SimpleNamespace(**out),
+        output=SimpleNamespace(**out, get=out.get),
         params=SimpleNamespace(**params, keys=params.keys, get=params.get),
         log=[str(tmp_path / "c.log")],
         wildcards={"model": MODEL, "kind": "linear", "depth": "2"},
@@ -210,3 +217,5 @@ def test_rule_adapter_writes_cell_curves_and_provenance(world, tmp_path):
     assert json.loads(prov["config_slice"]) == sl and prov["seed"] == str(sl["seed"])
     assert set(json.loads(prov["inputs_sha256"])) == set(inputs)
     assert "target layers [1, 3]" in (tmp_path / "c.log").read_text()
+    export = json.loads((tmp_path / "export" / "export.json").read_text())["cell"]
+    assert export["accuracy"] == cell.accuracy[0]  # the mimicked model: tests/test_export.py

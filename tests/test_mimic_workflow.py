@@ -80,7 +80,7 @@ def test_tiny_mimic_grid_end_to_end(tmp_path):
     assert len(targets["linear-2"]) == 2 and 1 <= targets["linear-2"][0] < 3
     assert pd.read_parquet(res / "cells/mimic/tiny-a/no_mimic-0.parquet").mimicker_params[0] == 0
     # the training-split cache holds its own number of clips (cache.train_clips or cache.clips)
-    from workflow_scripts.backbones.cache import cache_info
+    from workflow_scripts.backbones.cachefile import cache_info
 
     n_train = cache_info(res / "cache/tiny-a/training.safetensors")["shapes"]["labels"][0]
     assert n_train == pd.read_parquet(res / "cells/mimic/tiny-a/linear-1.parquet").train_clips[0]

@@ -309,6 +309,38 @@ def test_prefix_resumption_stable_layer_norm_and_padding(arch):
         np.testing.assert_allclose(lg, np.concatenate(ref), atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pruning_keeps_the_final_layer_norm_of_pre_ln_models(arch):
+    """Pre-LN ("stable layer norm"): after removing blocks, the last kept block's output still
+    goes through encoder.layer_norm before the head, both in the physically pruned model and
+    in the prefix-resumed sweep (whose logits equal the pruned model's full forward)."""
+    model, audio = tiny(arch, stable=True), clips()
+    x = normalize_audio(torch.from_numpy(audio))
+    norm = encoder_of(model).encoder.layer_norm
+    seen = {}
+
+    def grab(module, args, out):
+        seen["h"] = out[0] if isinstance(out, tuple) else out
+
+    for s in ([], [3], [1, 3], [0, 1, 2]):
+        pruned = pruning.remove_layers(model, s)
+        enc = encoder_of(pruned).encoder
+        assert torch.equal(enc.layer_norm.weight, norm.weight) and len(enc.layers) == L - len(s)
+        handle = enc.layers[-1].register_forward_hook(grab)
+        with torch.inference_mode():
+            got = pruned(x).logits
+            handle.remove()
+            normed = enc.layer_norm(seen["h"])
+            head = pruned.classifier(pruned.projector(normed).mean(1))
+            unnormed = pruned.classifier(pruned.projector(seen["h"]).mean(1))
+            [hidden] = pruning.PrefixCache(model, x).run([s], output="hidden")
+        torch.testing.assert_close(got, head, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(got, unnormed, atol=1e-3)
+        torch.testing.assert_close(hidden, normed, atol=1e-5, rtol=1e-5)
+        [sweep] = pruning.sweep_logits(model, audio, [s], CPU, batch_size=len(audio))
+        np.testing.assert_allclose(sweep, got.numpy(), atol=1e-5)
+
+
 def test_prefix_cache_reuses_prefix_blocks():
     """A backward sweep runs every block exactly once (all sets are prefixes of the full stack);
     a forward sweep runs block 0 once."""
@@ -342,18 +374,7 @@ def test_sweep_rows():
     audio = clips(10)
     labels = np.random.default_rng(1).integers(0, 5, size=10)
     sets = pruning.removal_sets("backward", L)
-    rows = pruning.sweep(
-        model,
-        audio,
-        labels,
-        "backward",
-        sets,
-        CPU,
-        batch_size=4,
-        latency=True,
-        latency_warmup=1,
-        latency_repeats=2,
-    )
+    rows = pruning.sweep(model, audio, labels, "backward", sets, CPU, batch_size=4)
     base = accuracy_report(logits(model, audio), labels, 5)
     assert [r["n_removed"] for r in rows] == list(range(L))
     assert rows[0]["accuracy"] == base["accuracy"]
@@ -367,13 +388,36 @@ def test_sweep_rows():
         assert r["total_params"] == count_parameters(pruned)
         assert r["transformer_params"] == pruning.transformer_parameters(pruned)
         assert r["removed"] == s and r["layers_remaining"] == L - len(s)
-        assert r["latency_ms"] > 0 and r["latency_device"] == "cpu"
-        assert r["latency_batch_size"] == 4
+        assert r["n_utterances"] == r["eval_clips"] == 10
     assert all(a["total_params"] > b["total_params"] for a, b in itertools.pairwise(rows))
-    quiet = pruning.sweep(
-        model, audio, labels, "backward", sets[:2], CPU, batch_size=4, latency=False
-    )
-    assert math.isnan(quiet[1]["latency_ms"]) and quiet[1]["accuracy"] == rows[1]["accuracy"]
+
+
+def test_removal_latency_times_each_set_against_the_unpruned_model(monkeypatch):
+    """Each distinct set is timed once, interleaved with the unpruned model (which runs as
+    often as the pruned copy), on one batch; the columns say how."""
+    from workflow_scripts.core import timing
+    from workflow_scripts.pruning import sweeps
+
+    model = tiny("hubert")
+    sets = [[], [1], [1, 2], []]  # the empty set twice (as the seeds of random)
+    pairs = []
+    real = timing.compare_latency
+
+    def spy(baseline, method, *args, **kw):
+        pairs.append(1)
+        return real(baseline, method, *args, **kw)
+
+    monkeypatch.setattr(sweeps, "compare_latency", spy)
+    rows = sweeps.removal_latency(model, sets, clips(3), CPU, warmup=0, repeats=2)
+    assert len(pairs) == 3 and rows[0] == rows[3]  # the repeated set is timed once
+    for r in rows:
+        assert set(r) == set(sweeps.LATENCY_COLUMNS)
+        assert r["latency_ms"] > 0 and r["base_latency_ms"] > 0
+        assert r["speedup_lo"] <= r["speedup"] <= r["speedup_hi"]
+        assert (r["timing_precision"], r["timing_device"]) == ("fp32", "cpu")
+        assert r["latency_batch_size"] == 3 and r["latency_threads"] == torch.get_num_threads()
+    off = sweeps.no_latency(CPU)
+    assert set(off) == set(sweeps.LATENCY_COLUMNS) and math.isnan(off["speedup"])
 
 
 # ----------------------------------------------------------------------------------------

@@ -161,12 +161,18 @@ def test_config_problems_name_an_unknown_strategy():
 
 
 def test_defaults_fill_the_slice():
-    """The schema fills the section's defaults, the registry each strategy's settings."""
+    """The schema fills the section's defaults, the registry each strategy's settings; the
+    test clips are the evaluation set's, the threshold is the headline's (exported)."""
     cfg = config(strategies={"random": {}, "similarity_greedy": {}})
     p = cfg["pruning"]
     assert plan.cell_slice(cfg, strategy="random")["settings"]["seeds"] == [0, 1, 2]
     assert plan.cell_slice(cfg, strategy="similarity_greedy")["settings"]["clips"] >= 2
     assert p["threshold"] == 0.95 and p["latency"]["enabled"] is True and p["heal"] == {}
+    sl = plan.cell_slice(cfg, strategy="random")
+    assert sl["test_clips"] == cfg["evaluation"]["test_clips"] == 512
+    assert sl["threshold"] == 0.95
+    with pytest.raises(ConfigError, match="config.pruning: unknown key"):
+        config(strategies={"forward": {}}, test_clips=256)  # now evaluation.test_clips
 
 
 # ----------------------------------------------------------------------------------------
@@ -213,7 +219,7 @@ def tiny_model():
 
 def tiny_cell(strategy, settings, heal=None):
     return {"strategy": strategy, "settings": settings, "keep_first": None, "test_clips": None,
-            "batch_size": 4, "heal": heal,
+            "batch_size": 4, "heal": heal, "threshold": 0.95,
             "latency": {"enabled": True, "batch_size": 2, "warmup": 0, "repeats": 2}}  # fmt: skip
 
 
@@ -272,7 +278,7 @@ def tiny_files(tmp_path_factory):
     (4 validation, 5 test, 3 training clips per word), its manifest and a validation cache."""
     import soundfile as sf
 
-    from workflow_scripts.backbones.cache import write_cache
+    from workflow_scripts.backbones.cachefile import write_cache
     from workflow_scripts.data.loader import build_manifest
 
     d = tmp_path_factory.mktemp("pruning_cell")
@@ -353,6 +359,36 @@ def test_calibrated_cell_from_files(tiny_files, strategy, settings, calibration)
         assert len(json.loads(df.scores.iloc[0])) == L
     else:
         assert df.scores.isna().all()
+
+
+def test_cell_streams_test_and_healing_clips_with_in_memory_results(tiny_files, monkeypatch):
+    """run_cell reads the test split one evaluation batch at a time and the healing clips
+    (``train_clips`` null: the whole split) one healing batch per step, and its rows equal
+    those of the cell on the clips held in memory."""
+    from workflow_scripts.backbones.registry import load_classifier
+    from workflow_scripts.data import loader
+
+    cfg = config(strategies={"random": {"seeds": [0]}}, batch_size=4,
+                 latency={"batch_size": 2, "warmup": 0, "repeats": 1},
+                 heal={"n": [1], "steps": 2, "batch_size": 3})  # fmt: skip
+    cell = plan.cell_slice(cfg, strategy="random", model="tiny")
+    assert cell["heal"]["train_clips"] is None
+    sizes, read_clips = [], loader.read_clips
+    monkeypatch.setattr(loader, "read_clips", lambda root, paths: sizes.append(len(paths))
+                        or read_clips(root, paths))  # fmt: skip
+    df = file_cell(cfg, "random", tiny_files)
+    assert max(sizes) == 4 and sum(sizes) == 15 * 2 + 2 + 2 * 3  # sweep + healed eval, heal
+    monkeypatch.setattr(loader, "read_clips", read_clips)
+    manifest = pd.read_parquet(tiny_files["manifest"])
+    test = loader.load_split(tiny_files["root"], manifest, "testing")
+    train = loader.load_split(tiny_files["root"], manifest, "training")
+    ref = run.cell_rows(load_classifier(tiny_files["model_dir"]), cell, test[0], test[1],
+                        train_data=lambda: train[:2])  # fmt: skip
+    timed = ["latency_ms", "latency_min_ms", "base_latency_ms", "base_latency_min_ms",
+             "speedup", "speedup_lo", "speedup_hi", "heal_seconds", "latency_threads"]  # fmt: skip
+    got = df.drop(columns=["model", "calibration_clips", *timed])
+    pd.testing.assert_frame_equal(got, ref.drop(columns=timed), check_exact=True)
+    assert df.healed.sum() == 2 and (df.n_utterances == 15).all()  # seed 0 and mean rows
 
 
 def test_provenance_seed():

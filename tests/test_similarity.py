@@ -329,7 +329,7 @@ def test_chunked_paths_agree_with_gram_path(monkeypatch, H4):
     for k in (2, 5):
         np.testing.assert_array_equal(got_knn[k], knn[k])
     with pytest.raises(MemoryError):
-        sim.cka_bootstrap_ci(H4, n_boot=5, memory_limit=10_000)
+        sim.cka_ci(H4, n_boot=5, memory_limit=10_000)
 
 
 def test_rbf_median_subset_is_consistent_between_paths(monkeypatch, H4):
@@ -384,7 +384,7 @@ def test_cka_and_knn_ci_contain_estimate_and_narrow():
     def cka(scheme):
         def get(N):
             H = _stack(8, N=N, T=2, D=3)
-            lo, hi = sim.cka_bootstrap_ci(H, n_boot=60, scheme=scheme)
+            lo, hi = sim.cka_ci(H, n_boot=60, scheme=scheme)
             return sim.cka_matrix(H), lo, hi
 
         return get
@@ -394,7 +394,7 @@ def test_cka_and_knn_ci_contain_estimate_and_narrow():
         (lo, hi) = sim.mutual_knn_bootstrap_ci(H, ks=(5,), n_boot=300)[5]
         return sim.mutual_knn_matrix(H, ks=(5,))[5], lo, hi
 
-    for get in (cka("bootstrap"), cka("half"), knn):
+    for get in (cka("jackknife"), cka("bootstrap"), cka("half"), knn):
         w_small, w_large = _widths_and_containment(get)
         assert w_large < 0.6 * w_small
 

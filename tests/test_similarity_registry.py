@@ -115,7 +115,7 @@ def test_a_registered_metric_passes_the_schema_and_the_checks(toy):
 
 
 def test_toy_metric_through_a_cell(tmp_path, toy):
-    from workflow_scripts.backbones.cache import write_cache
+    from workflow_scripts.backbones.cachefile import write_cache
     from workflow_scripts.similarity.run import run_cell
 
     rng = np.random.default_rng(0)
@@ -127,7 +127,10 @@ def test_toy_metric_through_a_cell(tmp_path, toy):
     df = run_cell(str(cache), cell, logged.append, model="m")
 
     assert list(df.columns) == ["model", "metric", "layer_i", "layer_j", "k", "value", "ci_lo",
-                                "ci_hi", "n_utterances", "higher_is_similar", "params"]  # fmt: skip
+                                "ci_hi", "ci_scheme", "n_utterances", "batch_size",
+                                "higher_is_similar", "params"]  # fmt: skip
+    assert (df.ci_scheme == "percentile bootstrap over utterances").all()
+    assert df.batch_size.isna().all() and str(df.batch_size.dtype) == "Int64"
     assert len(df) == 9 and (df.model == "m").all() and (df.metric == toy).all()
     assert df.k.isna().all() and str(df.k.dtype) == "Int64"
     assert (df.n_utterances == 8).all() and not df.higher_is_similar.any()
@@ -142,7 +145,7 @@ def test_toy_metric_through_a_cell(tmp_path, toy):
     assert logged == ["layers x utterances x frames x dims: (3, 8, 2, 4)"]
 
     no_ci = run_cell(str(cache), {**cell, "n_boot": 0})
-    assert "model" not in no_ci and no_ci.ci_lo.isna().all()
+    assert "model" not in no_ci and no_ci.ci_lo.isna().all() and (no_ci.ci_scheme == "none").all()
     pd.testing.assert_series_equal(no_ci.value, df.value)
 
 
@@ -195,7 +198,7 @@ def test_plan_cells_slices_inputs_and_targets():
     assert cells[0] == "res/cells/similarity/a/cka_linear.parquet" and len(cells) == 4
     assert plan.cell_slice(CONFIG, model="a", metric="cka_linear") == {
         "metric": "cka_linear", "params": {"debiased": True}, "clips": 64, "n_boot": 10,
-        "seed": 3}  # fmt: skip
+        "seed": 3, "batch_size": None}  # fmt: skip
     assert plan.cell_slice(CONFIG, model="a", metric="cosine") == plan.cell_slice(
         CONFIG, model="b.x", metric="cosine"
     )

@@ -4,6 +4,12 @@ project root, every job goes through sbatch, GPU rules ask for --gpus=1 and CPU 
 none, a failing job is reported and retried with more memory, and the results equal those
 of a local run of the same config.
 
+The profile's other GPU mode (`GPU_GRES=gpu:1`: `--gres=gpu:1 --cpus-per-task`, no --gpus)
+runs on a cluster that refuses --gpus and --cpus-per-gpu (select/cons_res). select/linear
+refuses them too and accepts the gres request, but in Slurm 22.05 a job step inside such a
+job (the plugin's inner srun) fails there with "Invalid generic resource (gres)
+specification" unless it passes --gres=none, so a whole run is not tried on it.
+
 Skipped only when not root or the Debian packages (slurmctld slurmd slurm-client munge) are
 absent; .ci/run installs them.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +30,8 @@ import yaml
 from helpers import ROOT, TINY, project_copy
 from slurm_cluster import SlurmCluster, missing_tools
 
+from workflow_scripts.core import paths
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -33,7 +42,7 @@ pytestmark = [
 
 GPU_RULES = {"pretrain_backbone", "finetune", "hidden_cache", "pruning_cell", "mimic_cell",
              "structured_cell"}  # fmt: skip
-TIMEOUT = 170  # seconds for the SLURM run (about 140 s on 2 busy cores, load 7)
+TIMEOUT = 240  # seconds for the SLURM run (about 140 s on 2 busy cores at load 7; 170+ at load 9)
 MODEL = "hubert-small"  # the shipped backbone: no pretraining job, so a shorter job chain
 
 
@@ -80,7 +89,11 @@ def write_test_profile(dest: Path) -> Path:
     """A second profile layered over `slurm`: squeue for status (no slurmdbd here), a short
     first status check, one CPU per GPU job (the test node has 4)."""
     real = yaml.safe_load((ROOT / "profiles/slurm/config.v9+.yaml").read_text())
-    set_resources = {r: {**res, "cpus_per_gpu": 1} for r, res in real["set-resources"].items()}
+    one_cpu = {
+        "cpus_per_gpu": 1,
+        "cpus_per_task": "1 if __import__('os').environ.get('GPU_GRES') else 0",
+    }
+    set_resources = {r: {**res, **one_cpu} for r, res in real["set-resources"].items()}
     over = {
         "slurm-status-command": "squeue",
         "slurm-init-seconds-before-status-checks": 2,
@@ -103,6 +116,32 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
+def slurm_env(cluster, **extra: str) -> dict:
+    env = {**cluster.env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "GPU_GRES"):
+        env.pop(var, None)
+    env.update(extra)
+    return env
+
+
+def run_profile(cluster, project: Path, overrides: Path, env: dict, *args: str) -> str:
+    """The user's literal command (`snakemake --profile slurm -j 64` from the project root)
+    plus the test's overrides and ``args``; its output. Snakemake ignores SIGTERM while jobs
+    run: a hard timeout kills it, and the cluster fixture scancels whatever is left."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", RUNNER, "--profile", "slurm", "-j", "64",
+             "--profile", str(overrides), *args],
+            cwd=project, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"").decode() + (err.stderr or b"").decode()
+        pytest.fail(f"SLURM run over {TIMEOUT} s:\n{out[-5000:]}\n{cluster.logs()}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{out[-6000:]}\n{cluster.logs()}"
+    return out
+
+
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory, tiny_corpus):
     """The same tiny config run through SLURM and, at the same time, locally."""
@@ -110,10 +149,7 @@ def runs(cluster, tmp_path_factory, tiny_corpus):
     config = tiny_config(Path(tiny_corpus[0]))
     on_slurm, local = copy_project(base / "slurm", config), copy_project(base / "local", config)
     overrides = write_test_profile(base / "overrides")
-    env = {**cluster.env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "LR_FAIL_ONCE": FAIL_ONCE}  # fmt: skip
-    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT"):
-        env.pop(var, None)
+    env = slurm_env(cluster, LR_FAIL_ONCE=FAIL_ONCE)
     local_proc = subprocess.Popen(  # niced: the SLURM job chain is the critical path
         ["nice", "-n", "10", str(Path(sys.executable).parent / "snakemake"),
          "--profile", "profiles/local", "--cores", "1"],
@@ -121,26 +157,38 @@ def runs(cluster, tmp_path_factory, tiny_corpus):
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        # the user's literal command (from the project root), plus the test's overrides;
-        # Snakemake ignores SIGTERM while jobs run: a hard timeout kills it, and the cluster
-        # fixture scancels whatever is left
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", RUNNER, "--profile", "slurm", "-j", "64",
-                 "--profile", str(overrides)],
-                cwd=on_slurm, env=env, capture_output=True, text=True, timeout=TIMEOUT,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as err:
-            out = (err.stdout or b"").decode() + (err.stderr or b"").decode()
-            pytest.fail(f"SLURM run over {TIMEOUT} s:\n{out[-5000:]}\n{cluster.logs()}")
+        out = run_profile(cluster, on_slurm, overrides, env)
         local_out, _ = local_proc.communicate(timeout=TIMEOUT)
     finally:
         if local_proc.poll() is None:
             local_proc.kill()
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{out[-6000:]}\n{cluster.logs()}"
     assert local_proc.returncode == 0, local_out[-4000:]
     return {"slurm": on_slurm, "local": local, "out": out}
+
+
+@pytest.fixture(scope="module")
+def gres_cluster(tmp_path_factory):
+    """A cluster whose node selection (select/cons_res) refuses --gpus and --cpus-per-gpu."""
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm-gres"), cpus=4, select="cons_res")
+    try:
+        c.start(timeout=60)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def gres_run(gres_cluster, runs, tmp_path_factory):
+    """The profile in its --gres mode (GPU_GRES=gpu:1) on that cluster: the fine-tuning job
+    (a GPU rule) once more, in a copy of the first run's finished project."""
+    base = tmp_path_factory.mktemp("gres-run")
+    project = base / "slurm"
+    shutil.copytree(runs["slurm"], project, symlinks=True)
+    overrides = write_test_profile(base / "overrides")
+    env = slurm_env(gres_cluster, GPU_GRES="gpu:1")
+    target = paths.path("baseline_cell", model=MODEL)
+    out = run_profile(gres_cluster, project, overrides, env, "--forcerun", "finetune", target)
+    return {"slurm": project, "out": out}
 
 
 def submissions(out: str) -> dict[str, str]:
@@ -168,7 +216,7 @@ def test_jobs_go_through_sbatch_with_gpus_for_gpu_rules(runs, cluster):
         gpus = re.findall(r"--gpus=(\d+)", c["line"])
         if c["rule"] in GPU_RULES:
             assert gpus == ["1"], c["line"]
-            assert "--cpus-per-gpu=1" in c["line"]
+            assert "--cpus-per-gpu=1" in c["line"] and "--gres" not in c["line"]
         else:
             assert gpus == [] and "--gres" not in c["line"], c["line"]
         assert re.search(r" --mem \d+", c["line"]) and re.search(r" -t \d+", c["line"])
@@ -230,3 +278,34 @@ def test_results_equal_a_local_run(runs):
     blocks_a = pd.read_csv(runs["slurm"] / "results/tables/blocks.csv")
     blocks_b = pd.read_csv(runs["local"] / "results/tables/blocks.csv")
     pd.testing.assert_frame_equal(blocks_a, blocks_b)
+
+
+def test_gres_mode_on_a_cluster_that_refuses_gpus(gres_run, gres_cluster):
+    # the cluster really refuses the default mode's flags
+    for flags in (["--gpus=1"], ["--gres=gpu:1", "--cpus-per-gpu=1"]):
+        refused = gres_cluster.sbatch("--test-only", *flags, "--wrap", "true")
+        assert refused.returncode != 0 and "unsupported" in refused.stderr, refused.stderr
+    calls = [c for c in sbatch_calls(gres_cluster) if c["rule"]]
+    assert [c["rule"] for c in calls] == ["finetune"], calls
+    line = calls[0]["line"]
+    assert "--gpus" not in line and "--cpus-per-gpu" not in line, line
+    assert re.findall(r"--gres=(\S+)", line) == ["gpu:1"] and "--cpus-per-task=1" in line, line
+    assert not any("--gpus" in s for s in gres_cluster.calls_of("srun"))
+    # the job step inherited the job's GPU: the cell was made with it visible
+    from workflow_scripts.core.provenance import read_provenance
+
+    prov = read_provenance(gres_run["slurm"] / f"results/cells/baseline/{MODEL}.parquet")
+    assert prov["cuda_visible_devices"] == "0"
+    assert prov["slurm_job_id"] in submissions(gres_run["out"])
+
+
+def test_select_linear_refuses_gpus_and_accepts_the_gres_request(tmp_path):
+    c = SlurmCluster(tmp_path / "linear", cpus=4, select="linear")
+    try:
+        c.start(timeout=60)
+        refused = c.sbatch("--test-only", "--gpus=1", "--cpus-per-gpu=1", "--wrap", "true")
+        assert refused.returncode != 0 and "unsupported" in refused.stderr, refused.stderr
+        accepted = c.sbatch("--test-only", "--gres=gpu:1", "--cpus-per-task=1", "--wrap", "true")
+        assert accepted.returncode == 0, accepted.stderr
+    finally:
+        c.stop()

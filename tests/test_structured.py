@@ -23,7 +23,7 @@ from workflow_scripts.structured.pruned import (
     save_pruned,
     structure_report,
 )
-from workflow_scripts.structured.run import prune_cell
+from workflow_scripts.structured.run import array_batches, prune_cell
 from workflow_scripts.structured.stack import GatedStack
 from workflow_scripts.structured.train import target_at, train_gates
 
@@ -265,7 +265,7 @@ def test_prune_cell_on_a_tiny_model(tmp_path):
             "distill": {"loss": "mse", "cos_weight": 1.0}, "seed": 0, "eval_batch_size": 4,
             "latency": {"batch_size": 2, "warmup": 0, "repeats": 1},
             "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0}}  # fmt: skip
-    row, hist = prune_cell(model, cell, x0, teacher, audio, labels, "cpu",
+    row, hist = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4), "cpu",
                            train_data=lambda: (audio, labels), out_dir=tmp_path / "m")  # fmt: skip
     assert len(hist) == 20 and row["target_sparsity"] == 0.5
     assert len(row["kept_heads"]) == 3 and all(0 <= h <= 4 for h in row["kept_heads"])
@@ -277,6 +277,8 @@ def test_prune_cell_on_a_tiny_model(tmp_path):
     )
     assert row["retained"] == pytest.approx(row["accuracy"] / row["base_accuracy"])
     assert not math.isnan(row["finetuned_accuracy"]) and row["latency_ms"] > 0
+    assert row["base_latency_ms"] > 0 and row["speedup_lo"] <= row["speedup"] <= row["speedup_hi"]
+    assert (row["timing_precision"], row["timing_device"]) == ("fp32", "cpu")
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
@@ -286,7 +288,8 @@ def rule_files(tmp_path, model):
     import pandas as pd
     import soundfile as sf
 
-    from workflow_scripts.backbones.cache import extract_hidden_states, write_cache
+    from workflow_scripts.backbones.cache import extract_hidden_states
+    from workflow_scripts.backbones.cachefile import write_cache
 
     model.save_pretrained(tmp_path / "finetuned")
     rng = np.random.default_rng(0)
@@ -328,11 +331,15 @@ def test_run_cell_from_the_rule_files(tmp_path):
     assert len(df) == 1 and list(df.columns[:2]) == ["model", "target_sparsity"]
     row = df.iloc[0]
     assert row.model == "tiny" and list(row.distill_layers) == [2, 3]
-    assert row.n_train_clips == 4 and row.n_utterances == 3 and row.finetune_steps == 1
+    assert row.n_train_clips == 4 and row.n_utterances == row.eval_clips == 3
+    assert row.finetune_steps == 1
     assert not math.isnan(row.finetuned_accuracy)
     assert any("short fine-tune on 3 training clips" in m for m in logged)
     loaded = load_pruned(tmp_path / "pruned", inputs["model"])
     assert count_parameters(loaded) == row.total_params
+    alone = load_pruned(tmp_path / "pruned")  # from its own config.json, no base model
+    for (k, a), b in zip(loaded.state_dict().items(), alone.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
     bad = {**cell, "distill": {**cell["distill"], "layers": [4]}}
     with pytest.raises(ValueError, match=r"structured.distill.layers \[4\] out of range 1..3"):
         run_cell(inputs, bad, str(tmp_path / "corpus"), model="tiny", out_dir=tmp_path / "x",

@@ -108,6 +108,10 @@ def test_cell_slice_holds_its_target_only():
     assert sl(on, "0.3")["finetune"]["lr"] == 0.5
     ste = config(targets=[0.3], straight_through=True)
     assert cell_json(sl(ste, "0.3")) != cell_json(sl(base, "0.3"))
+    # the test clips are the evaluation set every stage uses, not a key of the section
+    assert sl(base, "0.3")["test_clips"] == base["evaluation"]["test_clips"] == 512
+    with pytest.raises(ConfigError, match="config.structured: unknown key"):
+        config(targets=[0.3], test_clips=256)
 
 
 def test_comparison_reads_only_enabled_stages():

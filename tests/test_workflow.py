@@ -251,3 +251,39 @@ def test_cells_carry_provenance(tiny_project):
     assert json.loads(prov["packages"])["torch"] == pinned_version("torch")
     assert prov["content_hash"] == content_hash(pd.read_parquet(path))
     assert prov["start_time"] <= prov["end_time"]
+
+
+@pytest.mark.slow
+def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project):
+    """The estimates behind the rules' disk_mb / mem_mb (and `make plan`) against the tiny
+    grid's real files and jobs: cache sizes within 5%; every job's requested memory above
+    the peak its benchmark measured."""
+    from workflow_scripts import grid
+    from workflow_scripts.backbones import plan as backbones_plan
+    from workflow_scripts.resource_plan import dry_run, parse_jobs
+
+    d = tiny_project
+    cfg = grid.validate(yaml.safe_load((d / "config.yaml").read_text()))
+    caches = sorted((d / "results/cache").rglob("*.safetensors"))
+    assert len(caches) == 6
+    for path in caches:
+        model, split = path.parent.name, path.stem
+        predicted = backbones_plan.cache_bytes(cfg, model, split, results=str(d / "results"))
+        assert abs(predicted - path.stat().st_size) / path.stat().st_size < 0.05, path
+    # the smallest request of each rule against every benchmark of that rule's jobs
+    requested: dict[str, int] = {}
+    for job in parse_jobs(dry_run("profiles/local", [], cwd=d)):
+        mem = int(job["resources"]["mem_mb"])
+        requested[job["rule"]] = min(mem, requested.get(job["rule"], mem))
+    # benchmark folders are named by the job's main output (core.paths), rules by the stage
+    rule_of = {"corpus": "synthesize_corpus", "finetuned": "finetune", "cache": "hidden_cache",
+               "pretrain_work": "pretrain_backbone"}  # fmt: skip
+    checked = 0
+    for tsv in (d / "results/benchmarks").rglob("*.tsv"):
+        rel = tsv.relative_to(d / "results/benchmarks")
+        key = rel.parts[0] if len(rel.parts) > 1 else tsv.stem
+        rule = rule_of.get(key, key)
+        peak = pd.read_csv(tsv, sep="\t").max_rss.max()
+        assert peak < requested[rule], (tsv, peak, requested[rule])
+        checked += 1
+    assert checked >= 20

@@ -6,6 +6,7 @@ slices and inputs, its targets, its config checks); this module only strings the
 
 from __future__ import annotations
 
+import copy
 import importlib
 from types import ModuleType
 
@@ -26,6 +27,40 @@ OUTPUTS = {
     "structured": ("structured", "targets"),
     "tables": ("report", "targets"),
 }
+
+
+# The grid registries that a --configfile (or --config) replaces instead of merging into
+# config.yaml's: `--configfile config/paper.yaml` runs the paper's models, metrics, strategies
+# and mimickers only, not those plus the defaults.
+GRID_KEYS = (
+    ("models",),
+    ("similarity", "metrics"),
+    ("pruning", "strategies"),
+    ("mimic", "types"),
+)
+
+
+def replace_grid_keys(cfg: dict, overrides: dict) -> None:
+    """Set each grid registry present in ``overrides`` (the command line's configfiles and
+    --config, merged) to exactly its value there (Snakemake merges dicts recursively)."""
+    for key_path in GRID_KEYS:
+        src, dst = overrides, cfg
+        for key in key_path[:-1]:
+            src = src.get(key) if isinstance(src, dict) else None
+            dst = dst.setdefault(key, {})
+        if isinstance(src, dict) and key_path[-1] in src:
+            dst[key_path[-1]] = copy.deepcopy(src[key_path[-1]])
+
+
+def assemble(config: dict, site_config: dict, overrides: dict) -> dict:
+    """The run's config, in place: config.yaml (``config``) < config/site.yaml < the command
+    line (``overrides``), whose grid registries replace rather than merge."""
+    from snakemake.utils import update_config
+
+    update_config(config, copy.deepcopy(site_config))
+    update_config(config, copy.deepcopy(overrides))
+    replace_grid_keys(config, overrides)
+    return config
 
 
 def plan(stage: str) -> ModuleType:

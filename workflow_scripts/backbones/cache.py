@@ -1,106 +1,137 @@
-"""The hidden-state cache: one forward pass per model and split, every layer stored once.
+"""Hidden-state extraction: one forward pass of a fine-tuned model over a split, streamed into
+the cache file (:mod:`workflow_scripts.backbones.cachefile`) batch by batch, so that memory
+is one batch's states whatever the number of clips.
 
-File: ``results/cache/{model}/{split}.safetensors`` with tensors
-- ``hidden_states``: (L+1, N, T, D) float16 — index 0 is the input to the first transformer
-  block, index i the output of block i (Hugging Face ``output_hidden_states`` order);
-- ``feature_projection``: (N, T, D) float16 — the feature-projection output (the mimickers'
-  input; for wav2vec2/HuBERT/WavLM it precedes the positional convolution);
-- ``labels``: (N,) int64;
-and the clip paths in the file's metadata. ``read_layers`` memory-maps single layers, so a
-metric never loads the whole stack. Size: 2·(L+1)·N·T·D bytes, i.e. linear in models ×
-utterances × layers (wav2vec2-base, 2,560 clips: 13·2560·49·768·2 B ≈ 2.5 GB).
+States use the ``output_hidden_states`` indices (0 = the input of the first transformer
+block, i = the output of block i). For pre-LN ("stable layer norm") models state L precedes
+the encoder's final LayerNorm; the normalised output, which the classifier head reads, is
+stored as ``final``. The feature projection (the mimickers' input) precedes the positional
+convolution.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
+from workflow_scripts.backbones.cachefile import (  # noqa: F401  TEMPORARY: callers move to cachefile
+    CacheWriter,
+    cache_info,
+    read_array,
+    read_layers,
+    write_cache,
+)
 from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 
 
-@torch.inference_mode()
-def extract_hidden_states(
-    model, audio: np.ndarray, device: torch.device, batch_size: int = 64, progress: bool = True
-) -> dict[str, np.ndarray]:
-    """Run ``model`` once over ``audio`` (N, samples); return float16 arrays
-    ``hidden_states`` (L+1, N, T, D) and ``feature_projection`` (N, T, D)."""
+def final_differs(model) -> bool:
+    """Whether the encoder's output is not its last hidden state (pre-LN models)."""
+    return bool(getattr(model.config, "do_stable_layer_norm", False))
+
+
+class StateExtractor:
+    """Forward passes that return every state of a batch: float16 ``hidden_states``
+    (L+1, b, T, D), ``feature_projection`` and ``final`` (the encoder's output) (b, T, D).
+    A context manager: the feature-projection hook is removed on exit."""
+
+    def __init__(self, model, device: torch.device):
+        self.device = device
+        self.base = encoder_of(model.eval().to(device))
+        self.captured: list[torch.Tensor] = []
+        self.handle = self.base.feature_projection.register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inp, out):
+        self.captured.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    @torch.inference_mode()
+    def __call__(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        x = normalize_audio(torch.from_numpy(audio)).to(self.device)
+        self.captured.clear()
+        with autocast(self.device):
+            out = self.base(x, output_hidden_states=True)
+        return {
+            "hidden_states": torch.stack(out.hidden_states).to(torch.float16).cpu().numpy(),
+            "feature_projection": self.captured[0].to(torch.float16).cpu().numpy(),
+            "final": out.last_hidden_state.to(torch.float16).cpu().numpy(),
+        }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()
+
+
+def extract_hidden_states(model, audio: np.ndarray, device: torch.device, batch_size: int = 64,
+                          progress: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+    """In memory, for small sets (tests, benchmarks): ``hidden_states`` (L+1, N, T, D),
+    ``feature_projection`` and ``final`` (N, T, D), float16."""
     from tqdm import tqdm
 
-    model.eval().to(device)
-    base = encoder_of(model)
-    captured: list[torch.Tensor] = []
+    starts = tqdm(range(0, len(audio), batch_size), desc="extracting", disable=not progress)
+    with StateExtractor(model, device) as extract:
+        parts = [extract(audio[s : s + batch_size]) for s in starts]
+    return {
+        "hidden_states": np.concatenate([p["hidden_states"] for p in parts], axis=1),
+        "feature_projection": np.concatenate([p["feature_projection"] for p in parts]),
+        "final": np.concatenate([p["final"] for p in parts]),
+    }
 
-    def hook(_module, _inp, out):
-        captured.append((out[0] if isinstance(out, tuple) else out).detach())
 
-    handle = base.feature_projection.register_forward_hook(hook)
-    hs = fp = None
+def extract_to_cache(model, batches: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
+                     paths: list[str], out, states: list[int], feature_projection: bool,
+                     meta: dict, device: torch.device, progress: bool = True) -> dict:  # fmt: skip
+    """Stream ``batches`` of (audio, labels, clip paths) of the clips ``paths`` through the
+    model into the cache file ``out``, storing the hidden ``states`` (indices), the feature
+    projection when asked, and ``final`` when it differs from state L. The file is created
+    after the first batch (its frame count) and renamed into place at the end."""
+    from tqdm import tqdm
+
+    n, L = len(paths), int(model.config.num_hidden_layers)
+    bad = [s for s in states if not 0 <= s <= L]
+    if bad:
+        raise ValueError(f"states {bad} out of range 0..{L}")
+    keep_final = final_differs(model)
+    writer, start = None, 0
+    bar = tqdm(total=n, desc="extracting", disable=not progress, mininterval=10)
+    extract = StateExtractor(model, device)
     try:
-        starts = range(0, len(audio), batch_size)
-        for start in tqdm(starts, desc="extracting", disable=not progress, mininterval=10):
-            x = normalize_audio(torch.from_numpy(audio[start : start + batch_size])).to(device)
-            captured.clear()
-            with autocast(device):
-                out = base(x, output_hidden_states=True)
-            layers = torch.stack(out.hidden_states).to(torch.float16).cpu().numpy()
-            if hs is None:
-                n_layers, _, t, d = layers.shape
-                hs = np.zeros((n_layers, len(audio), t, d), dtype=np.float16)
-                fp = np.zeros((len(audio), t, d), dtype=np.float16)
-            hs[:, start : start + len(x)] = layers
-            fp[start : start + len(x)] = captured[0].to(torch.float16).cpu().numpy()
+        for audio, labels, clip_paths in batches:
+            if list(clip_paths) != paths[start : start + len(clip_paths)]:
+                raise ValueError("batches do not follow the cache's clip list")
+            arrays = extract(audio)
+            if writer is None:
+                t, d = arrays["feature_projection"].shape[1:]
+                tensors = {"labels": (np.int64, (n,))}
+                if feature_projection:
+                    tensors["feature_projection"] = (np.float16, (n, t, d))
+                if keep_final:
+                    tensors["final"] = (np.float16, (n, t, d))
+                tensors["hidden_states"] = (np.float16, (len(states), n, t, d))
+                md = {**meta, "paths": json.dumps(paths), "states": json.dumps(states),
+                      "n_layers": L, "final_stored": str(keep_final).lower()}  # fmt: skip
+                writer = CacheWriter(out, tensors, md)
+            writer.write("labels", start, labels)
+            if feature_projection:
+                writer.write("feature_projection", start, arrays["feature_projection"])
+            if keep_final:
+                writer.write("final", start, arrays["final"])
+            for pos, s in enumerate(states):
+                writer.write("hidden_states", start, arrays["hidden_states"][s], state=pos)
+            start += len(audio)
+            bar.update(len(audio))
+        if writer is None or start != n:
+            raise ValueError(f"got {start} clips for a cache of {n}")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
-        handle.remove()
-    return {"hidden_states": hs, "feature_projection": fp}
-
-
-def write_cache(path: str | os.PathLike, arrays: dict, labels: np.ndarray, paths: list[str],
-                meta: dict | None = None) -> None:  # fmt: skip
-    """Atomically write a cache file (see the module docstring for its layout)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    tensors["labels"] = np.ascontiguousarray(labels.astype(np.int64))
-    md = {"paths": json.dumps(paths), **{k: str(v) for k, v in (meta or {}).items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=md)
-    os.replace(tmp, path)
-
-
-def cache_info(path: str | os.PathLike) -> dict:
-    """Shapes and metadata of a cache without reading its tensors."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        md = f.metadata() or {}
-    return {"shapes": shapes, "metadata": md}
-
-
-def read_layers(path: str | os.PathLike, layers: list[int] | None = None,
-                limit: int | None = None) -> np.ndarray:  # fmt: skip
-    """Hidden states (len(layers), N, T, D) float16 of the chosen layers (all by default),
-    optionally only the first ``limit`` utterances; reads only those slices."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        sl = f.get_slice("hidden_states")
-        n_layers, n = sl.get_shape()[:2]
-        layers = list(range(n_layers)) if layers is None else layers
-        stop = n if limit is None else min(limit, n)
-        return np.stack([sl[i : i + 1, :stop][0] for i in layers])
-
-
-def read_array(path: str | os.PathLike, key: str) -> np.ndarray:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        return f.get_tensor(key)
+        extract.handle.remove()
+    writer.close()
+    return {"clips": n, "states": states, "final_stored": keep_final,
+            "feature_projection": feature_projection}  # fmt: skip

@@ -27,8 +27,25 @@ DEFAULT_FINETUNE = {
     "head_lr_mult": 1.0,
     "cache_features": True,
 }
-# Which clip count of `cache` each split's cache holds.
-_CACHE_CLIPS_KEY = {"training": "train_clips", "testing": "test_clips", "validation": "clips"}
+# Which clip count of `cache` the training and validation caches hold (the testing cache
+# holds the evaluation set: :func:`test_clips`).
+_CACHE_CLIPS_KEY = {"training": "train_clips", "validation": "clips"}
+
+
+def test_clips(config: dict) -> int | None:
+    """The one evaluation set's size, ``evaluation.test_clips`` (None = the whole testing
+    split): the baseline cell's test accuracy, the testing-split cache (the mimic cells' test
+    data), the pruning and structured cells all read the first that many clips of
+    ``data.loader.split_rows(manifest, "testing", n)``."""
+    return config["evaluation"]["test_clips"]
+
+
+def cache_clips(config: dict, split: str) -> int | None:
+    """Clips one split's cache holds: ``cache.clips`` (validation), ``cache.train_clips``
+    (training), the evaluation set (testing, :func:`test_clips`)."""
+    if split == "testing":
+        return test_clips(config)
+    return config["cache"][_CACHE_CLIPS_KEY[split]]
 
 
 def resolve_finetune(global_spec: dict | None, model_spec: dict | None) -> dict:
@@ -61,6 +78,7 @@ def finetune_slice(config: dict, model: str) -> dict:
         "source": model_source(config, model),
         "finetune": resolve_finetune(config.get("finetune"), spec.get("finetune")),
         "labels": words(config),
+        "test_clips": test_clips(config),
     }
 
 
@@ -74,14 +92,58 @@ def finetune_inputs(config: dict, model: str, results: str = RESULTS) -> dict[st
     return inputs
 
 
-def cache_slice(config: dict, split: str) -> dict:
-    """Hidden-state cache slice: which split, how many clips, batch size. The training and
-    testing splits have their own clip counts (``cache.train_clips``, ``cache.test_clips``);
-    validation uses ``cache.clips``. Each slice holds only its own count, so changing one
-    never reruns the other splits' caches."""
-    cache = config["cache"]
-    clips = cache.get(_CACHE_CLIPS_KEY[split], cache["clips"])
-    return {"split": split, "clips": clips, "batch_size": cache["batch_size"]}
+# Hidden-state indices relative to a model's depth L, as stages ask for them before the model
+# is loaded: token -> (k, d) meaning round(k * L / d), at least 1.
+STATE_TOKENS = {"L": (1, 1), "L/2": (1, 2), "L/3": (1, 3), "2L/3": (2, 3)}
+
+
+def resolve_states(states, n_layers: int) -> list[int]:
+    """Concrete hidden-state indices of a cache's ``states`` (``"all"`` or a list of indices
+    and :data:`STATE_TOKENS`) for a model of ``n_layers`` blocks."""
+    if states == "all":
+        return list(range(n_layers + 1))
+    out = set()
+    for s in states:
+        if isinstance(s, str):
+            k, d = STATE_TOKENS[s]
+            s = max(1, int(round(k * n_layers / d)))
+        out.add(int(s))
+    return sorted(out)
+
+
+def cache_store(config: dict, model: str, split: str) -> dict:
+    """What one model's cache of one split stores: ``states`` (``"all"`` or indices/tokens)
+    and whether the feature projection is kept. Validation keeps every state (similarity
+    needs all pairs; mimicker and pruning scores select on it); training and testing keep
+    the union of what the enabled stages ask for (``<stage>.plan.cache_needs``), plus state L
+    (the head's reference). Pre-LN models also store ``final`` (what the head reads)."""
+    if split == "validation":
+        return {"states": "all", "feature_projection": True}
+    from workflow_scripts import grid
+
+    states: set | str = {"L"}
+    fp = False
+    for stage in grid.STAGES:
+        needs_of = getattr(grid.plan(stage), "cache_needs", None)
+        needs = needs_of(config, model, split) if needs_of else {}
+        fp = fp or bool(needs.get("feature_projection"))
+        wanted = needs.get("states", [])
+        if wanted == "all" or states == "all":
+            states = "all"
+        else:
+            states |= set(wanted)
+    order = sorted(states, key=lambda s: (isinstance(s, str), str(s) if isinstance(s, str) else s))
+    return {"states": states if states == "all" else order, "feature_projection": fp}
+
+
+def cache_slice(config: dict, model: str, split: str) -> dict:
+    """Hidden-state cache slice: which split, how many clips (:func:`cache_clips`: the
+    testing split's cache holds the evaluation set, ``evaluation.test_clips``), batch size,
+    what is stored. Each slice holds only its own count, so changing one never reruns the
+    other splits' caches."""
+    return {"split": split, "clips": cache_clips(config, split),
+            "batch_size": config["cache"]["batch_size"],
+            "store": cache_store(config, model, split)}  # fmt: skip
 
 
 def cache_inputs(model: str, results: str = RESULTS) -> dict[str, str]:
@@ -127,3 +189,61 @@ def config_problems(config: dict) -> list[str]:
                 f"{p['hidden']}"
             )
     return problems
+
+
+def _architecture(config: dict, model: str) -> dict:
+    from workflow_scripts.core import resources
+    from workflow_scripts.core.config import model_config
+
+    spec = config["models"][model]
+    cfg = model_config(spec)
+    if cfg is None and "hf" in spec:
+        arch = resources.hub_architectures().get(str(spec["hf"]))
+        cfg = dict(arch["config"]) if arch else {}
+    return cfg or {}
+
+
+def split_size(config: dict, split: str, limit: int | None = None,
+               results: str = RESULTS) -> int:  # fmt: skip
+    """Clips a job reads of ``split``: the manifest's count (or its estimate), capped by
+    ``limit`` (None = the whole split)."""
+    from workflow_scripts.core import sizes
+
+    n = sizes.split_clips(config, split, paths.path("manifest", results))
+    return sizes.limited(n, limit)
+
+
+def cache_bytes(config: dict, model: str, split: str, results: str = RESULTS) -> int:
+    """Predicted size of one model's cache file of one split (what ``make plan`` reports and
+    the cache job's ``disk_mb`` asks for)."""
+    from workflow_scripts.core import sizes
+
+    dims = sizes.model_dims(config["models"][model])
+    store = cache_store(config, model, split)
+    n = split_size(config, split, cache_clips(config, split), results)
+    states = len(resolve_states(store["states"], dims["layers"]))
+    final = bool(_architecture(config, model).get("do_stable_layer_norm"))
+    return sizes.cache_bytes(n, dims["frames"], dims["hidden"], states,
+                             store["feature_projection"], final)  # fmt: skip
+
+
+def finetune_bytes(config: dict, model: str, results: str = RESULTS, **_wildcards) -> int:
+    """Disk of a fine-tuning job: the saved model, plus the frozen CNN's features of the
+    training split while it runs (``cache_features``)."""
+    from workflow_scripts.core import sizes
+
+    spec = finetune_slice(config, model)["finetune"]
+    dims = sizes.model_dims(config["models"][model])
+    total = sizes.model_bytes(dims["params"])
+    if spec.get("cache_features", True) and spec.get("freeze_feature_encoder", True):
+        conv = _architecture(config, model).get("conv_dim") or [512]
+        total += 2 * split_size(config, "training", None, results) * conv[-1] * dims["frames"]
+    return total
+
+
+def model_bytes(config: dict, model: str, results: str = RESULTS, **_wildcards) -> int:
+    """A ``save_pretrained`` folder of the model (a pretrained backbone, or a structured-pruned
+    copy, which is at most as large)."""
+    from workflow_scripts.core import sizes
+
+    return sizes.model_bytes(sizes.model_dims(config["models"][model])["params"])

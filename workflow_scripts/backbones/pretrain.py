@@ -25,6 +25,7 @@ import torch
 from workflow_scripts.backbones.finetune import lr_at
 from workflow_scripts.backbones.registry import small_config
 from workflow_scripts.core.checkpoint import resume_checkpoint, save_checkpoint
+from workflow_scripts.core.files import apply_umask
 from workflow_scripts.core.provenance import config_hash
 
 FRAME_HOP = 320  # samples per frame of every backbone (and of the MFCC targets)
@@ -264,9 +265,11 @@ def pretrain(
 
 
 def finalize(partial_dir: str | os.PathLike, out_dir: str | os.PathLike, provenance: dict):
-    """Write the provenance file and the DONE marker, then move the folder into place."""
+    """Write the provenance file and the DONE marker, give the folder the umask's
+    permissions, then move it into place."""
     tmp, out = Path(partial_dir), Path(out_dir)
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
     (tmp / "DONE").write_text("complete\n")
+    apply_umask(tmp)  # safetensors writes 0600: give the folder the umask's permissions
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

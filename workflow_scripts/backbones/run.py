@@ -9,9 +9,15 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones.cache import extract_hidden_states, write_cache
-from workflow_scripts.backbones.evaluate import accuracy_report, predict
-from workflow_scripts.backbones.finetune import save_model, train_classifier
+from workflow_scripts.backbones.cache import extract_to_cache
+from workflow_scripts.backbones.evaluate import EVAL_BATCH_SIZE, accuracy_report, predict_batches
+from workflow_scripts.backbones.finetune import (
+    ClipSet,
+    release_features,
+    save_model,
+    train_classifier,
+)
+from workflow_scripts.backbones.plan import resolve_states
 from workflow_scripts.backbones.registry import (
     count_parameters,
     encoder_of,
@@ -19,7 +25,7 @@ from workflow_scripts.backbones.registry import (
     pick_device,
 )
 from workflow_scripts.core.provenance import canonical_json, config_hash, sha256_path
-from workflow_scripts.data.loader import load_split, manifest_digest
+from workflow_scripts.data.loader import iter_batches, manifest_digest, split_rows
 
 
 def parameter_counts(model) -> dict[str, int]:
@@ -33,28 +39,39 @@ def parameter_counts(model) -> dict[str, int]:
     }
 
 
+def evaluation_rows(manifest: pd.DataFrame, slice_: dict, split: str) -> pd.DataFrame:
+    """The clips the baseline cell evaluates on: the testing split's evaluation set (the
+    slice's ``test_clips`` = ``evaluation.test_clips``, the clips every stage tests on), the
+    validation split's first ``finetune.eval_clips``."""
+    limit = slice_["test_clips"] if split == "testing" else slice_["finetune"].get("eval_clips")
+    return split_rows(manifest, split, limit)
+
+
 def run_finetune(
     slice_: dict, model_name: str, manifest_path: str, root: str, work: str,
     log: Callable[[str], None],
 ) -> tuple[torch.nn.Module, pd.DataFrame, list[dict]]:  # fmt: skip
     """Fine-tune ``slice_['source']`` on the training split and evaluate it on the validation
-    and testing splits. Returns (model, baseline cell rows, training history)."""
+    and testing splits (:func:`evaluation_rows`), all streamed from the audio files (memory:
+    batches, not splits). Returns (model, baseline cell rows with ``eval_clips`` = the clips
+    each accuracy counts, training history)."""
     spec, labels = slice_["finetune"], slice_["labels"]
     manifest = pd.read_parquet(manifest_path)
-    audio, y, _ = load_split(root, manifest, "training")
-    log(f"fine-tuning {slice_['source']} on {len(audio)} clips, {len(labels)} classes")
+    clips = ClipSet.from_rows(root, split_rows(manifest, "training"))
+    log(f"fine-tuning {slice_['source']} on {len(clips)} clips, {len(labels)} classes")
     torch.manual_seed(spec["seed"])  # the fresh head's initialisation is part of the cell
     model = load_classifier(slice_["source"], labels=labels)
     device = pick_device()
-    result = train_classifier(model, audio, y, spec, device, work, log)
-    del audio
+    result = train_classifier(model, clips, None, spec, device, work, log)
     params = parameter_counts(model)
     rows = []
     for split in ("validation", "testing"):
-        x, yy, _ = load_split(root, manifest, split, spec.get("eval_clips"))
-        report = accuracy_report(predict(model, x, device), yy, len(labels))
+        eval_rows = evaluation_rows(manifest, slice_, split)
+        batches = iter_batches(root, eval_rows, EVAL_BATCH_SIZE)
+        report = accuracy_report(*predict_batches(model, batches, device), len(labels))
         log(f"{split} accuracy {report['accuracy']:.4f} (n={report['n']})")
-        rows.append({"model": model_name, "split": split, **report, **params,
+        rows.append({"model": model_name, "split": split, **report,
+                     "eval_clips": len(eval_rows), **params,
                      "num_layers": model.config.num_hidden_layers,
                      "finetune_seconds": result["seconds"], "finetune_steps": spec["steps"],
                      "resumed_from_step": result["resumed_from"],
@@ -64,9 +81,11 @@ def run_finetune(
     return model, df, result["history"]
 
 
-def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history: list) -> dict:
-    """Save the fine-tuned model with its provenance (the data digest added to its inputs);
-    returns that provenance for the baseline cell."""
+def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history: list,
+                   work: str | None = None) -> dict:  # fmt: skip
+    """Save the fine-tuned model with its provenance (the data digest added to its inputs),
+    then delete the frozen-CNN features of its work folder ``work``; returns that provenance
+    for the baseline cell."""
     meta = dict(meta)
     digest = manifest_digest(pd.read_parquet(manifest_path))
     meta["inputs_sha256"] = canonical_json({"data": digest, **json.loads(meta["inputs_sha256"])})
@@ -74,17 +93,22 @@ def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history:
         "provenance.json": json.dumps(meta, indent=1, sort_keys=True),
         "training_history.json": json.dumps(history),
     })  # fmt: skip
+    release_features(work)
     return meta
 
 
 def run_cache(slice_: dict, model_dir: str, manifest_path: str, root: str, out: str,
-              meta: dict, log: Callable[[str], None]) -> None:  # fmt: skip
+              meta: dict, log: Callable[[str], None]) -> dict:  # fmt: skip
     """One forward pass of the fine-tuned model over ``slice_['clips']`` clips of
-    ``slice_['split']``, written to the cache file ``out`` (see :mod:`.cache`)."""
-    manifest = pd.read_parquet(manifest_path)
-    audio, y, clip_paths = load_split(root, manifest, slice_["split"], slice_["clips"])
+    ``slice_['split']``, streamed batch by batch into the cache file ``out`` (see
+    :mod:`.cachefile`), storing what ``slice_['store']`` says."""
+    rows = split_rows(pd.read_parquet(manifest_path), slice_["split"], slice_["clips"])
     model = load_classifier(model_dir)
-    arrays = extract_hidden_states(model, audio, pick_device(), slice_["batch_size"])
-    log(f"cache shapes { {k: v.shape for k, v in arrays.items()} }")
+    store = slice_["store"]
+    states = resolve_states(store["states"], model.config.num_hidden_layers)
+    log(f"{len(rows)} clips of {slice_['split']}; states {states}, feature projection "
+        f"{store['feature_projection']}")  # fmt: skip
     meta = {**meta, "slice_hash": config_hash(slice_), "model_sha256": sha256_path(model_dir)}
-    write_cache(out, arrays, y, clip_paths, meta)
+    batches = iter_batches(root, rows, slice_["batch_size"])
+    return extract_to_cache(model, batches, list(rows.path), out, states,
+                            store["feature_projection"], meta, pick_device())  # fmt: skip

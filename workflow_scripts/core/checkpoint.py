@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workflow_scripts.core.files import apply_umask
+
 
 def save_checkpoint(path: Path, model, opt, step: int, rng: np.random.Generator, history: list,
                     spec_hash: str) -> None:  # fmt: skip
@@ -29,6 +31,7 @@ def save_checkpoint(path: Path, model, opt, step: int, rng: np.random.Generator,
     state = {"step": step, "rng": rng.bit_generator.state, "history": history,
              "spec_hash": spec_hash}  # fmt: skip
     (tmp / "state.json").write_text(json.dumps(state))
+    apply_umask(tmp)  # safetensors writes 0600: the umask's permissions, as every result
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 

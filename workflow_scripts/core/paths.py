@@ -154,3 +154,9 @@ def log(name: str, results: str = RESULTS, suffix: str = ".log") -> str:
 def benchmark(name: str, results: str = RESULTS) -> str:
     """Benchmark (``benchmark:`` tsv) template, beside :func:`log`'s naming."""
     return log(name, results, ".tsv").replace(f"{results}/logs/", f"{results}/benchmarks/", 1)
+
+
+# Exported models, one folder per cell (issue #19): the layer-pruning headline checkpoint(s)
+# (plain transformers folders) and the mimicked model (weights + config, mimic.model loader).
+FILES["pruning_export"] = "exports/pruning/{model}/{strategy}"
+FILES["mimic_export"] = "exports/mimic/{model}/{kind}-{depth}"

@@ -7,23 +7,54 @@ SLURM requests can be unit-tested without a cluster.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from pathlib import Path
 
 BASE_PARAMS = 95_000_000  # wav2vec2-base: the unit of the run-time scaling
 
-# Parameter counts of the hub checkpoints the paper grid uses (transformers' counts, rounded).
-KNOWN_PARAMS = {
-    "facebook/wav2vec2-base": 95_000_000,
-    "facebook/wav2vec2-base-960h": 95_000_000,
-    "facebook/wav2vec2-large": 317_000_000,
-    "facebook/wav2vec2-large-lv60": 317_000_000,
-    "facebook/hubert-base-ls960": 94_700_000,
-    "facebook/hubert-large-ll60k": 316_600_000,
-    "microsoft/wavlm-base": 94_700_000,
-    "microsoft/wavlm-base-plus": 94_700_000,
-    "microsoft/wavlm-large": 316_600_000,
+# The paper's hub checkpoints: their architectures (transformers config keys), written once in
+# config/architectures.yaml (read here without torch; workflow_scripts/backbones/architectures
+# builds random-weight models from the same entries).
+ARCHITECTURES_FILE = Path(__file__).resolve().parents[2] / "config" / "architectures.yaml"
+# Other hub ids of the same sizes (the estimate of the entry they name).
+SAME_SIZE_AS = {
+    "facebook/wav2vec2-base-960h": "facebook/wav2vec2-base",
+    "facebook/wav2vec2-large-lv60": "facebook/wav2vec2-large",
+    "facebook/hubert-large-ll60k": "facebook/wav2vec2-large",
+    "microsoft/wavlm-base-plus": "microsoft/wavlm-base",
 }
+
+
+@functools.cache
+def hub_architectures(path: str | Path = ARCHITECTURES_FILE) -> dict[str, dict]:
+    """hub id -> {"name": short name, "config": transformers config keys}, from
+    config/architectures.yaml (keys starting with ``_`` are YAML anchors, not models)."""
+    import yaml
+
+    entries = yaml.safe_load(Path(path).read_text())
+    return {hub: entry for hub, entry in entries.items() if not hub.startswith("_")}
+
+
+def config_params(cfg: dict, conv: dict | None = None) -> int:
+    """:func:`transformer_params` of a config in transformers' keys (a ``config.json``);
+    missing keys take a base model's values and ``conv``'s front end."""
+    conv = conv or REAL_CONV
+    hidden = cfg.get("hidden_size") or 768
+    return transformer_params(
+        cfg.get("num_hidden_layers") or 12, hidden, cfg.get("intermediate_size") or 4 * hidden,
+        cfg.get("conv_dim", conv["conv_dim"]), cfg.get("conv_kernel", conv["conv_kernel"]),
+    )  # fmt: skip
+
+
+def known_params() -> dict[str, int]:
+    """Estimated parameter counts of the hub ids whose architecture the project knows."""
+    known = {hub: config_params(e["config"]) for hub, e in hub_architectures().items()}
+    known.update({alias: known[hub] for alias, hub in SAME_SIZE_AS.items() if hub in known})
+    return known
+
+
 # Real front end (wav2vec2 / HuBERT / WavLM): 7 conv layers of 512 channels.
 REAL_CONV = {"conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2]}
 # The small backbones' default front end (``backbones.small_config`` reads it from here, so
@@ -46,24 +77,20 @@ def transformer_params(layers: int, hidden: int, ffn: int, conv_dim=(), conv_ker
 
 def estimate_params(spec: dict) -> int:
     """Parameter count of a model registry entry (``pretrain`` spec, local folder with a
-    ``config.json``, or hub id). Unknown hub ids fall back on their name: ``large``/``xl``
-    → a large model, anything else → a base model."""
+    ``config.json``, or hub id). Hub ids of config/architectures.yaml (and same-sized aliases)
+    are computed from their architecture; other hub ids fall back on their name:
+    ``large``/``xl`` → a large model, anything else → a base model."""
     from workflow_scripts.core.config import model_config
 
     hf = str(spec.get("hf", ""))
-    if "pretrain" not in spec and hf in KNOWN_PARAMS:
-        return KNOWN_PARAMS[hf]
+    known = known_params()
+    if "pretrain" not in spec and hf in known:
+        return known[hf]
     cfg = model_config(spec)
     if cfg is not None:
-        small = "pretrain" in spec
-        conv = SMALL_CONV if small else REAL_CONV
-        hidden = cfg.get("hidden_size") or 768
-        return transformer_params(
-            cfg.get("num_hidden_layers") or 12, hidden, cfg.get("intermediate_size") or 4 * hidden,
-            cfg.get("conv_dim", conv["conv_dim"]), cfg.get("conv_kernel", conv["conv_kernel"]),
-        )  # fmt: skip
+        return config_params(cfg, SMALL_CONV if "pretrain" in spec else REAL_CONV)
     if re.search(r"large|xl", hf, re.I):
-        return KNOWN_PARAMS["facebook/wav2vec2-large"]
+        return known["facebook/wav2vec2-large"]
     return BASE_PARAMS
 
 

@@ -1,16 +1,69 @@
 """Latency measurement shared by pruning, mimicker and structured-pruning cells.
 
-Median of repeated timed calls after warm-up calls that are not timed. On CUDA the timing uses
-CUDA events with synchronisation; on CPU ``time.perf_counter``.
+:func:`compare_latency` (what the cells use) times a method against its baseline in one
+process, interleaved: after ``warmup`` untimed rounds, each of ``repeats`` rounds times one
+call of each, the order alternating between rounds (A B, B A, A B, ...; so neither always runs
+second, in a cache the other warmed). Both run at the same precision (:data:`PRECISIONS`;
+fp32 by default, on CPU and CUDA) and on the same torch CPU threads. The speed-up is the
+median over rounds of the paired ratio baseline time / method time; its 95% interval is the
+distribution-free interval of a median from order statistics (binomial; see
+:func:`median_interval`). Load that the machine puts on both alike (another job on the other
+core) cancels in the paired ratios; what remains is noise within a round.
+
+:func:`measure_latency` times one function alone (median of ``repeats`` calls after
+``warmup``). On CUDA the timing uses CUDA events with synchronisation; on CPU
+``time.perf_counter``.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+#: Timing precisions: fp32 (no autocast: what every cell times in), bf16 (autocast).
+PRECISIONS = ("fp32", "bf16")
+#: The precision every cell's latency columns are measured in (recorded as
+#: ``timing_precision``).
+TIMING_PRECISION = "fp32"
+
+
+def precision_context(device: torch.device, precision: str = TIMING_PRECISION):
+    """The autocast context of ``precision`` on ``device``: fp32 turns autocast off (so a
+    caller's autocast cannot leak into the timing), bf16 turns it on."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; allowed: {list(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function that calls ``fn`` once and returns its duration in ms (CUDA events with
+    synchronisation on CUDA, ``time.perf_counter`` on CPU)."""
+    if device.type == "cuda":
+
+        def cuda_call(fn) -> float:
+            torch.cuda.synchronize(device)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return float(start.elapsed_time(end))
+
+        return cuda_call
+
+    def cpu_call(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000.0
+
+    return cpu_call
 
 
 def measure_latency(
@@ -27,25 +80,11 @@ def measure_latency(
     device = torch.device(device)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
+    call = _timer(device)
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
-        times = []
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            for _ in range(repeats):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(float(start.elapsed_time(end)))
-        else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1000.0)
+        times = [call(fn) for _ in range(repeats)]
     return {
         "median_ms": statistics.median(times),
         "min_ms": min(times),
@@ -53,5 +92,87 @@ def measure_latency(
         "times_ms": times,
         "warmup": warmup,
         "repeats": repeats,
+        "device": str(device),
+    }
+
+
+def median_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median of ``values`` (i.i.d.): the order statistics
+    ``(x_(k), x_(n+1-k))`` with the largest k whose coverage ``1 - 2 P(Binomial(n, 1/2) < k)``
+    is at least ``level``. Below 6 values no k reaches 95%: the interval is (min, max), whose
+    coverage is ``1 - 2^(1-n)`` (94% at 5 values, 88% at 4)."""
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan
+    k, below = 1, 1 / 2**n  # below = P(B <= k - 1)
+    while k < (n + 1) // 2:
+        below_next = below + math.comb(n, k) / 2**n  # P(B <= k)
+        if 1 - 2 * below_next < level:
+            break
+        k, below = k + 1, below_next
+    return x[k - 1], x[n - k]
+
+
+def compare_latency(
+    baseline: Callable[[], object],
+    method: Callable[[], object],
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    precision: str = TIMING_PRECISION,
+    threads: int | None = None,
+) -> dict:
+    """Time ``method`` against ``baseline`` interleaved in this process (module docstring):
+    ``warmup`` untimed rounds, then ``repeats`` timed rounds of one call each, the order
+    alternating between rounds; every call in ``precision`` (:func:`precision_context`) under
+    ``torch.inference_mode``, on ``threads`` torch CPU threads (None: as set, e.g. by the rule
+    adapter to the job's threads; restored afterwards).
+
+    Returns ``latency_ms`` / ``base_latency_ms`` (medians of the method's / the baseline's
+    times), ``latency_min_ms`` / ``base_latency_min_ms``, ``speedup`` (median over rounds of
+    baseline time / method time), ``speedup_lo`` / ``speedup_hi`` (:func:`median_interval`,
+    95%), ``times_ms`` / ``base_times_ms`` (per round), and the conditions ``warmup``,
+    ``repeats``, ``threads``, ``precision``, ``device``.
+    """
+    device = torch.device(device)
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    call = _timer(device)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    base_t, meth_t = [], []
+    try:
+        used_threads = torch.get_num_threads()
+        with torch.inference_mode(), precision_context(device, precision):
+            for _ in range(warmup):
+                baseline()
+                method()
+            for r in range(repeats):
+                if r % 2 == 0:
+                    base_t.append(call(baseline))
+                    meth_t.append(call(method))
+                else:
+                    meth_t.append(call(method))
+                    base_t.append(call(baseline))
+    finally:
+        torch.set_num_threads(old_threads)
+    ratios = [b / m if m > 0 else math.nan for b, m in zip(base_t, meth_t, strict=True)]
+    lo, hi = median_interval(ratios)
+    return {
+        "latency_ms": statistics.median(meth_t),
+        "base_latency_ms": statistics.median(base_t),
+        "latency_min_ms": min(meth_t),
+        "base_latency_min_ms": min(base_t),
+        "speedup": statistics.median(ratios),
+        "speedup_lo": lo,
+        "speedup_hi": hi,
+        "times_ms": meth_t,
+        "base_times_ms": base_t,
+        "warmup": warmup,
+        "repeats": repeats,
+        "threads": used_threads,
+        "precision": precision,
         "device": str(device),
     }

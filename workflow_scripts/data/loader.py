@@ -159,22 +159,46 @@ def summarize_manifest(df) -> dict:
     return out
 
 
-def load_split(root: str | os.PathLike, manifest, split: str, limit: int | None = None):
-    """All usable clips of one split as (float32 array (N, 16000), int64 labels, paths).
+def split_rows(manifest, split: str, limit: int | None = None):
+    """The manifest rows of one split's usable clips, in the order every stage reads them.
 
     ``limit`` keeps the first ``limit`` clips of a fixed, seed-free shuffle of the split
     (stratification is not attempted; the shuffle is by SHA-256 of the path)."""
-    root = Path(root)
     sub = manifest[(manifest.split == split) & manifest.usable]
     if limit is not None and limit < len(sub):
         order = sub.path.map(lambda p: hashlib.sha256(p.encode()).hexdigest()).argsort()
         sub = sub.iloc[np.asarray(order)[:limit]]
-    audio = np.zeros((len(sub), CLIP_SAMPLES), dtype=np.float32)
-    keep = np.ones(len(sub), dtype=bool)
-    for i, p in enumerate(sub.path):
+    return sub
+
+
+def read_clips(root: str | os.PathLike, paths) -> np.ndarray:
+    """float32 (len(paths), 16000) clips; a clip that became unreadable since the manifest was
+    made is an error (the manifest must be rebuilt), not a silent gap."""
+    root = Path(root)
+    audio = np.zeros((len(paths), CLIP_SAMPLES), dtype=np.float32)
+    for i, p in enumerate(paths):
         clip = load_clip(root / p)
-        if clip.audio is None:  # changed on disk since the manifest was made
-            keep[i] = False
-        else:
-            audio[i] = clip.audio
-    return audio[keep], sub.label_idx.to_numpy(np.int64)[keep], list(sub.path[keep])
+        if clip.audio is None:
+            raise ValueError(
+                f"{root / p} is {clip.status} but the manifest lists it as usable: it changed "
+                "on disk since the manifest was made; rerun the manifest job"
+            )
+        audio[i] = clip.audio
+    return audio
+
+
+def iter_batches(root: str | os.PathLike, rows, batch_size: int):
+    """(audio (b, 16000) float32, labels (b,) int64, paths) of ``rows`` (from
+    :func:`split_rows`), ``batch_size`` clips at a time: a split streamed from disk."""
+    paths, labels = list(rows.path), rows.label_idx.to_numpy(np.int64)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        yield read_clips(root, chunk), labels[start : start + len(chunk)], chunk
+
+
+def load_split(root: str | os.PathLike, manifest, split: str, limit: int | None = None):
+    """All usable clips of one split in memory, as (float32 array (N, 16000), int64 labels,
+    paths), in :func:`split_rows` order. For small sets; jobs over a whole split stream it
+    with :func:`iter_batches`."""
+    sub = split_rows(manifest, split, limit)
+    return read_clips(root, list(sub.path)), sub.label_idx.to_numpy(np.int64), list(sub.path)

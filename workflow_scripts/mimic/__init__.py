@@ -17,6 +17,8 @@ Modules
 * :mod:`~workflow_scripts.mimic.targets` (torch-free): which teacher layers are predicted.
 * :mod:`~workflow_scripts.mimic.model`: mimic layers, :class:`Mimicker`, the head, the
   mimicked model (audio -> conv front end -> feature projection -> mimicker -> head).
+* the caches are read through :mod:`~workflow_scripts.backbones.rows` (lazy arrays of rows:
+  the trainers read one mini-batch at a time).
 * :mod:`~workflow_scripts.mimic.train`: stages 1 and 2 (``Stage1Config``, ``Stage2Config``).
 * :mod:`~workflow_scripts.mimic.cost`: parameter and latency reduction.
 * :mod:`~workflow_scripts.mimic.run`: one cell (``run_cell``), what ``scripts/mimic_cell.py``

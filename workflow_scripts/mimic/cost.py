@@ -1,15 +1,13 @@
-"""What a mimicker saves: parameters and median latency of the replaced transformer stack vs
-the mimicker, and of the whole model vs the :class:`~workflow_scripts.mimic.model.MimickedModel`."""
+"""What a mimicker saves: parameters and latency of the replaced transformer stack vs the
+mimicker, and of the whole model vs the :class:`~workflow_scripts.mimic.model.MimickedModel`
+(each pair timed interleaved in one process, fp32: :mod:`workflow_scripts.core.timing`)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
-from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import count_parameters, encoder_of
-from workflow_scripts.core.timing import measure_latency
+from workflow_scripts.core.timing import TIMING_PRECISION, compare_latency
 from workflow_scripts.mimic.model import (
     ClassifierHead,
     MimickedModel,
@@ -54,48 +52,38 @@ def cost_report(
     warmup: int = 3,
     repeats: int = 10,
     head: ClassifierHead | None = None,
-    amp: bool = False,
-    reference: dict | None = None,
+    precision: str = TIMING_PRECISION,
 ) -> dict:
-    """Parameters and median latency (``timing.measure_latency``) of the original vs the
-    mimicked model.
+    """Parameters and latency of the original vs the mimicked model, each pair timed against
+    each other interleaved in this process (:func:`~workflow_scripts.core.timing.compare_latency`:
+    ``warmup`` untimed rounds, ``repeats`` timed rounds, every call in ``precision``).
 
     batch: raw audio (B, samples), already normalised. ``model`` and ``mimicker`` are moved to
-    ``device`` and put in eval mode. Timed (each in its own ``measure_latency`` call):
-    (a) the transformer stack (``encoder``) alone and the mimicker alone, on the same
-    feature-projection output of ``batch``; (b) the whole model and the :class:`MimickedModel`
-    on ``batch``. ``amp``: bf16 autocast on CUDA. ``reference``: an earlier report of the same
-    model/batch whose stack and whole-model timings are reused (to time several mimickers).
+    ``device`` and put in eval mode. Timed pairs: (a) the transformer stack (``encoder``) vs
+    the mimicker, on the same feature-projection output of ``batch``; (b) the whole model vs
+    the :class:`MimickedModel` on ``batch``.
 
     Returns :func:`parameter_summary` plus ``stack_ms``, ``mimicker_ms``, ``model_ms``,
     ``mimicked_model_ms`` (medians per batch), per-sample versions (``*_ms_per_sample``),
-    ``stack_latency_reduction_pct``, ``model_latency_reduction_pct``, ``batch_size``,
-    ``frames``, ``device``, ``warmup``, ``repeats``.
+    ``stack_latency_reduction_pct``, ``model_latency_reduction_pct`` (from the medians),
+    ``speedup`` / ``speedup_lo`` / ``speedup_hi`` (whole model / mimicked model: the median
+    per-round ratio and its 95% interval), ``stack_speedup`` / ``stack_speedup_lo`` /
+    ``stack_speedup_hi`` (stack / mimicker), ``batch_size``, ``frames``, ``device``,
+    ``warmup``, ``repeats``, ``timing_precision``, ``timing_device``, ``latency_threads``.
     """
     device = torch.device(device)
     model.to(device).eval()
     mimicker.to(device).eval()
     mm = MimickedModel(model, mimicker, head).to(device).eval()
     x = batch.to(device)
-    ctx = (lambda: autocast(device)) if amp else nullcontext
-    with torch.inference_mode(), ctx():
+    with torch.inference_mode():
         feats = feature_projection(model, x)
     stack = encoder_of(model).encoder
-
-    def timed(fn):
-        def call():
-            with ctx():
-                return fn()
-
-        return measure_latency(call, device, warmup, repeats)["median_ms"]
-
-    if reference is not None:
-        stack_ms, model_ms = reference["stack_ms"], reference["model_ms"]
-    else:
-        stack_ms = timed(lambda: stack(feats))
-        model_ms = timed(lambda: model(x))
-    mim_ms = timed(lambda: mimicker(feats))
-    mm_ms = timed(lambda: mm(x))
+    pair = {"device": device, "warmup": warmup, "repeats": repeats, "precision": precision}
+    st = compare_latency(lambda: stack(feats), lambda: mimicker(feats), **pair)
+    whole = compare_latency(lambda: model(x), lambda: mm(x), **pair)
+    stack_ms, mim_ms = st["base_latency_ms"], st["latency_ms"]
+    model_ms, mm_ms = whole["base_latency_ms"], whole["latency_ms"]
     bsz = x.shape[0]
     report = parameter_summary(model, mimicker, mm.head)
     report.update(
@@ -110,11 +98,16 @@ def cost_report(
             "mimicked_model_ms_per_sample": mm_ms / bsz,
             "stack_latency_reduction_pct": reduction_pct(stack_ms, mim_ms),
             "model_latency_reduction_pct": reduction_pct(model_ms, mm_ms),
+            **{k: whole[k] for k in ("speedup", "speedup_lo", "speedup_hi")},
+            **{f"stack_{k}": st[k] for k in ("speedup", "speedup_lo", "speedup_hi")},
             "batch_size": int(bsz),
             "frames": int(feats.shape[1]),
             "device": str(device),
             "warmup": warmup,
             "repeats": repeats,
+            "timing_precision": whole["precision"],
+            "timing_device": whole["device"],
+            "latency_threads": whole["threads"],
         }
     )
     return report

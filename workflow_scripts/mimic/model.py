@@ -275,3 +275,74 @@ class MimickedModel(nn.Module):
 
         hidden = self.mimicker(self.features(input_values))[-1]
         return SequenceClassifierOutput(logits=self.head(hidden))
+
+
+# --------------------------------------------------------------------------------------------
+# export: a mimicked model as a folder of its own
+# --------------------------------------------------------------------------------------------
+#: The weights file of an exported mimicked model (not ``model.safetensors``, so a plain
+#: ``from_pretrained`` on the folder fails loudly instead of loading a random transformer stack).
+MIMICKED_WEIGHTS = "mimicked_model.safetensors"
+
+
+def _jsonable(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def save_mimicked(mm: MimickedModel, folder, extra: dict | None = None) -> None:
+    """Save ``mm`` to ``folder`` (replaced): every weight (conv front end, feature projection,
+    mimicker, head) in :data:`MIMICKED_WEIGHTS` (safetensors), the backbone's config with the
+    mimicker's spec under ``mimicker`` in ``config.json``, the audio preparation in
+    ``preprocessor_config.json`` and ``extra`` (e.g. the cell's row) in ``export.json``.
+    :func:`load_mimicked` rebuilds it."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from workflow_scripts.core.files import apply_umask
+    from workflow_scripts.pruning.export import save_feature_extractor
+
+    out = Path(folder)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in mm.state_dict().items()}
+    save_file(state, str(out / MIMICKED_WEIGHTS))
+    cfg = copy.deepcopy(mm.config)
+    cfg.mimicker = dict(mm.mimicker.spec)
+    cfg.to_json_file(str(out / "config.json"))
+    save_feature_extractor(out)
+    (out / "export.json").write_text(json.dumps(extra or {}, indent=1, default=_jsonable))
+    apply_umask(out)
+
+
+def load_mimicked(folder, device: torch.device | str = "cpu") -> MimickedModel:
+    """The mimicked model saved by :func:`save_mimicked`, in eval mode on ``device``: a module
+    mapping 16-kHz audio (B, samples), normalised to zero mean and unit variance per utterance
+    (``backbones.registry.normalize_audio``, or the folder's ``AutoFeatureExtractor``), to an
+    output with ``.logits`` (B, classes)::
+
+        from workflow_scripts.mimic.model import load_mimicked
+        mm = load_mimicked("results/exports/mimic/hubert-small/transformer-1")
+        logits = mm(input_values).logits
+
+    The front end is built from ``config.json`` without the transformer stack (which the
+    mimicker replaces), then every weight is loaded (strict)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForAudioClassification
+
+    folder = Path(folder)
+    cfg = AutoConfig.from_pretrained(str(folder))
+    spec = dict(cfg.mimicker)
+    layers = cfg.num_hidden_layers
+    cfg.num_hidden_layers = 0  # the stack is replaced: do not build (or initialise) it
+    base = AutoModelForAudioClassification.from_config(cfg)
+    cfg.num_hidden_layers = layers
+    mm = MimickedModel(base, Mimicker.from_spec(spec))
+    mm.load_state_dict(load_file(str(folder / MIMICKED_WEIGHTS)), strict=True)
+    return mm.to(device).eval()

@@ -139,10 +139,11 @@ def cell_slice(config: dict, model: str, kind: str, depth: int | str) -> dict:
 def cell_inputs(
     config: dict, results: str = RESULTS, *, model: str, kind: str, depth: int | str
 ) -> dict[str, str]:
-    """Files a cell reads: the fine-tuned model, its training, validation and testing caches,
-    the manifest (raw test audio for timing and the end-to-end check), its baseline cell, and
-    that model's blocks (``blocks/{model}/{metric}.csv``) only when the intermediate target
-    comes from the similarity blocks."""
+    """Files a cell reads: the fine-tuned model, its training, validation and testing caches
+    (the testing cache holds the evaluation set; its clip paths give the raw test audio for
+    timing and the end-to-end check), its baseline cell, and that model's blocks
+    (``blocks/{model}/{metric}.csv``) only when the intermediate target comes from the
+    similarity blocks."""
     inputs = {
         "model": paths.path("finetuned", results, model=model),
         **{
@@ -153,7 +154,6 @@ def cell_inputs(
                 ("test_cache", "testing"),
             )  # fmt: skip
         },
-        "manifest": paths.path("manifest", results),
         "baseline": paths.path("baseline_cell", results, model=model),
     }
     if uses_blocks(config, model, kind, depth):
@@ -210,3 +210,27 @@ def config_problems(config: dict) -> list[str]:
             f"{sim_metrics}; add it there, pick one of those, or use null (evenly spaced)"
         )
     return problems
+
+
+def cache_needs(config: dict, model: str, split: str) -> dict:
+    """What this model's mimic cells read from its training and testing caches: the feature
+    projection (every mimicker's input) and the teacher states of the targets (training; the
+    last state, or every state when a depth-2 target comes from the detected groups, which
+    are not known before the similarity stage has run) or the last state (testing: the head's
+    reference accuracy). The validation cache stores everything anyway."""
+    if "mimic" not in config.get("outputs", []) or split not in ("training", "testing"):
+        return {}
+    if split == "testing":
+        return {"feature_projection": True, "states": ["L"]}
+    states: set = set()
+    for m, kind, depth in grid(config):
+        if m != model or kind == NO_MIMIC:
+            continue
+        states.add("L")
+        if depth < 2:
+            continue
+        if uses_blocks(config, model, kind, depth):
+            return {"feature_projection": True, "states": "all"}
+        explicit = config["mimic"]["targets"]["layers"].get(model)
+        states.add(int(explicit) if explicit is not None else "L/2")
+    return {"feature_projection": True, "states": sorted(states, key=str)}

@@ -11,11 +11,12 @@ from workflow_scripts.mimic.plan import KINDS, NO_MIMIC, cell_name
 
 SUMMARY_COLUMNS = [
     "model", "mimicker", "kind", "depth", "target_layers", "accuracy", "ci_lo", "ci_hi",
-    "backbone_accuracy", "accuracy_retained_pct", "retains_95pct", "stack_params",
+    "eval_clips", "backbone_accuracy", "accuracy_retained_pct", "retains_95pct", "stack_params",
     "mimicker_params", "stack_param_reduction_pct", "model_params", "mimicked_model_params",
     "model_param_reduction_pct", "stack_ms", "mimicker_ms", "stack_latency_reduction_pct",
-    "model_ms", "mimicked_model_ms", "model_latency_reduction_pct", "latency_batch_size",
-    "device",
+    "stack_speedup", "stack_speedup_lo", "stack_speedup_hi", "model_ms", "mimicked_model_ms",
+    "model_latency_reduction_pct", "speedup", "speedup_lo", "speedup_hi", "latency_batch_size",
+    "timing_precision", "device",
 ]  # fmt: skip
 
 
@@ -34,8 +35,10 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     accuracy retained in % of the unpruned backbone's test accuracy, the parameter reduction
     of the replaced stack and of the whole model, and the latency reduction of the stack (vs
     the mimicker) and of the full model (vs the mimicked model), all recomputed from the raw
-    counts and medians. Rows: models in order of appearance, then linear, transformer,
-    no_mimic, by depth."""
+    counts and medians; the speed-ups (``speedup``: full / mimicked model, ``stack_speedup``:
+    stack / mimicker) are the cells' interleaved per-round medians with their 95% intervals
+    (NaN for cells timed before they existed). Rows: models in order of appearance, then
+    linear, transformer, no_mimic, by depth."""
     if cells.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     d = cells.copy()
@@ -52,7 +55,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
     d["_m"] = d.model.map({m: i for i, m in enumerate(models)})
     d["_k"] = _order(d)
     d = d.sort_values(["_m", "_k"], kind="stable").reset_index(drop=True)
-    return d[SUMMARY_COLUMNS]
+    return d.reindex(columns=SUMMARY_COLUMNS)
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:

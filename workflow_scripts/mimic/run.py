@@ -3,9 +3,28 @@
 Stage 1 (MSE to the teacher states) and stage 2 (NLL through the fine-tuned head) read only the
 cached feature projections and hidden states: fit on the training-split cache, best epoch by
 the validation-split cache. Test accuracy comes from the testing-split cache (the same
-float16 feature projections the mimicker was trained on); the mimicked model itself
-(MimickedModel: audio -> front end -> mimicker -> head) runs on raw test audio for the latency
-measurement and for a recorded check that it gives the same logits as the cached path.
+float16 feature projections the mimicker was trained on), which holds the evaluation set every
+stage tests on (``evaluation.test_clips``; ``eval_clips``); the mimicked model itself
+(MimickedModel: audio -> front end -> mimicker -> head) runs on the raw audio of the first
+testing-cache clips for the latency measurement (against the full model and the replaced
+stack, interleaved: :func:`~workflow_scripts.mimic.cost.cost_report`) and for a recorded check
+that it gives the same logits as the cached path. With an export folder, the mimicked model is
+saved there (:func:`~workflow_scripts.mimic.model.save_mimicked`; loaded by
+:func:`~workflow_scripts.mimic.model.load_mimicked`).
+
+Streaming: the caches are opened as lazy row views (:mod:`workflow_scripts.backbones.rows`); every
+pass (stage 1, stage 2 with the mimicker frozen or not, validation, test, the backbone
+reference) reads one mini-batch of rows at a time and casts it to float32 on the device, so
+the cell's memory does not grow with the number of cached clips (only the row indices and the
+int64 labels do, 16 bytes per clip).
+
+The last target is what the head reads: the mimicked model feeds the mimicker's last output
+straight into the head, so the last output is fitted to the cache's ``"final"``
+(:meth:`~workflow_scripts.backbones.cachefile.CacheFile.read_state`): the encoder's output
+after its final LayerNorm for pre-LN ("stable layer norm") models, state L otherwise (there
+the same tensor). Intermediate targets are hidden states by index. The fallback reference
+accuracy (the head on the testing cache) reads ``"final"`` too. The cell records which in
+``last_target`` (:data:`LAST_TARGET`).
 
 :func:`run_cell` is the whole cell; the rule adapter (``scripts/mimic_cell.py``) only writes
 its two frames.
@@ -13,7 +32,6 @@ its two frames.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -21,36 +39,48 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones.cache import cache_info, read_array, read_layers
+from workflow_scripts.backbones.cache import final_differs
+from workflow_scripts.backbones.cachefile import CacheFile
 from workflow_scripts.backbones.evaluate import accuracy_report, predict
 from workflow_scripts.backbones.registry import load_classifier, normalize_audio, pick_device
-from workflow_scripts.data.loader import load_split
+from workflow_scripts.backbones.rows import CachedRows, StackedRows
+from workflow_scripts.data.loader import read_clips
 from workflow_scripts.mimic.cost import cost_report
-from workflow_scripts.mimic.model import ClassifierHead, MimickedModel, Mimicker, no_mimic
+from workflow_scripts.mimic.model import (
+    ClassifierHead,
+    MimickedModel,
+    Mimicker,
+    no_mimic,
+    save_mimicked,
+)
 from workflow_scripts.mimic.plan import NO_MIMIC
 from workflow_scripts.mimic.report import curves_frame
 from workflow_scripts.mimic.targets import target_layers
 from workflow_scripts.mimic.train import (
     Stage1Config,
     Stage2Config,
-    frozen_outputs,
     mimic_logits,
+    mimic_metrics,
     train_stage1,
     train_stage2,
 )
 
 Log = Callable[..., object]
+CACHES = ("train_cache", "val_cache", "test_cache")
+# the cell's ``last_target``: what the mimicker's last output is fitted to (and what the
+# fallback reference accuracy reads), by whether the model is pre-LN
+LAST_TARGET = {True: "final (after the encoder's final LayerNorm)", False: "state L"}
 
 
 @dataclass
 class TrainData:
-    """The training and validation caches stacked: feature projections (N, T, D) float16,
-    labels (N,), one teacher array (N, T, D) per target layer; rows ``0..n_train-1`` train,
-    the next ``n_val`` validate."""
+    """The training and validation caches as one row space, read lazily: feature projections
+    (N, T, D) float16, labels (N,) int64 (in memory), one teacher view (N, T, D) per target;
+    rows ``0..n_train-1`` train, the next ``n_val`` validate."""
 
-    features: np.ndarray | None
-    labels: np.ndarray | None
-    teacher: list[np.ndarray]
+    features: StackedRows
+    labels: np.ndarray
+    teacher: list[StackedRows]
     n_train: int
     n_val: int
 
@@ -86,26 +116,42 @@ def cell_targets(config_slice: dict, n_layers: int, blocks_path: str | None, log
     return layers, source
 
 
-def load_train_data(inputs: Mapping[str, str], layers: list[int], dim: int, log: Log) -> TrainData:
-    """The training and validation caches (from one model) stacked, with the teacher states of
-    ``layers``."""
-    train, val = inputs["train_cache"], inputs["val_cache"]
-    caches = (train, val, inputs["test_cache"])
-    if len({cache_info(p)["metadata"].get("model_sha256") for p in caches}) != 1:
-        raise ValueError(f"the caches {caches} come from different models")
-    n_tr = cache_info(train)["shapes"]["labels"][0]
-    fp = np.concatenate([read_array(p, "feature_projection") for p in (train, val)])
-    labels = np.concatenate([read_array(p, "labels") for p in (train, val)])
+def teacher_keys(layers: list[int], n_layers: int) -> list[int | str]:
+    """The cache keys of the target layers: ``"final"`` (what the head reads) for the last
+    layer ``n_layers``, the hidden-state index for the others."""
+    return ["final" if i == n_layers else i for i in layers]
+
+
+def open_caches(inputs: Mapping[str, str], model) -> dict[str, CacheFile]:
+    """The training, validation and testing caches, checked to come from one model and, for a
+    pre-LN model, to store ``final`` (without it "final" would read state L)."""
+    caches = {k: CacheFile(inputs[k]) for k in CACHES}
+    if len({c.metadata.get("model_sha256") for c in caches.values()}) != 1:
+        raise ValueError(f"the caches {[inputs[k] for k in CACHES]} come from different models")
+    if final_differs(model):
+        old = [str(c.path) for c in caches.values() if "final" not in c.shapes]
+        if old:
+            raise ValueError(f"{old}: caches of a pre-LN model without 'final' (the encoder's "
+                             "normalised output, which the head reads); rebuild them")  # fmt: skip
+    return caches
+
+
+def load_train_data(caches: Mapping[str, CacheFile], layers: list[int], n_layers: int,
+                    dim: int, log: Log) -> TrainData:  # fmt: skip
+    """The training and validation caches (from one model) as one row space with the teacher
+    states of ``layers`` (:func:`teacher_keys`); only the labels are read here."""
+    train, val = caches["train_cache"], caches["val_cache"]
+
+    def stacked(key):
+        return StackedRows([CachedRows(train, key), CachedRows(val, key)])
+
+    fp = stacked("feature_projection")
     if fp.shape[-1] != dim:
         raise ValueError(f"cache hidden size {fp.shape[-1]} != model hidden size {dim}")
-    teacher = []
-    if layers:
-        tr, va = read_layers(train, layers), read_layers(val, layers)
-        teacher = [np.concatenate([a, b]) for a, b in zip(tr, va, strict=True)]
-        del tr, va
-    data = TrainData(fp, labels, teacher, int(n_tr), len(fp) - int(n_tr))
-    log("cache: %d training + %d validation clips, %s", n_tr, len(data.val_idx), fp.shape[1:])
-    return data
+    labels = np.concatenate([train.read("labels"), val.read("labels")])
+    teacher = [stacked(k) for k in teacher_keys(layers, n_layers)]
+    log("cache: %d training + %d validation clips, %s", train.n, val.n, fp.shape[1:])
+    return TrainData(fp, labels, teacher, train.n, val.n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,31 +181,24 @@ def fit(config_slice, mimicker, head, data: TrainData, device, log: Log) -> dict
     train) in place; returns {"stage1", "stage2" (their reports or None), "curves",
     "val_accuracy" (of the final mimicker and head), "stage2_config"}.
 
-    With a frozen mimicker, stage 2 trains the head on the mimicker's precomputed outputs
-    (:func:`~workflow_scripts.mimic.train.frozen_outputs`) through an identity mimicker,
-    exactly as if the mimicker ran in every epoch."""
-    kind, dim = config_slice["kind"], data.features.shape[-1]
+    A frozen mimicker runs in stage 2 in eval mode and without gradients, batch by batch
+    (nothing is precomputed for all rows)."""
     curves, s1, s2 = [], None, None
-    if kind != NO_MIMIC:
+    if config_slice["kind"] != NO_MIMIC:
         st = config_slice["stage1"]
         cfg1 = Stage1Config(st["epochs"], st["lr"], st["batch_size"], config_slice["seed"])
         s1 = train_stage1(mimicker, data.features, data.teacher, data.train_idx, data.val_idx,
                           cfg1, device, log)  # fmt: skip
         curves += [{"stage": 1, **h, "best": h["epoch"] == s1["best_epoch"]} for h in s1["history"]]
-    data.teacher = []
     cfg2 = stage2_config(config_slice)
-    s2_mim, s2_in = mimicker, data.features
     if cfg2.epochs > 0 and not (cfg2.freeze_mimicker and cfg2.freeze_head):
-        if cfg2.freeze_mimicker and kind != NO_MIMIC:  # what a frozen mimicker feeds the head
-            s2_mim = no_mimic(dim)
-            s2_in = frozen_outputs(mimicker, data.features, cfg2.batch_size, device)
-        s2 = train_stage2(s2_mim, head, s2_in, data.labels, data.train_idx, data.val_idx, cfg2,
-                          device, log)  # fmt: skip
+        s2 = train_stage2(mimicker, head, data.features, data.labels, data.train_idx,
+                          data.val_idx, cfg2, device, log)  # fmt: skip
         curves += [{"stage": 2, **h, "best": h["epoch"] == s2["best_epoch"]} for h in s2["history"]]
     else:
         log("stage 2 skipped (epochs 0, or mimicker and head both frozen)")
-    val_logits = mimic_logits(s2_mim, head, s2_in, data.val_idx, cfg2.batch_size, device)
-    val_acc = float((val_logits.argmax(1) == data.labels[data.val_idx]).mean())
+    _, val_acc = mimic_metrics(mimicker, head, data.features, data.labels, data.val_idx,
+                               cfg2.batch_size, device)  # fmt: skip
     return {"stage1": s1, "stage2": s2, "curves": curves, "val_accuracy": val_acc,
             "stage2_config": cfg2}  # fmt: skip
 
@@ -167,32 +206,32 @@ def fit(config_slice, mimicker, head, data: TrainData, device, log: Log) -> dict
 # --------------------------------------------------------------------------------------------
 # test accuracy, the backbone reference, the raw-audio check and the cost
 # --------------------------------------------------------------------------------------------
-def backbone_reference(model, baseline_path: str, test_cache: str, labels, device, log: Log):
+def backbone_reference(model, baseline_path: str, test: CacheFile, labels, device, log: Log):
     """(accuracy, ci_lo, ci_hi) of the unpruned backbone on the testing clips and where it came
-    from: the baseline cell when it counts the same clips (load_split's subsets are nested),
-    else the fine-tuned head on the testing cache's last layer."""
+    from: the baseline cell when it counts the same clips (split_rows' subsets are nested),
+    else the fine-tuned head on the testing cache's ``"final"`` (what the head reads), read
+    one batch at a time."""
     base = pd.read_parquet(baseline_path)
     base = base[base.split == "testing"]
     if len(base) == 1 and int(base.n.iloc[0]) == len(labels):
         ref = {k: float(base[k].iloc[0]) for k in ("accuracy", "ci_lo", "ci_hi")}
         source = "baseline cell"
     else:
-        n_layers, dim = model.config.num_hidden_layers, model.config.hidden_size
-        last = read_layers(test_cache, [n_layers])[0]
         full = ClassifierHead.from_model(model).to(device)
         rows = np.arange(len(labels))
-        logits = mimic_logits(no_mimic(dim), full, last, rows, 128, device)
+        logits = mimic_logits(no_mimic(model.config.hidden_size), full,
+                              CachedRows(test, "final"), rows, 128, device)  # fmt: skip
         ref = accuracy_report(logits, labels, model.config.num_labels)
         source = "testing cache"
     log("backbone test accuracy %.4f (%s)", ref["accuracy"], source)
     return ref, source
 
 
-def raw_audio_check(mm: MimickedModel, audio, paths, test_cache: str, fp_te, device) -> dict:
+def raw_audio_check(mm: MimickedModel, audio, paths, test: CacheFile, fp_te, device) -> dict:
     """The mimicked model on raw test audio vs the cached path (the testing cache's feature
     projections through mimicker and head) on the clips both have: how many, the largest
     absolute logit difference, and the share of equal predictions."""
-    where = {p: i for i, p in enumerate(json.loads(cache_info(test_cache)["metadata"]["paths"]))}
+    where = {p: i for i, p in enumerate(test.paths)}
     both = [i for i, p in enumerate(paths) if p in where]
     e2e = predict(mm, audio[both], device)
     rows = [where[paths[i]] for i in both]
@@ -206,42 +245,48 @@ def raw_audio_check(mm: MimickedModel, audio, paths, test_cache: str, fp_te, dev
     }
 
 
-def evaluate(model, mimicker, head, config_slice, inputs, root, device, log: Log) -> dict:
-    """Test accuracy on the testing cache, the backbone reference, the raw-audio check and
-    :func:`~workflow_scripts.mimic.cost.cost_report` (on the first ``latency.batch_size``
-    testing clips); returns {"report", "reference", "reference_source", "check", "cost"}."""
-    test_cache, batch_size = inputs["test_cache"], config_slice["stage2"]["batch_size"]
-    fp_te, y = read_array(test_cache, "feature_projection"), read_array(test_cache, "labels")
+def evaluate(model, mimicker, head, config_slice, inputs, test: CacheFile, root, device,
+             log: Log) -> dict:  # fmt: skip
+    """Test accuracy on the testing cache (streamed), the backbone reference, the raw-audio
+    check and :func:`~workflow_scripts.mimic.cost.cost_report` (on the raw audio of the first
+    ``latency.batch_size`` clips of the testing cache); returns {"report", "reference",
+    "reference_source", "check", "cost", "mimicked" (the MimickedModel)}."""
+    batch_size = config_slice["stage2"]["batch_size"]
+    fp_te, y = CachedRows(test, "feature_projection"), test.read("labels")
     logits = mimic_logits(mimicker, head, fp_te, np.arange(len(y)), batch_size, device)
     report = accuracy_report(logits, y, model.config.num_labels)
     log("test accuracy %.4f (n=%d)", report["accuracy"], report["n"])
-    ref, ref_source = backbone_reference(model, inputs["baseline"], test_cache, y, device, log)
+    ref, ref_source = backbone_reference(model, inputs["baseline"], test, y, device, log)
     lat = config_slice["latency"]
-    manifest = pd.read_parquet(inputs["manifest"])
-    audio, _, paths = load_split(root, manifest, "testing", lat["batch_size"])
+    paths = test.paths[: lat["batch_size"]]
+    audio = read_clips(root, paths)
     mm = MimickedModel(model, mimicker, head).to(device).eval()
-    check = raw_audio_check(mm, audio, paths, test_cache, fp_te, device)
+    check = raw_audio_check(mm, audio, paths, test, fp_te, device)
     log("raw audio vs cache: %s", check)
-    del fp_te
     batch = normalize_audio(torch.from_numpy(audio))
     cost = cost_report(model, mimicker, batch, device, lat["warmup"], lat["repeats"], head)
     log("cost %s", {k: v for k, v in cost.items() if k.endswith("_pct") or k.endswith("_ms")})
     return {"report": report, "reference": ref, "reference_source": ref_source,
-            "check": check, "cost": cost}  # fmt: skip
+            "check": check, "cost": cost, "mimicked": mm}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
 # the cell
 # --------------------------------------------------------------------------------------------
 def cell_row(config_slice, model, layers, source, data: TrainData, fitted, ev, device) -> dict:
-    """The cell's one row (column order is the cell file's)."""
+    """The cell's one row (column order is the cell file's). ``target_layers`` are
+    hidden-state indices; ``last_target`` says what the last one (L) was read as:
+    :data:`LAST_TARGET` by whether the model is pre-LN, "none" for ``no_mimic``."""
     report, ref, s1, s2 = ev["report"], ev["reference"], fitted["stage1"], fitted["stage2"]
     cfg2 = fitted["stage2_config"]
+    last = LAST_TARGET[final_differs(model)] if layers else "none"
     return {
         "model": config_slice["model"], "kind": config_slice["kind"],
         "depth": config_slice["depth"], "target_layers": layers, "target_source": source,
+        "last_target": last,
         "n_layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
         **{k: report[k] for k in ("accuracy", "ci_lo", "ci_hi", "n", "per_class_accuracy")},
+        "eval_clips": report["n"],
         "backbone_accuracy": ref["accuracy"], "backbone_ci_lo": ref["ci_lo"],
         "backbone_ci_hi": ref["ci_hi"], "backbone_accuracy_source": ev["reference_source"],
         "accuracy_retained": report["accuracy"] / ref["accuracy"] if ref["accuracy"] else np.nan,
@@ -264,27 +309,34 @@ def run_cell(
     root: str,
     device: torch.device | str | None = None,
     log: Log = print_log,
+    export_dir: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and evaluate one mimic cell; returns (the cell's one-row frame, its training
     curves).
 
     inputs: the files of :func:`workflow_scripts.mimic.plan.cell_inputs` by name (``model``,
-    ``train_cache``, ``val_cache``, ``test_cache``, ``manifest``, ``baseline``, optionally
-    ``blocks``); config_slice: :func:`~workflow_scripts.mimic.plan.cell_slice`; root: the
-    Speech Commands folder the manifest's paths are relative to; device: None = CUDA when
-    present; log: a logging-style callable (``log(msg, *args)``).
+    ``train_cache``, ``val_cache``, ``test_cache``, ``baseline``, optionally ``blocks``);
+    config_slice: :func:`~workflow_scripts.mimic.plan.cell_slice`; root: the Speech Commands
+    folder the caches' clip paths are relative to; device: None = CUDA when present; log: a
+    logging-style callable (``log(msg, *args)``); export_dir: where the mimicked model is
+    saved (:func:`~workflow_scripts.mimic.model.save_mimicked`; None = not saved).
     """
     device = pick_device() if device is None else torch.device(device)
     model = load_classifier(inputs["model"]).eval()
     n_layers, dim = model.config.num_hidden_layers, model.config.hidden_size
     layers, source = cell_targets(config_slice, n_layers, inputs.get("blocks"), log)
-    data = load_train_data(inputs, layers, dim, log)
+    caches = open_caches(inputs, model)
+    data = load_train_data(caches, layers, n_layers, dim, log)
     mimicker = build_mimicker(config_slice, dim)
     head = ClassifierHead.from_model(model).to(device)
     fitted = fit(config_slice, mimicker, head, data, device, log)
-    data.features = data.labels = None  # free the training caches before testing
-    ev = evaluate(model, mimicker, head, config_slice, inputs, root, device, log)
+    ev = evaluate(model, mimicker, head, config_slice, inputs, caches["test_cache"], root,
+                  device, log)  # fmt: skip
     row = cell_row(config_slice, model, layers, source, data, fitted, ev, device)
+    if export_dir is not None:
+        info = {k: v for k, v in row.items() if k != "per_class_accuracy"}
+        save_mimicked(ev["mimicked"], export_dir, {"cell": info})
+        log("mimicked model exported to %s", export_dir)
     curves = curves_frame(config_slice["model"], config_slice["kind"], config_slice["depth"],
                           fitted["curves"])  # fmt: skip
     return pd.DataFrame([row]), curves

@@ -3,7 +3,7 @@
 
 * Stage 1 (:func:`train_stage1`): sum over targets of the MSE to cached teacher states, Adam,
   the state with the lowest validation loss is kept. No backbone forward pass: inputs and
-  targets come from a cache (numpy, memmap or torch; float16 is cast per batch).
+  targets come from a cache.
 * Stage 2 (:func:`train_stage2`): cross-entropy (NLL) of the fine-tuned model's own head
   (projector, mean over frames, classifier; :class:`~workflow_scripts.mimic.model.ClassifierHead`)
   on the mimicker's last output; the mimicker is frozen by default, the head trainable by
@@ -11,6 +11,12 @@
 
 Each stage's settings are one small dataclass (:class:`Stage1Config`, :class:`Stage2Config`);
 the data (arrays and row indices), the device and the log callable are separate arguments.
+
+Data are array-likes of rows: numpy, memmap or torch arrays, or the lazy views of a cache
+file (:mod:`workflow_scripts.backbones.rows`). Every pass indexes them one mini-batch at a time
+(rows in sorted order), casts the batch to float32 on the device, and keeps per-batch sums
+only (losses, correct counts), so memory is one batch whatever the number of rows (apart from
+the row indices and the int64 labels). A frozen mimicker runs in eval mode in every batch.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ def _as_index(idx, n: int, name: str) -> np.ndarray:
 
 
 def _take(arr, idx: np.ndarray, device: torch.device, dtype=torch.float32) -> torch.Tensor:
-    """Rows ``idx`` (sorted) of a numpy/memmap/torch array as a ``dtype`` tensor on ``device``."""
+    """Rows ``idx`` (sorted) of an array-like (numpy/memmap/torch array, or a
+    :mod:`~workflow_scripts.backbones.rows` view: read now) as a ``dtype`` tensor on ``device``."""
     if isinstance(arr, torch.Tensor):
         t = arr[torch.from_numpy(idx).to(arr.device)]
     else:
@@ -202,8 +209,9 @@ def train_stage1(
 ) -> dict:
     """Stage 1: fit ``mimicker`` to cached teacher states by MSE; keep the best validation state.
 
-    inputs:    (N, T, D) feature-projection outputs (numpy, memmap or torch; any float dtype,
-               cast to float32 per batch on ``device``).
+    inputs:    (N, T, D) feature-projection outputs (numpy, memmap or torch array, or a
+               :mod:`~workflow_scripts.backbones.rows` view of a cache; any float dtype, read
+               and cast to float32 one batch at a time on ``device``).
     targets:   one (N, T, D) array per mimicker output (``mimicker.n_outputs``), in order
                (intermediate first, last layer last); see
                :func:`workflow_scripts.mimic.targets.choose_targets`.
@@ -253,6 +261,20 @@ def train_stage1(
 # --------------------------------------------------------------------------------------------
 # stage 2
 # --------------------------------------------------------------------------------------------
+def _logit_batches(mimicker, head, inputs, idx: np.ndarray, batch_size: int, device):
+    """(positions in ``idx``, float32 CPU logits) of head(mimicker(inputs[idx])[-1]), one
+    batch of ``batch_size`` consecutive entries of ``idx`` at a time (rows read in sorted
+    order, logits returned in the order of ``idx``); the caller sets eval mode."""
+    for s in range(0, len(idx), batch_size):
+        b = idx[s : s + batch_size]
+        order = np.argsort(b, kind="stable")
+        with autocast(device):
+            logits = head(mimicker(_take(inputs, b[order], device))[-1]).float().cpu()
+        inv = torch.empty_like(torch.from_numpy(order))
+        inv[torch.from_numpy(order)] = torch.arange(len(order))
+        yield np.arange(s, s + len(b)), logits[inv]
+
+
 @torch.no_grad()
 def mimic_logits(
     mimicker: Mimicker,
@@ -268,18 +290,37 @@ def mimic_logits(
     idx = _as_index(idx, len(inputs), "idx")
     mimicker.eval()
     head.eval()
-    out = []
-    for s in range(0, len(idx), batch_size):
-        b = idx[s : s + batch_size]
-        order = np.argsort(b, kind="stable")
-        with autocast(device):
-            logits = head(mimicker(_take(inputs, b[order], device))[-1]).float().cpu()
-        inv = torch.empty_like(torch.from_numpy(order))
-        inv[torch.from_numpy(order)] = torch.arange(len(order))
-        out.append(logits[inv])
+    out = [logits for _, logits in _logit_batches(mimicker, head, inputs, idx, batch_size, device)]
     if not out:
         return np.zeros((0, head.classifier.out_features), dtype=np.float32)
     return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def mimic_metrics(
+    mimicker: Mimicker,
+    head: ClassifierHead,
+    inputs,
+    labels,
+    idx,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of head(mimicker(inputs[idx])[-1]) against
+    ``labels[idx]`` in eval mode, accumulated batch by batch (memory: one batch, whatever
+    ``len(idx)``)."""
+    device = torch.device(device)
+    idx = _as_index(idx, len(inputs), "idx")
+    y = torch.from_numpy(np.asarray(labels[idx]).astype(np.int64))
+    mimicker.eval()
+    head.eval()
+    loss, correct = 0.0, 0
+    for pos, logits in _logit_batches(mimicker, head, inputs, idx, batch_size, device):
+        yb = y[torch.from_numpy(pos)]
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    n = max(len(idx), 1)
+    return loss / n, correct / n
 
 
 def _stage2_params(mimicker: Mimicker, head: ClassifierHead, config: Stage2Config):
@@ -319,13 +360,6 @@ def _stage2_epoch(mimicker, head, opt, inputs, y_all, tr, train_mim, train_head,
     return total / seen
 
 
-def _stage2_validation(mimicker, head, inputs, y_all, va, batch_size, device):
-    """(cross-entropy, accuracy) on the validation rows, eval mode."""
-    logits = torch.from_numpy(mimic_logits(mimicker, head, inputs, va, batch_size, device))
-    yv = y_all[torch.from_numpy(va)]
-    return float(F.cross_entropy(logits, yv)), float((logits.argmax(1) == yv).double().mean())
-
-
 def train_stage2(
     mimicker: Mimicker,
     head: ClassifierHead,
@@ -339,7 +373,8 @@ def train_stage2(
 ) -> dict:
     """Stage 2: cross-entropy of ``head(mimicker(x)[-1])`` against ``labels``.
 
-    inputs: (N, T, D) cached feature-projection outputs; labels: (N,) class indices.
+    inputs: (N, T, D) cached feature-projection outputs (an array-like, read per batch as in
+    :func:`train_stage1`); labels: (N,) class indices.
     ``config.freeze_mimicker`` (default True): the mimicker is not updated and runs in eval
     mode (its weights stay bit-identical); ``config.freeze_head`` (default False) likewise for
     the head. At least one of them must have trainable parameters. Adam(``config.lr``). The
@@ -370,9 +405,8 @@ def train_stage2(
         for epoch in range(1, epochs + 1):
             train_loss = _stage2_epoch(mimicker, head, opt, inputs, y_all, tr, train_mim,
                                        train_head, batch_size, rng, device)  # fmt: skip
-            val_loss, val_acc = _stage2_validation(
-                mimicker, head, inputs, y_all, va, batch_size, device
-            )
+            val_loss, val_acc = mimic_metrics(mimicker, head, inputs, labels_np, va,
+                                              batch_size, device)  # fmt: skip
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "val_accuracy": val_acc})  # fmt: skip
             key = (val_acc, -val_loss)
@@ -391,20 +425,3 @@ def train_stage2(
         "best_val_accuracy": best_key[0],
         "seconds": time.time() - t0,
     }
-
-
-def frozen_outputs(mimicker, inputs, batch_size: int = 128, device="cpu"):
-    """The eval-mode mimicker's last output ``(N, T, D)`` float32 for every row of ``inputs``
-    (a numpy/memmap array of any float dtype), computed once: stage 2 with a frozen mimicker
-    can then train the head on these with an identity mimicker, exactly as if the mimicker ran
-    in every epoch (same casts, same autocast; it is deterministic in eval mode)."""
-    device = torch.device(device)
-    mimicker.to(device).eval()
-    out = np.empty(inputs.shape, dtype=np.float32)
-    with torch.no_grad():
-        for s in range(0, len(inputs), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(inputs[s : s + batch_size]))
-            with autocast(device):
-                y = mimicker(xb.to(device=device, dtype=torch.float32))[-1]
-            out[s : s + len(xb)] = y.float().cpu().numpy()
-    return out

@@ -28,6 +28,7 @@ _EXPORTS = {
     "SimilarityEvaluator": "sweeps",
     "sweep": "sweeps",
     "sweep_logits": "sweeps",
+    "sweep_predictions": "sweeps",
     "heal_with_lora": "heal",
     "lora_target_modules": "heal",
     "run_cell": "run",

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from workflow_scripts.backbones.evaluate import autocast
+from workflow_scripts.backbones.finetune import as_clips
 from workflow_scripts.backbones.registry import normalize_audio
 from workflow_scripts.pruning.layers import is_wavlm, n_layers
 
@@ -27,8 +28,8 @@ def lora_target_modules(model) -> list[str]:
 
 def heal_with_lora(
     pruned_model,
-    audio: np.ndarray,
-    labels: np.ndarray,
+    audio,
+    labels: np.ndarray | None,
     steps: int = 100,
     lr: float = 1e-4,
     rank: int = 8,
@@ -43,7 +44,9 @@ def heal_with_lora(
 
     Trains LoRA adapters (``peft``) on ``target_modules`` (default :func:`lora_target_modules`,
     names relative to each block of ``encoder.layers``) with cross entropy on the given
-    *training-split* clips for ``steps`` AdamW steps of ``batch_size`` random clips; everything
+    *training-split* clips (a :class:`~workflow_scripts.backbones.finetune.ClipSet` read per
+    step, ``labels`` None, or float32 audio with its ``labels`` in memory) for ``steps`` AdamW
+    steps of ``batch_size`` random clips; everything
     else (conv front end, head) stays frozen. The adapters are merged, so the result is a
     plain model with the same blocks and parameter count. The input model is not modified.
     Raises RuntimeError if the targets get no gradient (a forward that bypasses the wrappers).
@@ -64,15 +67,15 @@ def heal_with_lora(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    x_all = torch.from_numpy(np.asarray(audio, dtype=np.float32))
-    y_all = torch.from_numpy(np.asarray(labels)).long()
-    bs = min(batch_size, len(x_all))
+    clips = as_clips(audio, labels)
+    bs = min(batch_size, len(clips))
     peft_model.train()
     for step in range(steps):
-        idx = torch.from_numpy(rng.choice(len(x_all), size=bs, replace=False))
-        x = normalize_audio(x_all[idx]).to(device)
+        idx = rng.choice(len(clips), size=bs, replace=False)
+        x = normalize_audio(torch.from_numpy(clips.read(idx))).to(device)
+        y = torch.from_numpy(clips.labels[idx]).to(device)
         with autocast(device):
-            loss = peft_model(input_values=x, labels=y_all[idx].to(device)).loss
+            loss = peft_model(input_values=x, labels=y).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if step == 0 and all(p.grad is None for p in params):

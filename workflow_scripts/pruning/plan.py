@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from workflow_scripts.backbones.plan import test_clips
 from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
 from workflow_scripts.pruning import strategies as registry
@@ -55,10 +56,11 @@ def cell_slice(config: dict, *, strategy: str, model: str | None = None) -> dict
     """The config slice one (model, strategy) cell depends on, and nothing else (the same for
     every model: the model enters through the cell's input).
 
-    The strategy's own settings (over its registry defaults); the test sample, evaluation batch
-    and latency settings; the healing settings only when healing is on; the calibration sample
-    size only for the strategies scored on the cache. Another strategy's settings never enter,
-    so editing them does not rerun this cell.
+    The strategy's own settings (over its registry defaults); the test sample (the
+    evaluation set, ``evaluation.test_clips``), evaluation batch and latency settings; the
+    headline threshold (the cell exports the headline model); the healing settings only when
+    healing is on; the calibration sample size only for the strategies scored on the cache.
+    Another strategy's settings never enter, so editing them does not rerun this cell.
     """
     p = config["pruning"]
     own = registry.resolve_settings(strategy, p["strategies"][strategy])
@@ -69,8 +71,9 @@ def cell_slice(config: dict, *, strategy: str, model: str | None = None) -> dict
         "strategy": strategy,
         "settings": own,
         "keep_first": keep_first,
-        "test_clips": p["test_clips"],
+        "test_clips": test_clips(config),
         "batch_size": p["batch_size"],
+        "threshold": p["threshold"],
         "latency": dict(lat) if lat["enabled"] else {"enabled": False},
         "heal": resolve_heal(p, strategy),
     }

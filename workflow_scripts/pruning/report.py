@@ -11,24 +11,54 @@ import pandas as pd
 from workflow_scripts.pruning.strategies import STRATEGIES
 
 
+def _kept(g: pd.DataFrame, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, whether n keeps >= ``threshold`` of the unpruned accuracy) of one curve sorted by
+    n; n = 0 keeps 100% by definition."""
+    n = g.n_removed.to_numpy(int)
+    return n, (g.relative_accuracy.to_numpy(float) >= threshold) | (n == 0)
+
+
+def prefix_headline(g: pd.DataFrame, threshold: float) -> int:
+    """The headline n of one accuracy-vs-n curve: the largest n such that every n' <= n
+    keeps >= ``threshold`` of the unpruned accuracy (a dip stops it)."""
+    n, ok = _kept(g.sort_values("n_removed"), threshold)
+    return int(n[np.cumprod(ok).astype(bool)].max())
+
+
+def headline_rows(df: pd.DataFrame, threshold: float) -> pd.Series:
+    """Whether each row is its curve's headline (:func:`prefix_headline`); a curve is one
+    (model, strategy, seed) - the mean over random seeds (seed null) is a curve of its own."""
+    keys = [k for k in ("model", "strategy", "seed") if k in df.columns]
+    out = pd.Series(False, index=df.index)
+    for _, g in df.groupby(keys, dropna=False, sort=False):
+        best = prefix_headline(g, threshold)
+        out[g.index[g.n_removed.to_numpy(int) == best]] = True
+    return out
+
+
 def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
     """The headline numbers of one accuracy-vs-n curve (see :func:`summary_table`)."""
     g = g.sort_values("n_removed")
-    n = g.n_removed.to_numpy(int)
+    n, ok = _kept(g, threshold)
     L = int(g.n_layers.iloc[0])
     acc = g.accuracy.to_numpy(float)
     rel = g.relative_accuracy.to_numpy(float)
-    ok = (rel >= threshold) | (n == 0)  # n = 0 keeps 100% by definition
     best = int(n[ok].max())
-    prefix = int(n[np.cumprod(ok).astype(bool)].max())
+    prefix = prefix_headline(g, threshold)
     at = g[g.n_removed == best].iloc[0]
+    at_prefix = g[g.n_removed == prefix].iloc[0]
     base = g[g.n_removed == 0].iloc[0]
     span = n.max() - n.min()
 
     def area(y):
         return float(np.trapezoid(y, n) / span) if span > 0 else float(y[0])
 
-    lat0, lat = base.get("latency_ms", math.nan), at.get("latency_ms", math.nan)
+    def speedup(row):
+        if "speedup" in row:  # timed against the unpruned model in the same run
+            return float(row["speedup"])
+        lat0, lat = base.get("latency_ms", math.nan), row.get("latency_ms", math.nan)
+        return float(lat0) / float(lat) if lat and lat > 0 else math.nan
+
     return {
         "n_layers": L,
         "base_accuracy": float(base.accuracy),
@@ -36,12 +66,15 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
         "max_removed": best,
         "max_removed_pct": 100.0 * best / L,
         "max_removed_prefix": prefix,
+        "accuracy_at_prefix": float(at_prefix.accuracy),
+        "relative_accuracy_at_prefix": float(at_prefix.relative_accuracy),
+        "speedup_at_prefix": speedup(at_prefix),
         "accuracy_at_max": float(at.accuracy),
         "relative_accuracy_at_max": float(at.relative_accuracy),
         "removed_at_max": None if at.removed is None else list(map(int, at.removed)),
         "total_params_pct_at_max": 100.0 * float(at.total_params) / float(base.total_params),
-        "latency_ms_at_max": float(lat),
-        "speedup_at_max": float(lat0) / float(lat) if lat and lat > 0 else math.nan,
+        "latency_ms_at_max": float(at.get("latency_ms", math.nan)),
+        "speedup_at_max": speedup(at),
         "auc_accuracy": area(acc),
         "auc_relative": area(rel),
     }
@@ -52,11 +85,15 @@ def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
 
     * ``max_removed``: the largest n whose accuracy is >= ``threshold`` x the unpruned
       accuracy (the paper's headline number), ``max_removed_pct`` = 100 n / L;
-    * ``max_removed_prefix``: the largest n such that every n' <= n keeps the threshold;
+    * ``max_removed_prefix``: the largest n such that every n' <= n keeps the threshold (the
+      cell's ``headline`` row, whose model is exported), with the accuracy, relative accuracy
+      and speed-up there (``*_at_prefix``);
     * ``auc_accuracy`` / ``auc_relative``: area under the accuracy (relative accuracy) vs n
       curve over n = 0 .. L-1 (trapezoids), divided by L-1 - i.e. the mean accuracy over the
       curve, comparable across models of different depth;
-    * accuracy, parameters and latency at ``max_removed``.
+    * accuracy, parameters and latency at ``max_removed``; speed-ups are the cell's
+      ``speedup`` (timed against the unpruned model in the same run), or the ratio of the
+      latency medians for cells without it.
     """
     out = []
     d = df.copy()

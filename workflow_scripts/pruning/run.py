@@ -9,8 +9,19 @@ rows of every configured seed (``seed`` = that seed) plus one mean-over-seeds ro
 (``seed`` = null, ``removed`` = null, ``ci_lo``/``ci_hi`` = NaN, the seed spread in
 ``accuracy_min``/``accuracy_max``); every other strategy has ``seed`` = null.
 
+Test clips: the evaluation set (``evaluation.test_clips``, the first clips of
+``data.loader.split_rows(manifest, "testing", n)``, as every stage; ``eval_clips``). Latency:
+each removal set timed against the unpruned model, interleaved in this process
+(:func:`~workflow_scripts.pruning.sweeps.removal_latency`; ``speedup`` with a 95% interval,
+``timing_precision``, ``timing_device``). ``headline``: the row of each curve (each seed and
+the mean) at the largest n such that every n' <= n keeps ``threshold`` of the unpruned
+accuracy; with an export folder, that pruned model is saved there
+(:mod:`workflow_scripts.pruning.export`).
+
 :func:`run_cell` reads the cell's inputs (model folder, manifest, data root, cache) and calls
-:func:`cell_rows`, the computation on a loaded model and clips.
+:func:`cell_rows`, the computation on a loaded model and clips. Memory does not grow with the
+test split: its clips are read one evaluation batch at a time (per-clip predictions are
+accumulated per removal set), and so are the healing clips when ``heal.train_clips`` is null.
 """
 
 from __future__ import annotations
@@ -24,16 +35,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones.evaluate import accuracy_report, predict
+from workflow_scripts.backbones.evaluate import accuracy_report, predict_batches
+from workflow_scripts.backbones.finetune import ClipSet, as_clips
 from workflow_scripts.pruning.heal import heal_with_lora
 from workflow_scripts.pruning.layers import n_layers, remove_layers
+from workflow_scripts.pruning.report import headline_rows
 from workflow_scripts.pruning.strategies import get, removal_plans, scores_from_cache
-from workflow_scripts.pruning.sweeps import sweep
+from workflow_scripts.pruning.sweeps import no_latency, removal_latency, sweep
 
-LATENCY_COLUMNS = ("latency_ms", "latency_min_ms", "latency_batch_size", "latency_device")
 #: The columns the rule's log shows.
 LOG_COLUMNS = ["seed", "n_removed", "removed", "accuracy", "relative_accuracy", "total_params",
-               "latency_ms", "healed_accuracy"]  # fmt: skip
+               "latency_ms", "speedup", "headline", "healed_accuracy"]  # fmt: skip
 Log = Callable[[str], None]
 
 
@@ -54,45 +66,61 @@ def run_cell(
     cache: str | None = None,
     device=None,
     log: Log | None = None,
+    export_dir: str | None = None,
 ) -> pd.DataFrame:
     """The cell's table for fine-tuned model ``model`` (its folder ``model_dir``) and the
     ``cell`` slice of :func:`~workflow_scripts.pruning.plan.cell_slice`: the test clips of
-    ``manifest`` under the data ``root``, calibration from the validation ``cache`` (cache
-    strategies) or validation clips (evaluator strategies), the training clips for healing.
-    Column ``model`` first, ``calibration_clips`` (null: no calibration) last."""
+    ``manifest`` under the data ``root`` (:func:`evaluation_rows`), calibration from the validation
+    ``cache`` (cache strategies) or validation clips (evaluator strategies), the training
+    clips for healing. Column ``model`` first, ``calibration_clips`` (null: no calibration)
+    last. With ``export_dir``, the headline models are saved there
+    (:func:`~workflow_scripts.pruning.export.export_headline`)."""
     from workflow_scripts.backbones.registry import load_classifier, pick_device
-    from workflow_scripts.data.loader import load_split
+    from workflow_scripts.data.loader import split_rows
+    from workflow_scripts.pruning.export import export_headline
 
     log = log or _quiet
     strategy = cell["strategy"]
     manifest_df = pd.read_parquet(manifest)
     device = device or pick_device()
     net = load_classifier(model_dir).to(device).eval()
-    audio, labels, _ = load_split(root, manifest_df, "testing", cell["test_clips"])
-    log(f"{model} / {strategy}: {len(audio)} test clips, device {device}")
+    test = ClipSet.from_rows(root, evaluation_rows(manifest_df, cell))
+    log(f"{model} / {strategy}: {len(test)} test clips, device {device}")
     scores, evaluator, n_cal = _calibration(cell, net, device, cache, root, manifest_df, log)
 
     def train_data():
-        x, y, _ = load_split(root, manifest_df, "training", cell["heal"]["train_clips"])
-        log(f"healing on {len(x)} training clips")
-        return x, y
+        limit = cell["heal"]["train_clips"]  # null: the whole split, streamed
+        rows = split_rows(manifest_df, "training", limit)
+        log(f"healing on {len(rows)} training clips")
+        return ClipSet.from_rows(root, rows, in_memory=limit is not None), None
 
-    df = cell_rows(net, cell, audio, labels, device, scores, evaluator, train_data, log)
+    df = cell_rows(net, cell, test, None, device, scores, evaluator, train_data, log)
     df.insert(0, "model", model)
     df["calibration_clips"] = pd.array([n_cal] * len(df), dtype="Int64")  # null: no scores
+    if export_dir is not None:
+        export_headline(net.cpu(), df, export_dir, log)
     return df
+
+
+def evaluation_rows(manifest_df: pd.DataFrame, cell: dict) -> pd.DataFrame:
+    """The cell's test clips: the evaluation set, ``split_rows(manifest, "testing",
+    cell["test_clips"])`` (the slice's ``test_clips`` is ``evaluation.test_clips``)."""
+    from workflow_scripts.data.loader import split_rows
+
+    return split_rows(manifest_df, "testing", cell["test_clips"])
 
 
 def _calibration(cell: dict, model, device, cache, root, manifest_df, log: Log):
     """``(scores, evaluator, n_clips)`` of the cell's strategy: scores from the first
-    ``calibration_clips`` of the validation hidden-state cache, or its evaluator on
-    ``settings["clips"]`` validation clips run through the model, or nothing."""
-    from workflow_scripts.backbones.cache import read_layers
+    ``calibration_clips`` of the validation hidden-state cache (memory-mapped: the metrics
+    read it in chunks), or its evaluator on ``settings["clips"]`` validation clips run
+    through the model, or nothing."""
+    from workflow_scripts.backbones.cachefile import read_layers
     from workflow_scripts.data.loader import load_split
 
     spec, settings = get(cell["strategy"]), cell["settings"]
     if spec.needs == "cache":
-        H = read_layers(cache, limit=cell["calibration_clips"])
+        H = read_layers(cache, limit=cell["calibration_clips"], mmap=True)
         scores = scores_from_cache(spec.name, H, settings)
         log(f"scores from {H.shape[1]} validation clips: {scores}")
         return scores, None, H.shape[1]
@@ -116,32 +144,39 @@ def provenance_seed(cell: dict) -> str | int | None:
 def cell_rows(
     model,
     cell: dict,
-    test_audio: np.ndarray,
-    test_labels: np.ndarray,
+    test_audio,
+    test_labels: np.ndarray | None,
     device="cpu",
     scores=None,
     evaluator=None,
-    train_data: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    train_data: Callable[[], tuple] | None = None,
     log: Log | None = None,
 ) -> pd.DataFrame:
     """The rows of one pruning cell (see the module docstring) for a fine-tuned ``model``
     (eval mode, on ``device``) and the ``cell`` slice, without the ``model`` and
-    ``calibration_clips`` columns :func:`run_cell` adds.
+    ``calibration_clips`` columns :func:`run_cell` adds. The test clips ``test_audio`` are a
+    :class:`~workflow_scripts.backbones.finetune.ClipSet` (``test_labels`` None), read one
+    batch at a time, or an in-memory array with its labels; ``train_data()`` returns the
+    healing clips the same way, as (clips, None) or (audio, labels).
 
     Accuracy: one :func:`~workflow_scripts.pruning.sweeps.sweep` over all removal sets (all
-    seeds) on the test clips, with prefix resumption. Latency: a second ``sweep`` over the
-    first ``latency.batch_size`` test clips with timing on, so the timed batch is small and
-    fixed. Healing (when ``cell["heal"]`` lists n): for each listed n < L, the set removed at
-    n is healed with :func:`~workflow_scripts.pruning.heal.heal_with_lora` on ``train_data()``
-    (training split) and the healed model's test accuracy is reported beside the unhealed one.
+    seeds) on the test clips, with prefix resumption. Latency (when enabled):
+    :func:`~workflow_scripts.pruning.sweeps.removal_latency` on the first
+    ``latency.batch_size`` test clips, each set against the unpruned model. Healing (when
+    ``cell["heal"]`` lists n): for each listed n < L, the set removed at n is healed with
+    :func:`~workflow_scripts.pruning.heal.heal_with_lora` on ``train_data()`` (training
+    split) and the healed model's test accuracy is reported beside the unhealed one.
+    ``headline``: :func:`~workflow_scripts.pruning.report.headline_rows` at
+    ``cell["threshold"]``.
     """
     log = log or _quiet
     strategy, settings = cell["strategy"], cell["settings"]
     device = torch.device(device)
+    test = as_clips(test_audio, test_labels)
     L = n_layers(model)
     plans = removal_plans(strategy, L, settings, cell.get("keep_first"), scores, evaluator)
     flat = [(seed, s) for seed, sets in plans for s in sets]
-    rows = _sweep_rows(model, cell, [s for _, s in flat], test_audio, test_labels, device, log)
+    rows = _sweep_rows(model, cell, [s for _, s in flat], test, device, log)
     lat = cell["latency"]
     base_acc = rows[0]["accuracy"] if rows else math.nan
     for (seed, _), row in zip(flat, rows, strict=True):
@@ -153,7 +188,6 @@ def cell_rows(
             accuracy_max=row["accuracy"],
             latency_warmup=lat.get("warmup", 0),
             latency_repeats=lat.get("repeats", 0) if lat.get("enabled") else 0,
-            latency_threads=torch.get_num_threads(),
             healed=False,
             healed_accuracy=math.nan,
             healed_ci_lo=math.nan,
@@ -162,11 +196,12 @@ def cell_rows(
             heal_steps=0,
             heal_seconds=math.nan,
         )
-    _heal_rows(model, cell, flat, rows, test_audio, test_labels, device, train_data, log)
+    _heal_rows(model, cell, flat, rows, test, device, train_data, log)
     df = pd.DataFrame(rows)
     if get(strategy).seeded:
         df = pd.concat([df, _mean_rows(df)], ignore_index=True)
     df["seed"] = df["seed"].astype("Int64")
+    df["headline"] = headline_rows(df, cell["threshold"])
     if scores is not None:
         df["scores"] = json.dumps(np.asarray(scores, dtype=float).round(6).tolist())
     else:
@@ -174,28 +209,30 @@ def cell_rows(
     return df
 
 
-def _sweep_rows(model, cell: dict, sets, test_audio, test_labels, device, log: Log) -> list:
-    """The accuracy rows of every removal set, with the latency columns of the timed sweep
-    when latency is enabled."""
+def _sweep_rows(model, cell: dict, sets, test: ClipSet, device, log: Log) -> list:
+    """The accuracy rows of every removal set (the test clips streamed in batches), with the
+    latency columns (:func:`~workflow_scripts.pruning.sweeps.removal_latency` on the first
+    ``latency.batch_size`` clips when latency is enabled, else NaN)."""
     strategy = cell["strategy"]
     t0 = time.perf_counter()
-    rows = sweep(model, test_audio, test_labels, strategy, sets, device,
-                 batch_size=cell["batch_size"], latency=False)  # fmt: skip
+    rows = sweep(model, test, None, strategy, sets, device, batch_size=cell["batch_size"])
     log(f"accuracy sweep of {len(sets)} sets: {time.perf_counter() - t0:.1f} s")
     lat = cell["latency"]
-    if lat.get("enabled"):
-        t0 = time.perf_counter()
-        b = lat["batch_size"]
-        timed = sweep(model, test_audio[:b], test_labels[:b], strategy, sets, device,
-                      batch_size=b, latency=True, latency_warmup=lat["warmup"],
-                      latency_repeats=lat["repeats"])  # fmt: skip
-        for row, t in zip(rows, timed, strict=True):
-            row.update({k: t[k] for k in LATENCY_COLUMNS})
-        log(f"latency of {len(sets)} sets: {time.perf_counter() - t0:.1f} s")
+    if not lat.get("enabled"):
+        for row in rows:
+            row.update(no_latency(device))
+        return rows
+    t0 = time.perf_counter()
+    audio = test.read(np.arange(min(lat["batch_size"], len(test))))
+    timed = removal_latency(model, sets, audio, device, lat["warmup"], lat["repeats"])
+    for row, t in zip(rows, timed, strict=True):
+        row.update(t)
+    log(f"latency of {len(sets)} sets (each against the unpruned model, interleaved): "
+        f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     return rows
 
 
-def _heal_rows(model, cell, flat, rows, test_audio, test_labels, device, train_data, log: Log):
+def _heal_rows(model, cell, flat, rows, test: ClipSet, device, train_data, log: Log):
     """Heal the set removed at each listed n < L and write the healed accuracy into its rows
     (every seed's); ``train_data()`` is called once, only when some n is healed."""
     heal = cell.get("heal")
@@ -216,9 +253,8 @@ def _heal_rows(model, cell, flat, rows, test_audio, test_labels, device, train_d
             lr=heal["lr"], rank=heal["rank"], alpha=heal["alpha"], device=device,
             batch_size=heal["batch_size"], seed=heal["seed"],
         )  # fmt: skip
-        rep = accuracy_report(
-            predict(healed, test_audio, device, cell["batch_size"]), test_labels, C
-        )
+        batches = test.batches(cell["batch_size"])
+        rep = accuracy_report(*predict_batches(healed, batches, device), C)
         row.update(
             healed=True,
             healed_accuracy=rep["accuracy"],
@@ -252,6 +288,11 @@ def _mean_rows(df: pd.DataFrame) -> pd.DataFrame:
             total_params=int(round(g.total_params.mean())),
             latency_ms=float(g.latency_ms.median()),
             latency_min_ms=float(g.latency_min_ms.min()),
+            base_latency_ms=float(g.base_latency_ms.median()),
+            base_latency_min_ms=float(g.base_latency_min_ms.min()),
+            speedup=float(g.speedup.median()),  # the seeds' median; no interval
+            speedup_lo=math.nan,
+            speedup_hi=math.nan,
         )
         for col in ("healed_accuracy", "healed_relative_accuracy", "heal_seconds"):
             row[col] = float(g[col].mean()) if g[col].notna().any() else math.nan

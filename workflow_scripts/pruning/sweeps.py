@@ -18,14 +18,15 @@ Importance scores
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from workflow_scripts.backbones.evaluate import accuracy_report, autocast
+from workflow_scripts.backbones.evaluate import autocast, prediction_report
+from workflow_scripts.backbones.finetune import as_clips
 from workflow_scripts.backbones.registry import count_parameters, encoder_of, normalize_audio
-from workflow_scripts.core.timing import measure_latency
+from workflow_scripts.core.timing import compare_latency
 from workflow_scripts.pruning.layers import (
     check_supported,
     is_wavlm,
@@ -176,6 +177,14 @@ def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
+def _set_logits(model, x: torch.Tensor, m, removal_sets, device) -> list[np.ndarray]:
+    """Per removal set, the float32 logits (b, classes) of one batch of clips ``x`` (mask
+    ``m`` or None), normalised per utterance like ``predict``."""
+    x = normalize_audio(x, m).to(device)
+    cache = PrefixCache(model, x, None if m is None else m.to(device))
+    return [lg.float().cpu().numpy() for lg in cache.run(removal_sets)]
+
+
 def sweep_logits(
     model,
     audio,
@@ -198,12 +207,31 @@ def sweep_logits(
     per_set: list[list[np.ndarray]] = [[] for _ in removal_sets]
     for start in range(0, len(x_all), batch_size):
         m = None if m_all is None else m_all[start : start + batch_size]
-        x = normalize_audio(x_all[start : start + batch_size], m).to(device)
-        cache = PrefixCache(model, x, None if m is None else m.to(device))
-        for k, lg in enumerate(cache.run(removal_sets)):
-            per_set[k].append(lg.float().cpu().numpy())
+        x = x_all[start : start + batch_size]
+        for k, lg in enumerate(_set_logits(model, x, m, removal_sets, device)):
+            per_set[k].append(lg)
     C = model.config.num_labels
     return np.stack([np.concatenate(p) if p else np.zeros((0, C), np.float32) for p in per_set])
+
+
+def sweep_predictions(
+    model, batches: Iterable, removal_sets: Sequence[Sequence[int]], device="cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted classes (S, N), labels (N,)) for every removal set over ``batches`` of
+    (audio, labels, ...) read one at a time: the argmax of :func:`sweep_logits`' logits with
+    the same batches, without holding the clips or the logits of all of them."""
+    device = torch.device(device)
+    model.eval()
+    per_set: list[list[np.ndarray]] = [[] for _ in removal_sets]
+    labels = []
+    for audio, y, *_ in batches:
+        for k, lg in enumerate(_set_logits(model, _as_tensor(audio).float(), None,
+                                           removal_sets, device)):  # fmt: skip
+            per_set[k].append(lg.argmax(1))
+        labels.append(np.asarray(y))
+    if not labels:
+        return np.zeros((len(removal_sets), 0), np.int64), np.zeros(0, np.int64)
+    return np.stack([np.concatenate(p) for p in per_set]), np.concatenate(labels)
 
 
 class SimilarityEvaluator:
@@ -281,38 +309,35 @@ def similarity_evaluator(model, clips, device, settings: Mapping) -> SimilarityE
 
 def sweep(
     model,
-    audio: np.ndarray,
-    labels: np.ndarray,
+    audio,
+    labels: np.ndarray | None,
     strategy: str,
     removal_sets: Sequence[Sequence[int]],
     device: torch.device | str = "cpu",
     batch_size: int = 128,
-    latency: bool = True,
-    latency_warmup: int = 3,
-    latency_repeats: int = 10,
 ) -> list[dict]:
-    """One row per removal set: accuracy with bootstrap CI, relative accuracy, size, latency.
+    """One row per removal set: accuracy with bootstrap CI, relative accuracy, size.
 
-    Accuracy comes from :func:`sweep_logits` (prefix resumption; identical to predicting with the
-    physically pruned model); the empty set reproduces the unpruned ``predict`` exactly.
-    ``relative_accuracy`` = accuracy / accuracy of the unpruned model (NaN when that is 0).
-    Parameter counts are of the physically pruned model (:func:`remove_layers`);
-    ``latency_ms`` is the median of ``timing.measure_latency`` over one batch of the first
-    ``batch_size`` clips through the pruned model (NaN with ``latency=False``).
+    ``audio``: the test clips, a :class:`~workflow_scripts.backbones.finetune.ClipSet`
+    (``labels`` None; read ``batch_size`` clips at a time) or float32 clips (N, samples) in
+    memory with their ``labels``. Accuracy comes from :func:`sweep_predictions` (prefix
+    resumption; identical to predicting with the physically pruned model); the empty set
+    reproduces the unpruned ``predict`` exactly. ``relative_accuracy`` = accuracy / accuracy
+    of the unpruned model (NaN when that is 0). Parameter counts are of the physically pruned
+    model (:func:`remove_layers`). Latency: :func:`removal_latency`.
     """
     device = torch.device(device)
-    labels = np.asarray(labels)
+    clips = as_clips(audio, labels)
     sets = [sorted(int(i) for i in s) for s in removal_sets]
-    logits = sweep_logits(model, audio, [[], *sets], device, batch_size)
+    pred, labels = sweep_predictions(model, clips.batches(batch_size), [[], *sets], device)
     C = model.config.num_labels
-    base_acc = accuracy_report(logits[0], labels, C)["accuracy"]
+    base_acc = prediction_report(pred[0], labels, C)["accuracy"]
     L = n_layers(model)
-    x_lat = normalize_audio(_as_tensor(audio[:batch_size]).float()).to(device)
     rows = []
     for k, s in enumerate(sets):
-        rep = accuracy_report(logits[k + 1], labels, C)
-        pruned = remove_layers(model, s).to(device).eval()
-        row = {
+        rep = prediction_report(pred[k + 1], labels, C)
+        pruned = remove_layers(model, s)
+        rows.append({
             "strategy": strategy,
             "n_removed": len(s),
             "removed": s,
@@ -322,23 +347,56 @@ def sweep(
             "ci_lo": rep["ci_lo"],
             "ci_hi": rep["ci_hi"],
             "n_utterances": rep["n"],
+            "eval_clips": rep["n"],
             "per_class_accuracy": rep["per_class_accuracy"],
             "relative_accuracy": rep["accuracy"] / base_acc if base_acc > 0 else math.nan,
             "transformer_params": transformer_parameters(pruned),
             "total_params": count_parameters(pruned),
-            "latency_ms": math.nan,
-            "latency_min_ms": math.nan,
-            "latency_batch_size": int(x_lat.shape[0]),
-            "latency_device": str(device),
-        }
-        if latency:
-
-            def fn(p=pruned):
-                with autocast(device):
-                    return p(x_lat)
-
-            lat = measure_latency(fn, device, latency_warmup, latency_repeats)
-            row.update(latency_ms=lat["median_ms"], latency_min_ms=lat["min_ms"])
-        rows.append(row)
+        })  # fmt: skip
         del pruned
     return rows
+
+
+#: The latency columns of a pruning row (:func:`removal_latency`).
+LATENCY_COLUMNS = ("latency_ms", "base_latency_ms", "latency_min_ms", "base_latency_min_ms",
+                   "speedup", "speedup_lo", "speedup_hi", "latency_batch_size",
+                   "timing_precision", "timing_device", "latency_threads")  # fmt: skip
+
+
+def no_latency(device) -> dict:
+    """The latency columns of a row that was not timed (NaN, no precision)."""
+    nan = dict.fromkeys(LATENCY_COLUMNS, math.nan)
+    return {**nan, "latency_batch_size": 0, "timing_precision": None,
+            "timing_device": str(device), "latency_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def removal_latency(
+    model,
+    removal_sets: Sequence[Sequence[int]],
+    audio: np.ndarray,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+) -> list[dict]:
+    """Per removal set, the :data:`LATENCY_COLUMNS`: the physically pruned model
+    (:func:`remove_layers`) timed against the unpruned ``model`` interleaved in this process
+    (:func:`~workflow_scripts.core.timing.compare_latency`: ``warmup`` untimed rounds, then
+    ``repeats`` rounds of one forward pass of each, fp32) on one batch of clips ``audio``
+    (float32 (b, samples), normalised per utterance here). ``base_latency_ms`` is the
+    unpruned model's median in the same interleaved run; a set listed twice (the empty set
+    of every random seed) is timed once. One pruned copy exists at a time."""
+    device = torch.device(device)
+    model.eval()
+    x = normalize_audio(torch.from_numpy(np.asarray(audio, dtype=np.float32))).to(device)
+    done: dict[tuple, dict] = {}
+    for s in removal_sets:
+        key = tuple(sorted(int(i) for i in s))
+        if key in done:
+            continue
+        pruned = remove_layers(model, key).to(device).eval()
+        t = compare_latency(lambda: model(x), lambda p=pruned: p(x), device, warmup, repeats)
+        done[key] = {**{k: t[k] for k in LATENCY_COLUMNS[:7]},
+                     "latency_batch_size": int(x.shape[0]), "timing_precision": t["precision"],
+                     "timing_device": t["device"], "latency_threads": t["threads"]}  # fmt: skip
+        del pruned
+    return [dict(done[tuple(sorted(int(i) for i in s))]) for s in removal_sets]

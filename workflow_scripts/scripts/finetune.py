@@ -12,5 +12,5 @@ inp, out, params = snakemake.input, snakemake.output, snakemake.params
 model, df, history = run_finetune(ctx.slice, snakemake.wildcards.model, inp.manifest,
                                   params.root, params.work, ctx.log.info)  # fmt: skip
 meta = ctx.provenance(seed=ctx.slice["finetune"]["seed"])
-meta = save_finetuned(model, out.model, meta, inp.manifest, history)
+meta = save_finetuned(model, out.model, meta, inp.manifest, history, params.work)
 write_parquet(df, out.baseline, meta)

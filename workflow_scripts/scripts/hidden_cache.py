@@ -9,5 +9,6 @@ ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
 inp = snakemake.input
 meta = ctx.provenance(inputs={"model": inp.model})
-run_cache(ctx.slice, inp.model, inp.manifest, snakemake.params.root, snakemake.output[0], meta,
-          ctx.log.info)  # fmt: skip
+summary = run_cache(ctx.slice, inp.model, inp.manifest, snakemake.params.root,
+                    snakemake.output[0], meta, ctx.log.info)  # fmt: skip
+ctx.log.info("cache written: %s", summary)

@@ -1,5 +1,6 @@
 """Rule adapter: one mimic cell (model x mimicker type x depth), trained from the caches
-(workflow_scripts.mimic.run.run_cell); writes the cell and its training curves."""
+(workflow_scripts.mimic.run.run_cell); writes the cell, its training curves and the exported
+mimicked model (output ``export``)."""
 
 import torch
 
@@ -9,8 +10,9 @@ from workflow_scripts.mimic.run import run_cell
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-inp = snakemake.input
-cell, curves = run_cell(dict(inp.items()), ctx.slice, snakemake.params.root, log=ctx.log.info)
+inp, out = snakemake.input, snakemake.output
+cell, curves = run_cell(dict(inp.items()), ctx.slice, snakemake.params.root, log=ctx.log.info,
+                        export_dir=out.get("export"))  # fmt: skip
 meta = ctx.provenance(inputs=dict(inp.items()), seed=ctx.slice["seed"])
-write_parquet(cell, snakemake.output.cell, meta)
-write_parquet(curves, snakemake.output.curves, meta)
+write_parquet(cell, out.cell, meta)
+write_parquet(curves, out.curves, meta)

@@ -1,4 +1,5 @@
-"""Rule adapter: one (model, strategy) layer-pruning cell (workflow_scripts.pruning.run)."""
+"""Rule adapter: one (model, strategy) layer-pruning cell (workflow_scripts.pruning.run) and
+its headline model(s) (output ``export``: workflow_scripts.pruning.export)."""
 
 import torch
 
@@ -8,7 +9,7 @@ from workflow_scripts.pruning.run import LOG_COLUMNS, provenance_seed, run_cell
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-inp = snakemake.input
+inp, out = snakemake.input, snakemake.output
 df = run_cell(
     ctx.slice,
     model=snakemake.wildcards.model,
@@ -17,7 +18,8 @@ df = run_cell(
     root=snakemake.params.root,
     cache=inp.get("cache"),
     log=ctx.log.info,
+    export_dir=out.get("export"),
 )
 meta = ctx.provenance(inputs={k: inp[k] for k in inp.keys()}, seed=provenance_seed(ctx.slice))
-write_parquet(df, snakemake.output[0], meta)
+write_parquet(df, out[0], meta)
 ctx.log.info("\n%s", df[LOG_COLUMNS].to_string())

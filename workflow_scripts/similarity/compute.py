@@ -17,22 +17,27 @@ def compute_metric(name: str, H: Any, params: Mapping[str, Any] | None = None) -
     ``params``: the metric's keyword arguments plus ``n_boot`` (default 1000; 0 disables the
     CI, which is then NaN), ``alpha`` (0.05) and ``seed`` (0). Metric-specific keys (the
     registry's defaults, :mod:`workflow_scripts.similarity.registry`):
-    cosine: pooling; cka_linear: debiased, memory_limit, ci_scheme ("bootstrap" | "half", see
-    cka_bootstrap_ci); cka_rbf: + rbf_sigma_frac;
-    mutual_knn: ks, normalize; angular_distance: reduce;
+    cosine: pooling; cka_linear: debiased, memory_limit, ci_scheme ("jackknife" | "half" |
+    "bootstrap", see cka_ci); cka_rbf: + rbf_sigma_frac;
+    mutual_knn: ks, normalize, ci_scheme ("half" | "conditional"); angular_distance: reduce;
     block_influence: variant ("sequence" | "per_token" | "knn"), ks, normalize (knn only).
     Unknown keys raise ValueError.
 
     Returns a dict with
       "metric": name, "params": resolved params, "n_layers": L, "n_utterances": N,
       "higher_is_similar": bool (False for angular_distance and block_influence),
+      "ci_scheme": what the CI is (the registry entry's label, "none" when ``n_boot`` is 0),
       "kind": "matrix" | "matrix_per_k" | "vector", and
       - kind "matrix":       "matrix", "ci_lo", "ci_hi" as (L, L) arrays;
       - kind "matrix_per_k": (mutual_knn) "matrix", "ci_lo", "ci_hi" as dicts k -> (L, L);
       - kind "vector":       (block_influence) "vector", "ci_lo", "ci_hi" of length L-1,
                              entry l describing the pair (l, l+1).
-    CIs: percentile bootstrap over utterances (see bootstrap_ci, cka_bootstrap_ci and
-    mutual_knn_bootstrap_ci for what is resampled).
+    CIs (the result's "ci_scheme" says which): percentile bootstrap over utterances for the
+    means over utterances (bootstrap_ci; for the k-NN block influence conditional on the
+    neighbour sets), half-sampling with recomputed neighbour sets for mutual_knn by default
+    (mutual_knn_half_ci), the delete-1 jackknife for CKA by default (cka_ci). All N
+    utterances at once; the per-batch protocol is
+    :func:`workflow_scripts.similarity.batches.batched_metric`.
     """
     p = registry.resolve_params(name, params)
     spec = registry.get(name)
@@ -43,6 +48,7 @@ def compute_metric(name: str, H: Any, params: Mapping[str, Any] | None = None) -
         "n_layers": st.L,
         "n_utterances": st.N,
         "higher_is_similar": spec.higher_is_similar,
+        "ci_scheme": spec.ci_scheme(p),
     }
     value, lo, hi = spec.resolve()(H, p)
     res.update({"kind": spec.kind, spec.value_key: value, "ci_lo": lo, "ci_hi": hi})

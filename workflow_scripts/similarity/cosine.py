@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workflow_scripts.similarity import intervals
 from workflow_scripts.similarity.bootstrap import mean_and_ci
 from workflow_scripts.similarity.knn import knn_block_influence
 from workflow_scripts.similarity.stack import F64, Stack, normalize
@@ -152,3 +153,10 @@ def block_influence_metric(H: Any, p: Mapping[str, Any]):
     else:
         raise ValueError(f"unknown block_influence variant {variant!r}")
     return mean_and_ci(per, p)
+
+
+def block_influence_ci_label(p: Mapping[str, Any]) -> str:
+    """The ``ci_scheme`` label of a block influence cell: the k-NN variant's per-utterance
+    values are conditional on the neighbour sets (see
+    :func:`workflow_scripts.similarity.knn.mutual_knn_bootstrap_ci`)."""
+    return intervals.KNN_CONDITIONAL if p["variant"] == "knn" else intervals.PERCENTILE

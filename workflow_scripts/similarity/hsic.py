@@ -5,8 +5,9 @@ Memory strategy (``method`` argument of :func:`hsic_matrix` and
 ---------------------------------------------------------------------------------
 * ``"gram"``: every layer's centred ``N x N`` Gram matrix is computed once in float64 (by
   streaming feature chunks through ``X @ X.T``) and kept; HSIC for all ``L^2`` pairs is then
-  one ``(L, N^2) @ (N^2, L)`` product. Needs ``8 L N^2`` bytes; required for the cheap CKA
-  bootstrap (:func:`workflow_scripts.similarity.cka.cka_bootstrap_ci`).
+  one ``(L, N^2) @ (N^2, L)`` product. Needs ``8 L N^2`` bytes; required for the CKA CIs
+  (:func:`workflow_scripts.similarity.cka.cka_ci`: the jackknife's leave-one-out HSICs,
+  :func:`leave_one_out_hsic`, and the resampling schemes all work on these Grams).
 * ``"rowblock"``: for large ``N`` (e.g. 20,000 utterances, where the Grams alone would need
   ``L * 3.2 GB``) the same sum ``<Kc_i, Kc_j>_F`` is accumulated over blocks of Gram *rows*:
   for each row block, the rows of every layer's centred kernel matrix are formed (from the
@@ -283,3 +284,45 @@ def hsic_matrix(
     else:
         out = _hsic_rowblock(st, kernel, debiased, rbf_sigma_frac, limit)
     return to_numpy(out)
+
+
+def leave_one_out_hsic(V: torch.Tensor, debiased: bool) -> torch.Tensor:
+    """All-pairs HSIC of every leave-one-out subsample, shape (N, L, L): entry ``i`` is the
+    HSIC of the N-1 utterances other than ``i`` (the estimator's own normalisation at N-1).
+
+    From the double-centred Grams ``V`` (L, N, N) of :func:`centred_grams` by downdating sums,
+    never by recomputation: with ``r_i = sum_j V_a[i, j] V_b[i, j]``, ``d`` the diagonals and
+    ``S = <V_a, V_b>_F`` (and ``V`` rows summing to 0),
+
+    * biased (m = N-1; the removed row/column re-centred, which the weighted formula of
+      :func:`workflow_scripts.similarity.cka._resampled_cka_weighted` expresses with
+      ``w = 1 - e_i``): ``T_i = S - 2 r_i + d_a d_b - 2 (r_i - d_a d_b) / m + d_a d_b / m^2``,
+      HSIC = ``T_i / (m-1)^2``;
+    * debiased: Song et al.'s formula on the zero-diagonal ``A = V_a - diag(d_a)`` restricted
+      to the others (U-centring of a sub-matrix of ``V`` equals that of the raw kernel's),
+      whose three sums downdate as ``tr(A B) - 2 (r_i - d_a d_b)``, ``1'A1 + 2 d_a,i`` and
+      ``d_a.d_b + (V_a d_b)_i + (V_b d_a)_i + r_i - 4 d_a,i d_b,i``.
+
+    O(L^2 N^2) flops in all (the cost of one HSIC matrix). Memory beyond ``V``: the (N, L, L)
+    result, an (L, N, L) product and one row block of ``WORK_BYTES`` (no N x N temporary).
+    """
+    L, n = V.shape[0], V.shape[1]
+    d = V.diagonal(dim1=1, dim2=2).T  # (n, L)
+    dd = d[:, :, None] * d[:, None, :]  # (n, L, L): d_a,i d_b,i
+    flat = V.reshape(L, -1)
+    S = flat @ flat.T
+    r = torch.empty((n, L, L), dtype=F64, device=V.device)
+    B = chunk_rows(n, 8 * L * n)
+    for a in range(0, n, B):
+        X = V[:, a : a + B].transpose(0, 1)  # (B, L, n)
+        r[a : a + B] = torch.bmm(X, X.transpose(1, 2))
+    m = n - 1
+    if not debiased:
+        T = S - 2.0 * r + dd - 2.0 * (r - dd) / m + dd / m**2
+        return T / (m - 1) ** 2
+    P = (V @ d).permute(1, 0, 2)  # (n, L, L): (V_a d_b)_i
+    tr = S - dd.sum(0) - 2.0 * (r - dd)
+    tot = -d.sum(0) + 2.0 * d  # (n, L): 1' A_{-i} 1
+    cross = d.T @ d + P + P.transpose(1, 2) + r - 4.0 * dd
+    out = tr + tot[:, :, None] * tot[:, None, :] / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * cross
+    return out / (m * (m - 3))

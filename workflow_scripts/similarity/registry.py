@@ -14,6 +14,10 @@ plus ``n_boot``, ``alpha`` and ``seed``), and one :func:`register` entry giving
   (checked by :func:`config_problems`).
 * ``coerce`` (optional): per parameter, a function normalising its value (``ks`` -> a tuple of
   ints).
+* ``ci_label`` (optional): a function ``params -> str`` (or ``"module:attribute"``) naming
+  the metric's CI scheme for the cell's ``ci_scheme`` column; default: the percentile
+  bootstrap over utterances of :func:`workflow_scripts.similarity.bootstrap.mean_and_ci`.
+  ``n_boot`` = 0 is labelled ``"none"``.
 
 Adding a metric is that function (next to its family, e.g. ``cosine.py``) plus one entry
 below. ``METRIC_NAMES``, parameter resolution (:func:`resolve_params`), the dispatch of
@@ -34,6 +38,9 @@ from typing import Any
 KINDS = {"matrix": "matrix", "matrix_per_k": "matrix", "vector": "vector"}
 #: Parameters of every metric (resampling): bootstrap replicates (0 = no CI), CI level, seed.
 COMMON_DEFAULTS = {"n_boot": 1000, "alpha": 0.05, "seed": 0}
+#: ``ci_scheme`` labels (as :mod:`workflow_scripts.similarity.intervals`, kept torch-free here).
+NO_CI = "none"
+PERCENTILE = "percentile bootstrap over utterances"
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Metric:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     schema: Mapping[str, dict] = field(default_factory=dict)
     coerce: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    ci_label: str | Callable[[Mapping[str, Any]], str] | None = None
 
     @property
     def value_key(self) -> str:
@@ -55,10 +63,21 @@ class Metric:
 
     def resolve(self) -> Callable:
         """The metric function (imported now when the entry names it as a string)."""
-        if callable(self.function):
-            return self.function
-        module, attr = self.function.split(":")
-        return getattr(importlib.import_module(module), attr)
+        return _load(self.function)
+
+    def ci_scheme(self, params: Mapping[str, Any]) -> str:
+        """What the CI of a result with resolved ``params`` is (the ``ci_scheme`` column)."""
+        if params["n_boot"] <= 0:
+            return NO_CI
+        return PERCENTILE if self.ci_label is None else _load(self.ci_label)(params)
+
+
+def _load(fn: str | Callable) -> Callable:
+    """``fn`` itself, or the attribute a ``"module:attribute"`` string names."""
+    if callable(fn):
+        return fn
+    module, attr = fn.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -73,6 +92,7 @@ def register(
     schema: Mapping[str, dict] | None = None,
     coerce: Mapping[str, Callable[[Any], Any]] | None = None,
     function: str | Callable | None = None,
+    ci_label: str | Callable | None = None,
 ):
     """Add metric ``name``. With ``function`` (a callable or ``"module:attribute"``) it returns
     the new :class:`Metric`; without, it is a decorator registering the decorated function::
@@ -91,6 +111,7 @@ def register(
                 schema=schema,
                 coerce=coerce,
                 function=fn,
+                ci_label=ci_label,
             )
             return fn
 
@@ -104,7 +125,7 @@ def register(
     stray = sorted((set(schema) | set(coerce)) - set(defaults))
     if clash or stray:
         raise ValueError(f"metric {name!r}: parameters {clash + stray} are common or undeclared")
-    spec = Metric(name, function, kind, bool(higher_is_similar), defaults, schema, coerce)
+    spec = Metric(name, function, kind, bool(higher_is_similar), defaults, schema, coerce, ci_label)
     _REGISTRY[name] = spec
     return spec
 
@@ -171,7 +192,7 @@ _PKG = "workflow_scripts.similarity"
 _KS = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}
 _CKA_SCHEMA = {
     "debiased": {"type": "boolean"},
-    "ci_scheme": {"enum": ["bootstrap", "half"]},
+    "ci_scheme": {"enum": ["jackknife", "half", "bootstrap"]},
     "memory_limit": {"type": ["integer", "null"], "minimum": 1},
 }
 
@@ -188,8 +209,9 @@ register(
     function=f"{_PKG}.cka:cka_linear_metric",
     kind="matrix",
     higher_is_similar=True,
-    defaults={"debiased": False, "memory_limit": None, "ci_scheme": "bootstrap"},
+    defaults={"debiased": False, "memory_limit": None, "ci_scheme": "jackknife"},
     schema=_CKA_SCHEMA,
+    ci_label=f"{_PKG}.cka:ci_label",
 )
 register(
     "cka_rbf",
@@ -200,18 +222,24 @@ register(
         "debiased": False,
         "rbf_sigma_frac": 0.8,
         "memory_limit": None,
-        "ci_scheme": "bootstrap",
+        "ci_scheme": "jackknife",
     },
     schema={**_CKA_SCHEMA, "rbf_sigma_frac": {"type": "number", "exclusiveMinimum": 0}},
+    ci_label=f"{_PKG}.cka:ci_label",
 )
 register(
     "mutual_knn",
     function=f"{_PKG}.knn:mutual_knn_metric",
     kind="matrix_per_k",
     higher_is_similar=True,
-    defaults={"ks": (10,), "normalize": True},
-    schema={"ks": _KS, "normalize": {"type": "boolean"}},
+    defaults={"ks": (10,), "normalize": True, "ci_scheme": "half"},
+    schema={
+        "ks": _KS,
+        "normalize": {"type": "boolean"},
+        "ci_scheme": {"enum": ["half", "conditional"]},
+    },  # fmt: skip
     coerce={"ks": int_tuple},
+    ci_label=f"{_PKG}.knn:ci_label",
 )
 register(
     "angular_distance",
@@ -233,4 +261,5 @@ register(
         "normalize": {"type": "boolean"},
     },
     coerce={"ks": int_tuple},
+    ci_label=f"{_PKG}.cosine:block_influence_ci_label",
 )

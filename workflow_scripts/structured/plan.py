@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from workflow_scripts.backbones.plan import test_clips
 from workflow_scripts.core import paths
 from workflow_scripts.core.config import model_num_layers
 from workflow_scripts.core.paths import RESULTS
@@ -81,9 +82,11 @@ def targets(config: dict, results: str = RESULTS) -> list[str]:
 def cell_slice(config: dict, *, model: str, sparsity: str | float) -> dict:
     """The config slice one (model, sparsity) cell depends on: the whole ``structured``
     section except the list of targets, plus this cell's target (so adding a target never
-    reruns the other cells). The short fine-tune's settings enter only when it is on. The
-    model enters through the cell's inputs."""
+    reruns the other cells) and ``test_clips``, the evaluation set (``evaluation.test_clips``,
+    as every stage). The short fine-tune's settings enter only when it is on. The model
+    enters through the cell's inputs."""
     s = {k: v for k, v in config["structured"].items() if k != "targets"}
+    s["test_clips"] = test_clips(config)
     s["target"] = float(sparsity)
     ft = dict(s.get("finetune") or {})
     s["finetune"] = ft if ft.get("steps", 0) > 0 else {"steps": 0}
@@ -140,3 +143,12 @@ def config_problems(config: dict) -> list[str]:
         if len(ts) > 1:
             problems.append(f"config.structured.targets: {ts} share the cell name {name!r}")
     return problems
+
+
+def cache_needs(config: dict, model: str, split: str) -> dict:
+    """What this model's structured cells read from its training cache: state 0 (the gated
+    blocks' input) and the distilled states (``distill.layers`` or about L/3, 2L/3, L)."""
+    if "structured" not in config.get("outputs", []) or split != "training":
+        return {}
+    layers = config["structured"]["distill"]["layers"]
+    return {"states": [0, *(layers if layers else ["L/3", "2L/3", "L"])]}

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from workflow_scripts.backbones.registry import encoder_of, load_classifier
+from workflow_scripts.core.files import apply_umask
 from workflow_scripts.structured.layers import StructuredLayer, install_layers, structured_layers
 
 
@@ -52,16 +53,26 @@ def save_pruned(model, out_dir: str | os.PathLike, extra: dict | None = None) ->
     info = {"structure": [lay.structure() for lay in layers], **(extra or {})}
     (out / "structure.json").write_text(json.dumps(info, indent=1))
     model.config.to_json_file(str(out / "config.json"))
+    apply_umask(out)  # safetensors writes 0600: the umask's permissions, as the parquet cells
 
 
-def load_pruned(out_dir: str | os.PathLike, base_model_dir: str | os.PathLike):
-    """The pruned classifier saved by :func:`save_pruned`; ``base_model_dir`` is the unpruned
-    fine-tuned model (its architecture is shrunk to the saved structure)."""
+def load_pruned(out_dir: str | os.PathLike, base_model_dir: str | os.PathLike | None = None):
+    """The pruned classifier saved by :func:`save_pruned`: the architecture of its own
+    ``config.json`` (or of the unpruned fine-tuned model ``base_model_dir``), built without
+    weights, its blocks shrunk to the saved structure, then every weight loaded from
+    ``model.safetensors`` (strict). A plain ``from_pretrained`` cannot load it: the blocks
+    keep different heads, head dimensions and FFN widths, which a transformers config (one
+    ``num_attention_heads``, one ``intermediate_size``) cannot express."""
     from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForAudioClassification
 
     out = Path(out_dir)
     info = json.loads((out / "structure.json").read_text())
-    model = load_classifier(str(base_model_dir))
+    if base_model_dir is None:
+        cfg = AutoConfig.from_pretrained(str(out))
+        model = AutoModelForAudioClassification.from_config(cfg)
+    else:
+        model = load_classifier(str(base_model_dir))
     layers = [lay.shrink_to(s) for lay, s in zip(structured_layers(model), info["structure"],
                                                  strict=True)]  # fmt: skip
     install_layers(model, layers)

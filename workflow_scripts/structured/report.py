@@ -13,9 +13,9 @@ from workflow_scripts.core.tables import concat_cells, markdown_table
 
 SUMMARY_COLUMNS = [
     "model", "target_sparsity", "achieved_sparsity", "expected_sparsity", "accuracy",
-    "base_accuracy", "retained", "finetuned_accuracy", "finetuned_retained", "total_params",
-    "base_total_params", "latency_ms", "base_latency_ms", "speedup", "kept_heads",
-    "kept_ffn_units",
+    "base_accuracy", "retained", "eval_clips", "finetuned_accuracy", "finetuned_retained",
+    "total_params", "base_total_params", "latency_ms", "base_latency_ms", "speedup",
+    "speedup_lo", "speedup_hi", "timing_precision", "kept_heads", "kept_ffn_units",
 ]  # fmt: skip
 
 

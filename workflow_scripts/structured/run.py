@@ -21,6 +21,24 @@ made deterministic (DPHuBERT: per gate vector the round(expected number of zeros
 gates are 0, the others keep a soft value), folded into the weights and the blocks physically
 shrunk (:mod:`~workflow_scripts.structured.shrink`); the pruned blocks replace
 ``encoder.layers`` of the classifier (:mod:`~workflow_scripts.structured.pruned`).
+
+Streaming: the training cache is opened as lazy row views
+(:class:`~workflow_scripts.backbones.rows.CachedRows`), from which every training step reads its
+random mini-batch (``os.pread``); the test clips - the evaluation set every stage tests on
+(``evaluation.test_clips``; :func:`evaluation_rows`) - are read from disk one evaluation batch
+at a time (``data.loader.split_rows`` + ``iter_batches``). Memory does not grow with the
+number of cached clips.
+
+Latency: the pruned against the unpruned classifier, interleaved in this process
+(:func:`~workflow_scripts.core.timing.compare_latency`, fp32): ``latency_ms``,
+``base_latency_ms``, ``speedup`` with its 95% interval ``speedup_lo`` / ``speedup_hi``,
+``timing_precision``, ``timing_device``.
+
+Distillation targets and pre-LN models: the student's state i is block i's raw output
+(:class:`~workflow_scripts.structured.stack.GatedStack`), and the teacher's cached state i is
+the same quantity (``output_hidden_states``), also for i = L: in pre-LN ("stable layer norm")
+models both sides are taken before the encoder's final LayerNorm (which the pruned classifier
+keeps and applies after its blocks), never the cache's ``final``.
 """
 
 from __future__ import annotations
@@ -29,19 +47,20 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
-from workflow_scripts.backbones.cache import read_layers
-from workflow_scripts.backbones.evaluate import accuracy_report, autocast, predict
+from workflow_scripts.backbones.cachefile import CacheFile
+from workflow_scripts.backbones.evaluate import accuracy_report, predict_batches
 from workflow_scripts.backbones.finetune import train_classifier
 from workflow_scripts.backbones.plan import resolve_finetune
 from workflow_scripts.backbones.registry import count_parameters, load_classifier, pick_device
-from workflow_scripts.core.timing import measure_latency
-from workflow_scripts.data.loader import load_split
+from workflow_scripts.backbones.rows import CachedRows
+from workflow_scripts.core.timing import compare_latency
+from workflow_scripts.data.loader import iter_batches, load_split, split_rows
 from workflow_scripts.pruning.layers import transformer_parameters
 from workflow_scripts.structured.gates import GATE_KINDS
 from workflow_scripts.structured.plan import distill_layers
@@ -50,6 +69,10 @@ from workflow_scripts.structured.stack import GatedStack
 from workflow_scripts.structured.train import train_gates
 
 Log = Callable[[str], None]
+# a zero-argument callable that returns a fresh iterable of (audio (b, samples) float32,
+# labels (b,) int64, ...) test batches (``data.loader.iter_batches``): the test clips,
+# streamed once per evaluation
+TestBatches = Callable[[], Iterable[tuple]]
 
 
 def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model: str,
@@ -57,43 +80,69 @@ def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model:
     """The cell of ``model`` from the rule's files (``inputs``: ``model`` = the fine-tuned
     classifier, ``train_cache`` = its training-split cache, ``manifest``; ``root`` = the
     corpus): the cached block-0 input and teacher states of the distilled layers
-    (:func:`~workflow_scripts.structured.plan.distill_layers`), the test clips, and training
-    clips read only when the short fine-tune is on. Saves the pruned model to ``out_dir``;
-    returns the one-row cell table."""
+    (:func:`~workflow_scripts.structured.plan.distill_layers`) read batch by batch
+    (:func:`training_views`), the test clips streamed from disk, and training clips read only
+    when the short fine-tune is on. Saves the pruned model to ``out_dir``; returns the
+    one-row cell table."""
     cell = config_slice
     device = pick_device()
     classifier = load_classifier(inputs["model"]).to(device).eval()
     layers = distill_layers(cell, classifier.config.num_hidden_layers)
-    H = read_layers(inputs["train_cache"], [0, *layers], limit=cell["train_clips"])
-    x0, teacher = H[0], {i: H[k + 1] for k, i in enumerate(layers)}
+    x0, teacher = training_views(inputs["train_cache"], layers, cell["train_clips"])
     manifest = pd.read_parquet(inputs["manifest"])
-    audio, labels, _ = load_split(root, manifest, "testing", cell["test_clips"])
+    test_rows = evaluation_rows(manifest, cell)
     log(f"{model}, target {cell['target']}: {len(x0)} cached training clips, distilled layers "
-        f"{layers}, {len(audio)} test clips, device {device}")  # fmt: skip
+        f"{layers}, {len(test_rows)} test clips, device {device}")  # fmt: skip
+
+    def test_batches():
+        return iter_batches(root, test_rows, cell["eval_batch_size"])
 
     def train_data():
         x, y, _ = load_split(root, manifest, "training", cell["finetune"]["train_clips"])
         log(f"short fine-tune on {len(x)} training clips")
         return x, y
 
-    row, _history = prune_cell(classifier, cell, x0, teacher, audio, labels, device, train_data,
+    row, _history = prune_cell(classifier, cell, x0, teacher, test_batches, device, train_data,
                                out_dir, log)  # fmt: skip
     df = pd.DataFrame([{"model": model, **row}])
     log("\n" + df.drop(columns=["per_class_accuracy"]).T.to_string())
     return df
 
 
-def prune_cell(model, cell: dict, x0: np.ndarray, teacher: dict[int, np.ndarray],
-               test_audio: np.ndarray, test_labels: np.ndarray, device="cpu",
+def evaluation_rows(manifest: pd.DataFrame, cell: dict) -> pd.DataFrame:
+    """The cell's test clips: the evaluation set, ``split_rows(manifest, "testing",
+    cell["test_clips"])`` (the slice's ``test_clips`` is ``evaluation.test_clips``)."""
+    return split_rows(manifest, "testing", cell["test_clips"])
+
+
+def training_views(train_cache: str, layers: list[int], limit: int | None):
+    """(state 0, {i: teacher state i}) of the first ``limit`` clips of the training cache as
+    lazy row views (:class:`~workflow_scripts.backbones.rows.CachedRows`): a training step reads
+    only its mini-batch. The teacher's state i is the cache's hidden state i, state L
+    included (before the final LayerNorm of pre-LN models, as the student's)."""
+    cache = CacheFile(train_cache)
+    return CachedRows(cache, 0, limit), {i: CachedRows(cache, i, limit) for i in layers}
+
+
+def array_batches(audio: np.ndarray, labels: np.ndarray, batch_size: int) -> TestBatches:
+    """In-memory test clips as :data:`TestBatches` of ``batch_size`` clips."""
+    return lambda: ((audio[s : s + batch_size], labels[s : s + batch_size])
+                    for s in range(0, len(audio), batch_size))  # fmt: skip
+
+
+def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, device="cpu",
                train_data=None, out_dir: str | os.PathLike | None = None,
                log: Log | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
-    """One structured-pruning cell in memory: train the gates of a copy of ``model``'s blocks
-    on the cached states (``x0`` = hidden state 0, ``teacher`` = index -> teacher states of the
-    distilled layers), make them deterministic, shrink the blocks, evaluate the pruned
-    classifier (the fine-tuned head) end to end on the test clips against the unpruned one on
-    the same clips, time both (``timing.measure_latency``), optionally fine-tune briefly
-    (``cell["finetune"]["steps"]`` > 0, on ``train_data()`` = training clips) and save the
-    pruned model to ``out_dir``. Returns (row, per-step training history)."""
+    """One structured-pruning cell: train the gates of a copy of ``model``'s blocks on the
+    cached states (``x0`` = hidden state 0, ``teacher`` = index -> teacher states of the
+    distilled layers; arrays or :func:`training_views`), make them deterministic, shrink the
+    blocks, evaluate the pruned classifier (the fine-tuned head) end to end on the test clips
+    (``test_batches()``, streamed, one forward pass per batch: batches of
+    ``cell["eval_batch_size"]`` clips) against the unpruned one on the same clips, time both
+    interleaved (:func:`_latency`, on the first ``latency.batch_size`` test clips), optionally
+    fine-tune briefly (``cell["finetune"]["steps"]`` > 0, on ``train_data()`` = training
+    clips) and save the pruned model to ``out_dir``. Returns (row, per-step training
+    history)."""
     log = log or (lambda _m: None)
     device = torch.device(device)
     model = model.to(device).eval()
@@ -114,12 +163,14 @@ def prune_cell(model, cell: dict, x0: np.ndarray, teacher: dict[int, np.ndarray]
     rep = structure_report(layers, stack.total_prunable())
     log(f"achieved sparsity {rep['achieved_sparsity']:.4f}, kept heads {rep['kept_heads']}")
     pruned = pruned_model(model, layers).to(device).eval()
-    bs = cell["eval_batch_size"]
-    base = accuracy_report(predict(model, test_audio, device, bs), test_labels, C)
-    acc = accuracy_report(predict(pruned, test_audio, device, bs), test_labels, C)
-    lat = _latency(model, pruned, test_audio, cell["latency"], device)
+    base_logits, test_labels = predict_batches(model, test_batches(), device)
+    logits, _ = predict_batches(pruned, test_batches(), device)
+    base = accuracy_report(base_logits, test_labels, C)
+    acc = accuracy_report(logits, test_labels, C)
+    lat_audio = _first_clips(test_batches, cell["latency"]["batch_size"])
+    lat = _latency(model, pruned, lat_audio, cell["latency"], device)
     ft = cell.get("finetune") or {"steps": 0}
-    ft_acc = _short_finetune(pruned, ft, train_data, test_audio, test_labels, bs, device, log)
+    ft_acc = _short_finetune(pruned, ft, train_data, test_batches, device, log)
     row = {
         "target_sparsity": float(cell["target"]),
         "achieved_sparsity": rep["achieved_sparsity"],
@@ -141,29 +192,35 @@ def prune_cell(model, cell: dict, x0: np.ndarray, teacher: dict[int, np.ndarray]
     return row, history
 
 
-def _latency(model, pruned, test_audio: np.ndarray, lat: dict, device) -> dict:
-    """Median forward time of one batch of test clips, unpruned and pruned, and the speedup."""
-    x_lat = torch.from_numpy(test_audio[: lat["batch_size"]]).to(device)
+def _first_clips(test_batches: TestBatches, n: int) -> np.ndarray:
+    """The first ``n`` test clips (fewer when the test set is smaller)."""
+    parts, got = [], 0
+    for audio, *_ in test_batches():
+        parts.append(audio[: n - got])
+        got += len(parts[-1])
+        if got >= n:
+            break
+    return np.concatenate(parts)
 
-    def timed(m):
-        def fn():
-            with autocast(device):
-                return m(x_lat)
 
-        return measure_latency(fn, device, lat["warmup"], lat["repeats"])["median_ms"]
-
-    base_ms, ms = timed(model), timed(pruned)
+def _latency(model, pruned, audio: np.ndarray, lat: dict, device) -> dict:
+    """The pruned against the unpruned model on one batch of test clips (``audio``), timed
+    interleaved in this process (:func:`~workflow_scripts.core.timing.compare_latency`, fp32):
+    medians, speed-up with its 95% interval, and the conditions."""
+    x_lat = torch.from_numpy(audio).to(device)
+    t = compare_latency(lambda: model(x_lat), lambda: pruned(x_lat), device, lat["warmup"],
+                        lat["repeats"])  # fmt: skip
     return {
-        "latency_ms": ms,
-        "base_latency_ms": base_ms,
-        "speedup": base_ms / ms if ms > 0 else math.nan,
+        **{k: t[k] for k in ("latency_ms", "base_latency_ms", "speedup", "speedup_lo",
+                             "speedup_hi", "latency_min_ms", "base_latency_min_ms")},
         "latency_batch_size": int(x_lat.shape[0]),
-        "latency_device": str(device),
-        "latency_threads": torch.get_num_threads(),
-    }
+        "timing_precision": t["precision"],
+        "timing_device": t["device"],
+        "latency_threads": t["threads"],
+    }  # fmt: skip
 
 
-def _short_finetune(pruned, ft: dict, train_data, test_audio, test_labels, bs: int, device,
+def _short_finetune(pruned, ft: dict, train_data, test_batches: TestBatches, device,
                     log: Log) -> float:  # fmt: skip
     """Test accuracy of a copy of ``pruned`` fine-tuned for ``ft["steps"]`` steps on
     ``train_data()`` (NaN when the fine-tune is off)."""
@@ -175,7 +232,7 @@ def _short_finetune(pruned, ft: dict, train_data, test_audio, test_labels, bs: i
     tuned = copy.deepcopy(pruned)
     spec = resolve_finetune({k: v for k, v in ft.items() if k != "train_clips"}, None)
     train_classifier(tuned, x_tr, y_tr, spec, device, log=log, progress=True)
-    ft_logits = predict(tuned, test_audio, device, bs)
+    ft_logits, test_labels = predict_batches(tuned, test_batches(), device)
     C = pruned.config.num_labels
     return accuracy_report(ft_logits, test_labels, C)["accuracy"]
 
@@ -186,6 +243,7 @@ def _accuracy_columns(acc: dict, base: dict, ft_acc: float, ft: dict) -> dict:
         "ci_lo": acc["ci_lo"],
         "ci_hi": acc["ci_hi"],
         "n_utterances": acc["n"],
+        "eval_clips": acc["n"],
         "per_class_accuracy": acc["per_class_accuracy"],
         "base_accuracy": base["accuracy"],
         "retained": acc["accuracy"] / base["accuracy"] if base["accuracy"] > 0 else math.nan,

@@ -48,9 +48,11 @@ def train_gates(stack: GatedStack, x0: np.ndarray, targets: dict[int, np.ndarray
                 progress: bool = False) -> list[dict]:  # fmt: skip
     """Distil the gated ``stack`` to the cached teacher states and drive its expected sparsity
     to ``target_sparsity``. ``x0`` (N, T, D): the input of block 0; ``targets``: hidden-state
-    index -> (N, T, D) teacher states. Weights (AdamW, ``lr``), gate log-alphas (Adam,
-    ``gate_lr``) descend; lambda1, lambda2 ascend (their gradients are negated). Returns the
-    per-step history (loss terms, expected sparsity, target, lambdas)."""
+    index -> (N, T, D) teacher states (arrays, or lazy views of the cache,
+    :class:`~workflow_scripts.backbones.rows.CachedRows`: each step reads only its mini-batch of
+    ``batch_size`` random rows, cast to float32 on ``device``). Weights (AdamW, ``lr``), gate
+    log-alphas (Adam, ``gate_lr``) descend; lambda1, lambda2 ascend (their gradients are
+    negated). Returns the per-step history (loss terms, expected sparsity, target, lambdas)."""
     from tqdm import tqdm
 
     device = torch.device(device)

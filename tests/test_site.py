@@ -1,0 +1,44 @@
+"""config/site.yaml: machine settings read automatically (by the Snakefile and the SLURM
+profile), git-ignored, under the command line's --config."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from helpers import ROOT, default_config, project_copy, rule_counts
+
+from workflow_scripts.core import site
+
+
+def test_site_file_is_git_ignored():
+    proc = subprocess.run(["git", "check-ignore", "-q", "config/site.yaml"], cwd=ROOT)
+    assert proc.returncode == 0
+
+
+def test_setting_reads_env_then_file_then_default(tmp_path, monkeypatch):
+    f = tmp_path / "site.yaml"
+    f.write_text(yaml.safe_dump({"slurm": {"partition": "gpu-a"}, "config": {"seed": 3}}))
+    site.load.cache_clear()
+    monkeypatch.delenv("SBATCH_PARTITION", raising=False)
+    assert site.setting("slurm.partition", "SBATCH_PARTITION", "", path=f) == "gpu-a"
+    assert site.setting("slurm.account", "SBATCH_ACCOUNT", "none", path=f) == "none"
+    monkeypatch.setenv("SBATCH_PARTITION", "from-env")
+    assert site.setting("slurm.partition", "SBATCH_PARTITION", "", path=f) == "from-env"
+    assert site.config_overrides(f) == {"seed": 3}
+    f.write_text(yaml.safe_dump({"partition": "x"}))
+    site.load.cache_clear()
+    with pytest.raises(ValueError, match="unknown key"):
+        site.load(f)
+    site.load.cache_clear()
+
+
+@pytest.mark.slow
+def test_snakefile_picks_up_the_site_file_under_the_command_line(tmp_path):
+    d = project_copy(tmp_path, default_config())
+    (d / "config/site.yaml").write_text(yaml.safe_dump({"config": {"outputs": ["manifest"]}}))
+    assert set(rule_counts(d, "--forceall")) == {"synthesize_corpus", "manifest", "all"}
+    # the command line still wins over the site file
+    counts = rule_counts(d, "--forceall", "--config", "outputs=[manifest,baseline]")
+    assert counts["finetune"] == len(default_config()["models"])

@@ -1,0 +1,51 @@
+"""Site settings: what differs between machines, not between experiments.
+
+``config/site.yaml`` (git-ignored, optional; ``config/site.example.yaml`` shows every key) is
+read automatically: by the Snakefile (its ``config`` keys are merged over config.yaml, under
+any ``--configfile``/``--config`` of the command line) and by the SLURM profile (partition,
+account, GPU request style), so a cluster user never edits a tracked file - editing
+``config/paper.yaml`` would mark every result ``git_dirty``. An environment variable, where
+one is named, wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+SITE_FILE = Path(__file__).resolve().parents[2] / "config" / "site.yaml"
+TOP_KEYS = ("config", "slurm", "hf_home")
+
+
+@cache
+def load(path: str | os.PathLike = SITE_FILE) -> dict:
+    """The site file's content ({} when absent); unknown top-level keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed keys: {list(TOP_KEYS)}")
+    return data
+
+
+def setting(key: str, env: str | None = None, default=None, path=SITE_FILE):
+    """``$env`` if set, else the dotted ``key`` of the site file (e.g. ``slurm.partition``),
+    else ``default``."""
+    if env and os.environ.get(env):
+        return os.environ[env]
+    node = load(path)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def config_overrides(path=SITE_FILE) -> dict:
+    """The config keys the site file sets (its ``config:`` section)."""
+    return dict(load(path).get("config") or {})

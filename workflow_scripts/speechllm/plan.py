@@ -1,0 +1,292 @@
+"""The SpeechLLM stage's plan (``rules/speechllm.smk``); torch-free (Snakemake imports it).
+
+Jobs:
+
+* ``speechllm_speech`` per split: the spoken command sentences (``speechllm/speech/{split}``);
+* ``speechllm_decoder`` per decoder with a ``pretrain`` spec and ``speechllm_train`` per
+  SpeechLLM with a ``train`` spec: written to ``{pretrained_dir}/{name}`` (the family
+  ``speechllm_pretrained``; ``config/pretrain_speechllm.yaml`` regenerates ``models/``);
+* ``speechllm_features`` per SpeechLLM x split: the frozen encoder's features;
+* the cells (family ``speechllm``): similarity ``{sllm}/{task}-{input}`` and pruning
+  ``{sllm}/{task}-{strategy}``, then ``speechllm_tables``.
+
+Wildcards: ``sllm`` (a SpeechLLM of ``speechllm.models``), ``decoder``, ``task``, ``input``,
+``strategy``, ``split``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from workflow_scripts.core import paths
+from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.pruning import strategies as registry
+from workflow_scripts.speechllm.settings import (
+    HEAL_DEFAULTS,
+    INPUTS,
+    REDUCE,
+    SCORED,
+    STRATEGIES,
+    resolve_train,
+)
+from workflow_scripts.speechllm.text import SPLITS, TASKS
+
+
+def section(config: dict) -> dict:
+    return config.get("speechllm") or {}
+
+
+def speechllms(config: dict) -> list[str]:
+    return list(section(config).get("models") or {})
+
+
+def tasks(config: dict) -> list[str]:
+    return [t for t in TASKS if t in section(config).get("tasks", [])]
+
+
+def strategies(config: dict) -> list[str]:
+    """The configured decoder strategies, in registry order."""
+    chosen = (section(config).get("pruning") or {}).get("strategies") or {}
+    return [s for s in registry.STRATEGIES if s in chosen]
+
+
+def inputs(config: dict) -> list[str]:
+    return [i for i in INPUTS if i in (section(config).get("similarity") or {}).get("inputs", [])]
+
+
+# ----------------------------------------------------------------------------------------
+# Models: where they come from
+# ----------------------------------------------------------------------------------------
+def _out_dir(config: dict, name: str) -> str:
+    return f"{config['pretrained_dir']}/{name}"
+
+
+def decoder_source(config: dict, name: str) -> str:
+    """A decoder reference: a ``speechllm.decoders`` entry (its ``hf``, or its pretraining
+    output) or, for any other name, a folder or hub id as it is."""
+    spec = (section(config).get("decoders") or {}).get(name)
+    if spec is None:
+        return name
+    return _out_dir(config, name) if "pretrain" in spec else spec["hf"]
+
+
+def encoder_source(config: dict, name: str) -> str:
+    """An encoder reference: a ``models`` entry with ``hf`` (its source) or, for any other
+    name, a folder or hub id as it is."""
+    spec = (config.get("models") or {}).get(name)
+    return spec["hf"] if spec and "hf" in spec else name
+
+
+def model_source(config: dict, sllm: str) -> str:
+    """A SpeechLLM folder: its ``hf`` or its training output."""
+    spec = section(config)["models"][sllm]
+    return _out_dir(config, sllm) if "train" in spec else spec["hf"]
+
+
+def _local(config: dict, source: str, built: bool) -> list[str]:
+    """``[source]`` when it is a file input (a rule output or a local folder), else []."""
+    return [source] if built or Path(source).exists() else []
+
+
+def pretrained_decoders(config: dict) -> list[str]:
+    return [d for d, s in (section(config).get("decoders") or {}).items() if "pretrain" in s]
+
+
+def trained_speechllms(config: dict) -> list[str]:
+    return [m for m, s in (section(config).get("models") or {}).items() if "train" in s]
+
+
+def pretrained_targets(config: dict) -> list[str]:
+    """The family ``speechllm_pretrained``: every decoder and SpeechLLM the workflow trains."""
+    names = pretrained_decoders(config) + trained_speechllms(config)
+    return [_out_dir(config, n) for n in names]
+
+
+def speech_slice(config: dict, split: str) -> dict:
+    """A speech split's slice: the corpus's sessions and augmentations, the text config, the
+    speech seed and augmentation switch, the split's utterance count."""
+    s = section(config)
+    sp = s["speech"]
+    return {"split": split, "utterances": sp["utterances"][split], "seed": sp["seed"],
+            "augment": sp["augment"], "text": s["text"], "corpus": config["corpus"]}  # fmt: skip
+
+
+def decoder_slice(config: dict, decoder: str) -> dict:
+    """A decoder's pretraining slice: its ``pretrain`` spec and the text config."""
+    s = section(config)
+    return {"pretrain": s["decoders"][decoder]["pretrain"], "text": s["text"]}
+
+
+def train_slice(config: dict, sllm: str) -> dict:
+    """A SpeechLLM's training slice: its resolved ``train`` spec and its encoder and decoder
+    sources (the speech splits are file inputs)."""
+    spec = resolve_train(section(config)["models"][sllm]["train"])
+    return {"train": spec, "encoder": encoder_source(config, spec["encoder"]),
+            "decoder": decoder_source(config, spec["decoder"])}  # fmt: skip
+
+
+def train_inputs(config: dict, results: str = RESULTS, *, sllm: str) -> dict[str, str]:
+    """The training and validation speech, and the decoder and encoder folders when local."""
+    spec = section(config)["models"][sllm]["train"]
+    dec, enc = spec["decoder"], encoder_source(config, spec["encoder"])
+    out = {"train": paths.path("speechllm_speech", results, split="training"),
+           "validation": paths.path("speechllm_speech", results, split="validation")}  # fmt: skip
+    for key, src, built in (("decoder", decoder_source(config, dec), dec in pretrained_decoders(
+            config)), ("encoder", enc, False)):  # fmt: skip
+        out.update({key: p for p in _local(config, src, built)})
+    return out
+
+
+def features_slice(config: dict, sllm: str, split: str) -> dict:
+    return {"split": split, "model": model_source(config, sllm)}
+
+
+def features_inputs(config: dict, results: str = RESULTS, *, sllm: str, split: str) -> dict:
+    src = model_source(config, sllm)
+    out = {"speech": paths.path("speechllm_speech", results, split=split)}
+    out.update({"model": p for p in _local(config, src, sllm in trained_speechllms(config))})
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Cells
+# ----------------------------------------------------------------------------------------
+def similarity_cells(config: dict) -> list[dict[str, str]]:
+    return [{"sllm": m, "task": t, "input": i}
+            for m in speechllms(config) for t in tasks(config) for i in inputs(config)]  # fmt: skip
+
+
+def pruning_cells(config: dict) -> list[dict[str, str]]:
+    return [{"sllm": m, "task": t, "strategy": s}
+            for m in speechllms(config) for t in tasks(config) for s in strategies(config)]  # fmt: skip
+
+
+def cells(config: dict) -> list[dict[str, str]]:
+    """The wildcards of every cell: the similarity cells (with ``input``), then the pruning
+    cells (with ``strategy``)."""
+    return similarity_cells(config) + pruning_cells(config)
+
+
+def cell_path(results: str = RESULTS, **w) -> str:
+    name = "speechllm_similarity_cell" if "input" in w else "speechllm_pruning_cell"
+    return paths.path(name, results, **w)
+
+
+def cell_paths(config: dict, results: str = RESULTS) -> list[str]:
+    return [cell_path(results, **w) for w in cells(config)]
+
+
+def heal_settings(config: dict) -> dict | None:
+    """Healing settings (defaults < ``speechllm.pruning.heal``), None when no n is listed."""
+    heal = {**HEAL_DEFAULTS, **((section(config).get("pruning") or {}).get("heal") or {})}
+    if not heal["n"]:
+        return None
+    heal["n"] = sorted(int(n) for n in heal["n"])
+    return heal
+
+
+def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str | None = None,
+               strategy: str | None = None) -> dict:  # fmt: skip
+    """A cell's slice (the same for every SpeechLLM: the model is an input). Similarity: task,
+    input type, reduction, utterances, batch size. Pruning: task, the strategy's settings, the
+    decoding settings, the calibration settings only for scored strategies, healing only when
+    on (the threshold is the tables'; editing it reruns no cell)."""
+    s = section(config)
+    if input is not None:
+        sim = s["similarity"]
+        return {"task": task, "input": input, "reduce": sim["reduce"],
+                "utterances": sim["utterances"], "batch_size": s["batch_size"]}  # fmt: skip
+    p = s["pruning"]
+    own = registry.resolve_settings(strategy, p["strategies"][strategy])
+    own.pop("heal", None)
+    keep_first = own.pop("keep_first", None)
+    cell = {"task": task, "strategy": strategy, "settings": own, "keep_first": keep_first,
+            "batch_size": s["batch_size"], "max_new_tokens": s["max_new_tokens"],
+            "test_utterances": p["test_utterances"], "heal": heal_settings(config)}  # fmt: skip
+    if strategy in SCORED:
+        cell.update(calibration_input=p["calibration_input"],
+                    calibration_utterances=p["calibration_utterances"])
+    return cell
+
+
+def _features(results: str, sllm: str, split: str) -> dict[str, str]:
+    return {f"{split}_features": paths.path("speechllm_features", results, sllm=sllm, split=split),
+            f"{split}_speech": paths.path("speechllm_speech", results, split=split)}
+
+
+def cell_inputs(config: dict, results: str = RESULTS, *, sllm: str, task: str,
+                input: str | None = None, strategy: str | None = None) -> dict[str, str]:  # fmt: skip
+    """The SpeechLLM folder (when local) and the features + speech of the splits the cell
+    reads: validation (similarity, calibration), testing (pruning), training (healing)."""
+    src = model_source(config, sllm)
+    out = {"model": p for p in _local(config, src, sllm in trained_speechllms(config))}
+    if input is not None:
+        return {**out, **_features(results, sllm, "validation")}
+    out.update(_features(results, sllm, "testing"))
+    if strategy in SCORED:
+        out.update(_features(results, sllm, "validation"))
+    if heal_settings(config):
+        out.update(_features(results, sllm, "training"))
+    return out
+
+
+def wildcard_constraints(config: dict) -> dict[str, str]:
+    """Each wildcard: one of its configured values."""
+
+    def alt(values, none):
+        return "|".join(map(re.escape, values)) or none
+
+    return {"sllm": alt(speechllms(config), "NO_SPEECHLLM"),
+            "decoder": alt(pretrained_decoders(config), "NO_DECODER"),
+            "task": alt(tasks(config), "NO_TASK"), "input": alt(inputs(config), "NO_INPUT"),
+            "strategy": alt(strategies(config), "NO_STRATEGY"), "split": "|".join(SPLITS)}  # fmt: skip
+
+
+def tables_slice(config: dict) -> dict:
+    """The tables' slice: the threshold, the WER floor and the overlap table's n."""
+    p = section(config)["pruning"]
+    return {"threshold": p["threshold"], "wer_floor": p["wer_floor"],
+            "overlap_n": section(config)["overlap_n"]}  # fmt: skip
+
+
+def tables_inputs(config: dict, results: str = RESULTS) -> dict[str, list[str]]:
+    return {"similarity": [cell_path(results, **w) for w in similarity_cells(config)],
+            "pruning": [cell_path(results, **w) for w in pruning_cells(config)]}  # fmt: skip
+
+
+def targets(config: dict, results: str = RESULTS) -> list[str]:
+    """The family ``speechllm``: every cell and the tables and charts."""
+    return cell_paths(config, results) + list(paths.tables("speechllm", results).values())
+
+
+def config_problems(config: dict) -> list[str]:
+    """Cross-field checks, each naming its key: strategies (decoder ones only, registry
+    settings), names unique across the pretrained folders, decoders referenced by a ``train``
+    spec, utterance counts the cells and healing need."""
+    s = section(config)
+    if not s:
+        return []
+    where = "config.speechllm"
+    chosen = (s.get("pruning") or {}).get("strategies") or {}
+    problems = registry.config_problems(chosen)
+    problems = [p.replace("config.pruning.", f"{where}.pruning.") for p in problems]
+    bad = [k for k in chosen if k in registry.STRATEGIES and k not in STRATEGIES]
+    if bad:
+        problems.append(f"{where}.pruning.strategies: {bad} are not decoder strategies; "
+                        f"allowed: {list(STRATEGIES)}")  # fmt: skip
+    reduce = (chosen.get("angular_block") or {}).get("reduce", "last")
+    if reduce not in REDUCE:
+        problems.append(f"{where}.pruning.strategies.angular_block.reduce: {reduce!r} is not "
+                        f"one of {list(REDUCE)}")  # fmt: skip
+    names = [*(config.get("models") or {}), *(s.get("decoders") or {}), *(s.get("models") or {})]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(f"{where}: names {dup} are used twice across config.models, "
+                        f"{where}.decoders and {where}.models")  # fmt: skip
+    utt = (s.get("speech") or {}).get("utterances") or {}
+    heal = heal_settings(config)
+    if (heal or trained_speechllms(config)) and not utt.get("training"):
+        problems.append(f"{where}.speech.utterances.training: 0, but healing or training needs "
+                        "training utterances")
+    return problems

@@ -1,0 +1,194 @@
+"""The SpeechLLM stage's jobs: the frozen encoder's features of a speech split, one decoder-
+similarity cell and one decoder-pruning cell.
+
+* Features ``speechllm/features/{sllm}/{split}.safetensors``: the encoder hidden state the
+  SpeechLLM reads, of every utterance of the split, computed once (cells only run projector and
+  decoder).
+* Similarity cell ``cells/speechllm_similarity/{sllm}/{task}-{input}.parquet``: the angular
+  distance d(h_l, h_l+n) of every (l, n) (``metric = angular``) and the block influence of every
+  block (``metric = block_influence``, ``n = 1``) on the validation utterances
+  (:mod:`~workflow_scripts.speechllm.similarity`).
+* Pruning cell ``cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet``: one row per seed
+  and n = 0 .. L-1 removed decoder blocks: the removed set, WER / BLEU / sentence error rate
+  on the test utterances, the relative degradation and, for the configured n, the same after
+  LoRA healing (:mod:`~workflow_scripts.speechllm.heal`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+
+from workflow_scripts.speechllm.metrics import relative_degradation, scores
+from workflow_scripts.speechllm.speech import read_manifest
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------------------
+def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet) -> int:
+    """Encode every utterance of ``speech_dir`` with the SpeechLLM's frozen encoder (its layer
+    ``encoder_layer``) and write ``features`` (all frames stacked) and ``lengths``; returns the
+    number of utterances."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from workflow_scripts.speechllm.model import encode, load_encoder, read_config, resolve
+    from workflow_scripts.speechllm.speech import read_audio
+
+    cfg = read_config(model_dir)
+    enc = load_encoder(resolve(cfg["encoder"], model_dir))
+    rows = read_manifest(speech_dir)
+    t0 = time.time()
+    feats = encode(enc, read_audio(speech_dir, rows), cfg["encoder_layer"])
+    log(f"{len(feats)} utterances encoded in {time.time() - t0:.1f} s")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    save_file({"features": torch.cat(feats).contiguous(),
+               "lengths": torch.tensor([f.shape[0] for f in feats])}, str(tmp))  # fmt: skip
+    tmp.replace(out)
+    return len(feats)
+
+
+def read_features(path: str, limit: int | None = None) -> list[torch.Tensor]:
+    """The per-utterance (frames, D) features of a features file (its first ``limit``)."""
+    from safetensors.torch import load_file
+
+    data = load_file(str(path))
+    lengths = data["lengths"].tolist()[:limit]
+    return list(torch.split(data["features"][: sum(lengths)], lengths))
+
+
+def _split_data(features: str, speech_dir: str, limit: int | None = None):
+    feats = read_features(features, limit)
+    return feats, list(read_manifest(speech_dir, len(feats)).text)
+
+
+# ----------------------------------------------------------------------------------------
+# Cells
+# ----------------------------------------------------------------------------------------
+def similarity_cell(cell: dict, *, sllm: str, task: str, input_type: str, model_dir: str,
+                    features: str, speech_dir: str, log: Log = _quiet) -> pd.DataFrame:  # fmt: skip
+    """The similarity cell's table (see the module docstring) for the ``cell`` slice of
+    :func:`~workflow_scripts.speechllm.plan.cell_slice`."""
+    from workflow_scripts.speechllm.model import load_speechllm
+    from workflow_scripts.speechllm.similarity import decoder_similarity, distance_rows
+
+    model = load_speechllm(model_dir, with_encoder=False)
+    feats, texts = _split_data(features, speech_dir, cell["utterances"])
+    t0 = time.time()
+    sim = decoder_similarity(model, feats, texts, task, input_type, cell["reduce"],
+                             cell["batch_size"])  # fmt: skip
+    L = sim["angular"].shape[0] - 1
+    log(f"{sllm} / {task} / {input_type}: {len(texts)} utterances, {time.time() - t0:.1f} s")
+    rows = [{"metric": "angular", **r, "value": r.pop("distance")}
+            for r in distance_rows(sim["angular"])]  # fmt: skip
+    rows += [{"metric": "block_influence", "layer": l, "n": 1, "value": float(v)}
+             for l, v in enumerate(sim["block_influence"])]  # fmt: skip
+    df = pd.DataFrame(rows)
+    for col, v in (("model", sllm), ("task", task), ("input", input_type)):
+        df.insert(0 if col == "model" else df.columns.get_loc("metric"), col, v)
+    df["n_layers"], df["utterances"], df["reduce"] = L, len(texts), cell["reduce"]
+    return df[["model", "task", "input", "metric", "layer", "n", "value", "n_layers",
+               "utterances", "reduce"]]  # fmt: skip
+
+
+def _score(model, feats, texts, task, cell) -> dict:
+    from workflow_scripts.speechllm.train import evaluate
+
+    refs, hyps = evaluate(model, feats, texts, task, cell["batch_size"], cell["max_new_tokens"])
+    return {**scores(refs, hyps), "example": hyps[0] if hyps else ""}
+
+
+def pruning_cell(cell: dict, *, sllm: str, task: str, strategy: str, model_dir: str,
+                 test: tuple[str, str], calibration: tuple[str, str],
+                 train: tuple[str, str] | None = None, log: Log = _quiet) -> pd.DataFrame:  # fmt: skip
+    """The pruning cell's table (see the module docstring) for the ``cell`` slice of
+    :func:`~workflow_scripts.speechllm.plan.cell_slice`; ``test``, ``calibration`` and
+    ``train`` are (features file, speech folder) pairs of the test, validation and training
+    splits (training only when healing is on)."""
+    from workflow_scripts.speechllm.model import decoder_layers, load_speechllm
+    from workflow_scripts.speechllm.pruning import decoder_params, removal_plans, removed_layers
+    from workflow_scripts.speechllm.similarity import decoder_similarity
+
+    model = load_speechllm(model_dir, with_encoder=False)
+    L = len(decoder_layers(model.decoder))
+    feats, texts = _split_data(*test)
+    scores_ = None
+    if strategy in ("angular_block", "block_influence"):
+        cal_feats, cal_texts = _split_data(*calibration, cell["calibration_utterances"])
+        scores_ = decoder_similarity(model, cal_feats, cal_texts, task, cell["calibration_input"],
+                                     cell["settings"].get("reduce", "last"), cell["batch_size"])  # fmt: skip
+    plans = removal_plans(strategy, L, {**cell["settings"], "keep_first": cell["keep_first"]},
+                          scores_)  # fmt: skip
+    rows, base, t0 = [], None, time.time()
+    for seed, sets in plans:
+        for removed in sets:
+            with removed_layers(model.decoder, removed):
+                res = _score(model, feats, texts, task, cell)
+                params = decoder_params(model.decoder)
+            if base is None:
+                base = res
+            rows.append(_row(seed, removed, L, res, base, params, cell))
+    log(f"{sllm} / {task} / {strategy}: {len(rows)} removal sets, {time.time() - t0:.1f} s")
+    _heal_rows(model, rows, task, (feats, texts), train, cell, log)
+    df = pd.DataFrame(rows)
+    df.insert(0, "model", sllm)
+    df.insert(1, "task", task)
+    df.insert(2, "strategy", strategy)
+    df["seed"] = df["seed"].astype("Int64")
+    df["test_utterances"] = len(texts)
+    df["scores"] = json.dumps({k: v.round(6).tolist() for k, v in scores_.items()}) if scores_ \
+        else None  # fmt: skip
+    return df
+
+
+def _row(seed, removed, L, res, base, params, cell) -> dict:
+    n = len(removed)
+    rel = relative_degradation(res["wer"], base["wer"], cell["wer_floor"])
+    return {
+        "seed": seed, "n_removed": n, "n_layers": L, "fraction_removed": n / L,
+        "removed": list(map(int, removed)), "wer": res["wer"], "bleu": res["bleu"],
+        "ser": res["ser"], "base_wer": base["wer"], "base_bleu": base["bleu"],
+        "delta_wer": res["wer"] / base["wer"] if base["wer"] > 0 else math.nan,
+        "relative_degradation": rel, "within_threshold": bool(rel <= cell["threshold"]),
+        "decoder_params": params, "example": res["example"], "healed": False,
+        "healed_wer": math.nan, "healed_bleu": math.nan,
+        "healed_relative_degradation": math.nan, "heal_seconds": math.nan,
+    }  # fmt: skip
+
+
+def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
+               log: Log) -> None:  # fmt: skip
+    """Heal the set of every row whose n is listed in ``heal.n`` on the training utterances of
+    ``train`` and fill its healed columns from the test utterances ``test_data``."""
+    from workflow_scripts.speechllm.heal import heal
+
+    hc = cell.get("heal")
+    todo = [r for r in rows if hc and 0 < r["n_removed"] and r["n_removed"] in hc["n"]]
+    if not todo:
+        return
+    if train is None:
+        raise ValueError("healing is on but no training features were given")
+    feats, texts = _split_data(*train, hc["train_utterances"])
+    for r in todo:
+        t0 = time.time()
+        healed = heal(model, r["removed"], task, feats, texts, hc)
+        res = _score(healed, *test_data, task, cell)
+        r.update(healed=True, healed_wer=res["wer"], healed_bleu=res["bleu"],
+                 healed_relative_degradation=relative_degradation(
+                     res["wer"], r["base_wer"], cell["wer_floor"]),
+                 heal_seconds=time.time() - t0)  # fmt: skip
+        log(f"healed {r['removed']}: WER {r['wer']:.4f} -> {res['wer']:.4f}")
