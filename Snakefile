@@ -29,6 +29,7 @@ include: "rules/similarity.smk"
 include: "rules/pruning.smk"
 include: "rules/mimic.smk"
 include: "rules/structured.smk"
+include: "rules/speechllm.smk"
 include: "rules/aggregate.smk"
 
 

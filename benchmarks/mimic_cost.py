@@ -87,14 +87,12 @@ def main(argv=None) -> int:
         dim = model.config.hidden_size
         audio = torch.randn(args.batch_size, int(16000 * args.seconds))
         audio = (audio - audio.mean(1, keepdim=True)) / audio.std(1, keepdim=True)
-        ref = None
         for kind, depth in kinds:
             torch.manual_seed(0)
             mim = Mimicker(kind, depth, dim, width=args.width, ffn=args.ffn)
-            rep = cost_report(
-                model, mim, audio, device, args.warmup, args.repeats, amp=args.amp, reference=ref
-            )
-            ref = ref or rep
+            precision = "bf16" if args.amp else "fp32"
+            rep = cost_report(model, mim, audio, device, args.warmup, args.repeats,
+                              precision=precision)  # fmt: skip
             rows.append({"arch": name, "kind": kind, "depth": depth, **rep})
         del model
     print(

@@ -23,7 +23,9 @@ structured = grid.plan("structured")
 aggregate = grid.plan("report")
 
 # config.yaml < config/site.yaml (git-ignored machine settings) < the command line.
-grid.assemble(config, site.config_overrides(), workflow.config_settings.overwrite_config or {})
+grid.assemble(
+    config, site.config_overrides(), workflow.config_settings.overwrite_config or {}
+)
 if site.setting("hf_home"):
     os.environ.setdefault("HF_HOME", str(site.setting("hf_home")))
 
@@ -120,7 +122,8 @@ def model_runtime(base_min):
 
 def disk_mb(fn, floor_mb=10):
     """A `disk_mb` resource: the predicted bytes of a job's outputs, ``fn(config,
-    **wildcards, results=RESULTS)`` (the estimates `make plan` reports), times the attempt."""
+    **wildcards, results=RESULTS)`` (the estimates `make plan` reports), times the attempt.
+    """
     from workflow_scripts.core.sizes import mb
 
     def disk(wildcards, attempt):
@@ -138,7 +141,9 @@ def similarity_mem_mb(base_mb, mb_per_mparam=20):
     model_mem = model_mem_mb(base_mb, mb_per_mparam)
 
     def mem(wildcards, attempt):
-        n = backbones.split_size(config, "validation", "clips", RESULTS)
+        n = backbones.split_size(
+            config, "validation", backbones.cache_clips(config, "validation"), RESULTS
+        )
         for cap in (config["similarity"]["clips"], config["similarity"]["batch_size"]):
             n = min(n, cap) if cap else n
         layers = model_dims(config["models"][wildcards.model])["layers"]

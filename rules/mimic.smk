@@ -10,6 +10,7 @@ rule mimic_cell:
     output:
         cell=path("mimic_cell"),
         curves=path("mimic_curves"),
+        export=directory(path("mimic_export")),
     log:
         log("mimic_cell"),
     benchmark:
@@ -20,7 +21,7 @@ rule mimic_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=10,  # parquet cells, tables and charts: kilobytes
+        disk_mb=disk_mb(backbones.model_bytes),  # the mimicked model: less than the whole
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,

@@ -6,7 +6,8 @@ rule pruning_cell:
     input:
         unpack(inputs_of(pruning.cell_inputs)),
     output:
-        path("pruning_cell"),
+        cell=path("pruning_cell"),
+        export=directory(path("pruning_export")),
     log:
         log("pruning_cell"),
     benchmark:
@@ -17,7 +18,7 @@ rule pruning_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=10,  # parquet cells, tables and charts: kilobytes
+        disk_mb=disk_mb(pruning.export_bytes),
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,

@@ -3,14 +3,16 @@ the overview computed from synthetic stage tables, and the charts saved offline.
 
 from __future__ import annotations
 
-import math
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from workflow_scripts.report import aggregate
 from workflow_scripts.report import plan as report_plan
+from workflow_scripts.report.overview import overview_chart, overview_markdown, overview_table
+from workflow_scripts.report.pareto import pareto_table
 
 
 def config(*outputs):
@@ -91,70 +93,98 @@ def mimic_rows(model, accs, backbone=0.8):
     return pd.DataFrame(rows)
 
 
-def test_overview_answers_the_headline_questions_from_the_tables():
+def structured_rows():
+    return pd.DataFrame({"model": ["m-a", "m-a", "m-b"], "target_sparsity": [0.3, 0.6, 0.3],
+                         "achieved_sparsity": [0.31, 0.62, 0.29], "retained": [0.97, 0.9, 0.5],
+                         "accuracy": [0.58, 0.54, 0.4], "ci_lo": [0.5, 0.45, 0.3],
+                         "ci_hi": [0.66, 0.63, 0.5], "total_params": [80, 60, 90],
+                         "latency_ms": [5.0, 4.0, 6.0], "base_latency_ms": [10.0] * 3,
+                         "n_utterances": [50] * 3})  # fmt: skip
+
+
+def overview_of(**extra):
     baseline = aggregate.baseline_table(baseline_cells())
     blocks = pd.DataFrame(
-        [
-            ("m-a", "cka_linear", 1, 3, 3),
-            ("m-a", "cka_linear", 0, 0, 2),
-            ("m-b", "cosine", 0, 0, 4),
-        ],
+        [("m-a", "cka_linear", 1, 3, 3), ("m-a", "cka_linear", 0, 0, 2),
+         ("m-b", "cosine", 0, 0, 4)],
         columns=["model", "metric", "block", "first_layer", "last_layer"],
-    )
-    pruning = pd.concat([pruning_rows("m-a", [1.0, 0.97, 0.93], 3),
+    )  # fmt: skip
+    # m-a dips below 95% at n = 1 and recovers at n = 2: the headline must stop at 0
+    pruning = pd.concat([pruning_rows("m-a", [1.0, 0.93, 0.97], 3),
                          pruning_rows("m-b", [1.0, 0.99, 0.96, 0.5], 4)])  # fmt: skip
     mimic = pd.concat([mimic_rows("m-a", [0.7, 0.76, 0.79]), mimic_rows("m-b", [0.8, 0.6, 0.2])])
-    structured = pd.DataFrame({"model": ["m-a", "m-a", "m-b"], "target_sparsity": [0.3, 0.6, 0.3],
-                               "achieved_sparsity": [0.31, 0.62, 0.29],
-                               "retained": [0.97, 0.9, 0.5]})  # fmt: skip
-    ov = aggregate.overview_table(baseline, blocks, pruning, mimic, structured, threshold=0.95)
-    assert list(ov.model) == ["m-b", "m-a"]
-    ov = ov.set_index("model")
-    assert ov.loc["m-a", "test accuracy"] == pytest.approx(0.6)
-    assert ov.loc["m-b", "layers"] == 4
-    assert ov.loc["m-a", "blocks: cka_linear"] == "0-2 3-3"  # sorted by block
-    assert ov.loc["m-b", "blocks: cosine"] == "0-4" and pd.isna(ov.loc["m-b", "blocks: cka_linear"])
-    # forward keeps >= 95% up to n = 1 (m-a: 0.93 < 0.95) and n = 2 (m-b)
-    assert ov.loc["m-a", "prunable: forward"] == 1 and ov.loc["m-b", "prunable: forward"] == 2
-    # random: the mean-over-seeds curve (0.02 lower: n = 1), not seed 0's (2) or seed 1's (0)
-    assert ov.loc["m-b", "prunable: random"] == 1
-    # best mimicker: highest accuracy retained, no_mimic excluded
-    assert ov.loc["m-a", "best mimicker"] == "transformer-1"
-    assert ov.loc["m-a", "mimic: accuracy retained %"] == pytest.approx(95.0)
-    assert ov.loc["m-b", "best mimicker"] == "linear-1"
-    assert ov.loc["m-b", "mimic: param reduction %"] == pytest.approx(100 * (1 - 1200 / 2000))
-    assert ov.loc["m-b", "mimic: latency reduction %"] == pytest.approx(40.0)
-    assert ov.loc["m-a", "structured: max sparsity"] == pytest.approx(0.31)
-    assert math.isnan(ov.loc["m-b", "structured: max sparsity"])
+    tables = {"blocks": blocks, "pruning": pruning, "mimic": mimic, "structured": structured_rows()}
+    tables.update(extra)
+    stages = {k: tables[k] for k in ("pruning", "mimic", "structured")}
+    pareto = pareto_table(**stages)
+    return overview_table(baseline, pareto=pareto, threshold=0.95, **tables), pareto
 
-    md = aggregate.overview_markdown(ov.reset_index(), 0.95, ["similarity", "pruning", "mimic"])
-    assert md.startswith("# Overview") and "| m-a |" in md and ">= 95%" in md
-    long = aggregate.overview_long(ov.reset_index())
-    assert set(long.question) == {"blocks prunable", "best mimicker (%)"}
-    assert len(long[long.question == "blocks prunable"]) == 4  # 2 models x 2 strategies
+
+def test_overview_answers_the_headline_questions_from_the_tables():
+    ov, _ = overview_of()
+    assert list(dict.fromkeys(ov.model)) == ["m-b", "m-a"]
+    row = {(r.model, r.finding.split(" (")[0], r.method): r for r in ov.itertuples(index=False)}
+    base = row[("m-a", "fine-tuned model", "unpruned")]
+    assert base.accuracy_pct == pytest.approx(60.0) and base.result.startswith("3 layers")
+    assert base.ci_pct == "50.0-70.0" and base.eval_clips == 50  # percent, CI and n
+    assert row[("m-a", "groups of similar layers", "cka_linear")].result == "input-2, 3-3"
+    assert row[("m-b", "groups of similar layers", "cosine")].result == "input-4"
+    # the prefix headline: m-a's forward curve dips at n = 1, so 0 layers (the dip-allowed
+    # count, 2, is given beside it); m-b keeps 95% up to n = 2
+    fwd_a = row[("m-a", "layers removable", "forward")]
+    assert fwd_a.result.startswith("0 of 3 layers") and fwd_a.meets_threshold is None
+    assert fwd_a.also.startswith("2 if a dip below 95%")
+    fwd_b = row[("m-b", "layers removable", "forward")]
+    assert fwd_b.result == "2 of 4 layers (50%)" and fwd_b.retained_pct == pytest.approx(96.0)
+    assert fwd_b.meets_threshold is True and fwd_b.also == ""
+    # random: the mean-over-seeds curve (0.02 lower: n = 1), not a single seed's
+    assert row[("m-b", "layers removable", "random")].result.startswith("1 of 4")
+    # best mimicker: highest accuracy retained, no_mimic excluded; meets flag
+    mim = row[("m-a", "best mimicker", "transformer-1")]
+    assert mim.retained_pct == pytest.approx(95.0) and mim.meets_threshold is True
+    assert mim.result == f"{100 * (1 - 1200 / 2000):.0f}% fewer parameters, 1.67x faster"
+    assert row[("m-b", "best mimicker", "linear-1")].retained_pct == pytest.approx(100.0)
+    # structured: the highest target tried, named so
+    st = row[("m-a", "structured pruning", "target 60%")]
+    assert st.retained_pct == pytest.approx(90.0) and st.meets_threshold is False
+    assert "2.50x faster" in st.result
+    md = overview_markdown(ov, 0.95, ["similarity", "pruning", "mimic"])
+    assert md.startswith("# Overview") and "## m-a" in md and "meets 95%" in md
+    assert "state 0 (`input`)" in md
+
+
+def test_pareto_frontier_on_a_constructed_example():
+    from workflow_scripts.report.pareto import frontier, smallest_meeting
+
+    params = np.array([100, 80, 80, 60, 40, 40])
+    acc = np.array([0.90, 0.89, 0.85, 0.86, 0.50, 0.50])
+    # (80, .85) is beaten by (80, .89); (60, .86) is not beaten (nothing smaller is better);
+    # the two equal (40, .5) points do not dominate each other
+    assert frontier(params, acc).tolist() == [True, True, False, True, True, True]
+    _, pareto = overview_of()
+    a = pareto[pareto.model == "m-a"]
+    assert a.frontier.any() and (a.family == "unpruned").sum() == 1
+    for r in a[a.frontier].itertuples():
+        better = a[(a.total_params <= r.total_params) & (a.accuracy_pct > r.accuracy_pct)]
+        assert better.empty
+    best = smallest_meeting(pareto)
+    assert set(best.model) <= {"m-a", "m-b"}
+    assert (best.retained_pct >= 95).all() and best.frontier.all()
 
 
 def test_overview_with_baseline_only():
-    ov = aggregate.overview_table(aggregate.baseline_table(baseline_cells()))
-    assert list(ov.columns) == ["model", "test accuracy", "layers"]
-    assert "baseline only" in aggregate.overview_markdown(ov, 0.95, [])
-    assert aggregate.overview_long(ov).empty
-
-
-def test_structured_table_without_known_columns_is_left_out():
-    baseline = aggregate.baseline_table(baseline_cells())
-    ov = aggregate.overview_table(baseline, structured=pd.DataFrame({"model": ["m-a"], "x": [1]}))
-    assert not any(c.startswith("structured") for c in ov.columns)
+    ov = overview_table(aggregate.baseline_table(baseline_cells()))
+    assert set(ov.finding) == {"fine-tuned model (test accuracy)"}
+    assert "baseline only" in overview_markdown(ov, 0.95, [])
 
 
 def test_charts_save_as_offline_html_and_png(tmp_path):
     from workflow_scripts.report.charts import save_chart
 
-    baseline = aggregate.baseline_table(baseline_cells())
-    pruning = pd.concat([pruning_rows("m-a", [1.0, 0.97, 0.93], 3)])
-    ov = aggregate.overview_table(baseline, pruning=pruning)
-    save_chart(aggregate.overview_chart(ov), tmp_path / "o.html", tmp_path / "o.png")
-    save_chart(aggregate.baseline_chart(baseline), tmp_path / "b.html")
+    ov, _ = overview_of()
+    save_chart(overview_chart(ov), tmp_path / "o.html", tmp_path / "o.png")
+    save_chart(aggregate.baseline_chart(aggregate.baseline_table(baseline_cells())),
+               tmp_path / "b.html")  # fmt: skip
     for name in ("o.html", "b.html"):
         html = (tmp_path / name).read_text()
         assert "vegaEmbed" in html and not re.search(r"<script[^>]+src=", html)

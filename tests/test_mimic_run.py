@@ -38,7 +38,7 @@ CELL_COLUMNS = [
     "mimicked_model_ms_per_sample", "stack_latency_reduction_pct", "model_latency_reduction_pct",
     "speedup", "speedup_lo", "speedup_hi", "stack_speedup", "stack_speedup_lo",
     "stack_speedup_hi", "batch_size", "frames", "warmup", "repeats", "timing_precision",
-    "timing_device", "latency_threads", "device",
+    "timing_device", "timing_clock", "latency_threads", "device",
 ]  # fmt: skip
 
 

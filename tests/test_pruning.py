@@ -458,3 +458,21 @@ def test_heal_rejects_bypassed_lora_targets():
             batch_size=2,
             target_modules=["attention.q_proj", "attention.v_proj"],
         )
+
+
+def test_healing_is_a_function_of_its_seed_not_of_the_global_rngs():
+    """torch seeds its global generator randomly in every new process: the adapters' start and
+    the SpecAugment masks (numpy's global RNG) must come from the healing seed."""
+    model = tiny("wav2vec2")
+    model.config.mask_time_prob = 0.5  # masks drawn from numpy's global RNG while training
+    audio, labels = clips(8), np.arange(8) % 5
+    pruned = pruning.remove_layers(model, [1])
+    healed = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)
+        np.random.seed(noise)
+        healed.append(pruning.heal_with_lora(pruned, audio, labels, steps=3, lr=1e-2, rank=4,
+                                             alpha=8, batch_size=4, seed=7))  # fmt: skip
+    for (k, a), b in zip(healed[0].state_dict().items(), healed[1].state_dict().values(),
+                         strict=True):  # fmt: skip
+        assert torch.equal(a, b), k

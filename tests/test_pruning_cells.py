@@ -441,6 +441,26 @@ def test_summary_headline_and_auc_on_a_known_curve():
     assert md.count("\n") == len(s) + 2 and "| m | forward |" in md
 
 
+def test_headline_rows_and_interleaved_speedups_in_the_summary():
+    """The cell's ``headline`` marks each curve's prefix headline (a dip stops it; the mean
+    over seeds is a curve of its own); the summary takes the cells' own speed-ups."""
+    df = pd.concat([
+        curve("m", "forward", [0.8, 0.79, 0.70, 0.77, 0.2]),  # dip at n = 2: headline n = 1
+        curve("m", "random", [0.8, 0.8, 0.5, 0.8, 0.2], seed=0),
+        curve("m", "random", [0.8, 0.8, 0.8, 0.5, 0.2]),  # mean row (seed null)
+    ], ignore_index=True)  # fmt: skip
+    df["speedup"] = [1.0, 1.5, 2.0, 2.5, 3.0] * 3
+    df["base_latency_ms"] = [10.0, 11.0, 9.0, 10.5, 30.0] * 3
+    heads = df[report.headline_rows(df, 0.95)]
+    assert list(zip(heads.strategy, heads.seed.astype(object), heads.n_removed, strict=True)) == [
+        ("forward", None, 1), ("random", 0, 1), ("random", None, 2)]  # fmt: skip
+    s = report.summary_table(df, 0.95).set_index("strategy")
+    fwd = s.loc["forward"]
+    assert fwd.max_removed_prefix == 1 and fwd.speedup_at_prefix == 1.5
+    assert fwd.accuracy_at_prefix == 0.79 and fwd.speedup_at_max == 2.5  # max_removed = 3
+    assert fwd.base_latency_ms == 10.5  # the median of the rows' interleaved baselines
+
+
 def test_charts_build_with_threshold_rule():
     from workflow_scripts.report import charts
 

@@ -187,7 +187,7 @@ def gres_run(gres_cluster, runs, tmp_path_factory):
     overrides = write_test_profile(base / "overrides")
     env = slurm_env(gres_cluster, GPU_GRES="gpu:1")
     target = paths.path("baseline_cell", model=MODEL)
-    out = run_profile(gres_cluster, project, overrides, env, "--forcerun", "finetune", target)
+    out = run_profile(gres_cluster, project, overrides, env, target, "--forcerun", "finetune")
     return {"slurm": project, "out": out}
 
 

@@ -65,7 +65,9 @@ def tiny_speechllm(tmp_path, arch="llama", lora=True, with_encoder=True):
 
 def waves(n=3, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(int(s)).astype(np.float32) * 0.1 for s in rng.integers(6000, 12000, n)]
+    return [
+        rng.standard_normal(int(s)).astype(np.float32) * 0.1 for s in rng.integers(6000, 12000, n)
+    ]
 
 
 # ----------------------------------------------------------------------------------------
@@ -293,3 +295,38 @@ def test_healing_changes_only_the_lora_parameters(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # input kept
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in healed.named_parameters()
                if "lora_B" in n)  # fmt: skip
+
+
+def test_projector_kinds_downsample_by_the_stack():
+    from workflow_scripts.speechllm.model import Projector
+
+    for kind in ("linear", "mlp", "conv"):
+        p = Projector(8, 6, stack=4, kind=kind, hidden=5)
+        for frames in (1, 8, 9, 13):
+            assert p(torch.randn(frames, 8)).shape == (-(-frames // 4), 6)
+    with pytest.raises(ValueError):
+        Projector(8, 6, stack=3, kind="conv")
+
+
+def test_spoken_sentences_keep_the_identity_split(tmp_path):
+    from helpers import TINY
+
+    from workflow_scripts.core.config import validate_config
+    from workflow_scripts.speechllm.speech import read_audio, read_manifest, synthesize_split
+
+    cfg = validate_config({"corpus": TINY["corpus"]})["corpus"]
+    ids = {}
+    for split in ("training", "testing"):
+        df = synthesize_split(tmp_path / split, split, 3, cfg, TEXT_CFG, 0, augment=True,
+                              sessions=20)  # fmt: skip
+        assert list(df.columns[:6]) == ["path", "text", "translation", "session", "identity",
+                                        "split"]  # fmt: skip
+        assert (df.translation == df.text.map(text.translate)).all()
+        audio = read_audio(tmp_path / split, read_manifest(tmp_path / split))
+        assert all(a.dtype == np.float32 and 0.3 < a.size / 16000 < 6 for a in audio)
+        ids[split] = set(df.identity)
+    assert not ids["training"] & ids["testing"]
+    held = set(text.Sentences(TEXT_CFG).heldout_sentences("testing"))
+    assert set(read_manifest(tmp_path / "testing").text) <= held
+    again = synthesize_split(tmp_path / "again", "testing", 2, cfg, TEXT_CFG, 0, sessions=20)
+    assert again.text.tolist() == read_manifest(tmp_path / "testing", 2).text.tolist()

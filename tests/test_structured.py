@@ -344,3 +344,29 @@ def test_run_cell_from_the_rule_files(tmp_path):
     with pytest.raises(ValueError, match=r"structured.distill.layers \[4\] out of range 1..3"):
         run_cell(inputs, bad, str(tmp_path / "corpus"), model="tiny", out_dir=tmp_path / "x",
                  log=logged.append)  # fmt: skip
+
+
+def test_structured_cell_is_a_function_of_its_seed_not_of_the_global_rng(tmp_path):
+    """The gates' initial noise must come from the cell's seed (torch seeds its global
+    generator randomly in every new process)."""
+    from workflow_scripts.structured.run import run_cell
+
+    model = tiny_model("hubert", dtype=torch.float32)
+    inputs = rule_files(tmp_path, model)
+    cell = {"target": 0.4, "gates": {"heads": True, "head_dims": True, "ffn_units": True},
+            "init_log_alpha": 3.0, "straight_through": False, "steps": 3, "batch_size": 2,
+            "lr": 2e-4, "gate_lr": 0.05, "lambda_lr": 0.5, "warmup_frac": 0.3, "seed": 0,
+            "distill": {"layers": [2, 3], "loss": "l1", "cos_weight": 1.0},
+            "train_clips": 4, "test_clips": 3, "eval_batch_size": 4,
+            "latency": {"batch_size": 2, "warmup": 0, "repeats": 1},
+            "finetune": {"steps": 0}}  # fmt: skip
+    runs = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)
+        df = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
+                      out_dir=tmp_path / f"pruned{noise}", log=lambda _m: None)  # fmt: skip
+        runs.append(df.drop(columns=[c for c in df if "latency" in c or "speedup" in c
+                                     or c.endswith("seconds")]))  # fmt: skip
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(runs[0], runs[1])

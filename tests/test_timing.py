@@ -18,7 +18,7 @@ from workflow_scripts.core.timing import compare_latency, measure_latency, media
 def clock(monkeypatch):
     """A clock (seconds) that only ``advance`` moves, installed as ``timing.time``."""
     c = SimpleNamespace(now=0.0)
-    c.perf_counter = lambda: c.now
+    c.perf_counter = c.process_time = lambda: c.now
 
     def advance(ms):
         c.now += ms / 1000.0
@@ -141,3 +141,21 @@ def test_one_precision_for_both_whatever_the_caller_has_on(clock):
         compare_latency(fn, fn, "cpu", precision="fp16")
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         compare_latency(fn, fn, "cpu", repeats=0)
+
+
+def test_clock_is_cpu_time_on_one_thread_else_wall(monkeypatch):
+    """On one CPU thread the calls are timed in process CPU time (which time spent waiting
+    for the core does not inflate), on several in wall time."""
+    c = SimpleNamespace(wall=0.0, cpu=0.0)
+    c.perf_counter, c.process_time = (lambda: c.wall), (lambda: c.cpu)
+    monkeypatch.setattr(timing, "time", c)
+
+    def fn():  # 10 ms of work, 40 ms waiting for the core
+        c.wall += 0.050
+        c.cpu += 0.010
+
+    one = compare_latency(fn, fn, "cpu", warmup=0, repeats=2, threads=1)
+    assert one["clock"] == "cpu" and one["latency_ms"] == pytest.approx(10)
+    two = compare_latency(fn, fn, "cpu", warmup=0, repeats=2, threads=2)
+    assert two["clock"] == "wall" and two["latency_ms"] == pytest.approx(50)
+    assert measure_latency(fn, "cpu", 0, 1)["clock"] == "cpu"  # the tests run on one thread

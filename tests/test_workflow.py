@@ -132,23 +132,25 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
 @pytest.mark.slow
 def test_overview_is_computed_from_the_tables(tiny_project):
     from workflow_scripts.core.provenance import read_provenance
-    from workflow_scripts.report.aggregate import overview_table
+    from workflow_scripts.report.overview import overview_table
+    from workflow_scripts.report.pareto import pareto_table
 
     d = tiny_project / "results/tables"
     overview = pd.read_parquet(d / "overview.parquet")
-    assert list(overview.model) == ["tiny-a", "tiny-b"]
-    for col in ("blocks: cosine", "blocks: cka_linear", "prunable: forward", "best mimicker",
-                "mimic: accuracy retained %", "mimic: param reduction %"):  # fmt: skip
-        assert col in overview and overview[col].notna().all(), col
-    again = overview_table(
-        pd.read_parquet(d / "baseline.parquet"), pd.read_csv(d / "blocks.csv"),
-        pd.read_parquet(d / "pruning.parquet"), pd.read_parquet(d / "mimic.parquet"),
-        pd.read_parquet(d / "structured.parquet"),
-        threshold=TINY.get("pruning", {}).get("threshold", 0.95),
-    )  # fmt: skip
+    assert list(dict.fromkeys(overview.model)) == ["tiny-a", "tiny-b"]
+    findings = {f.split(" (")[0] for f in overview.finding}
+    assert findings >= {"fine-tuned model", "groups of similar layers", "layers removable",
+                        "best mimicker", "structured pruning", "smallest model keeping the "
+                        "threshold"}  # fmt: skip
+    threshold = TINY.get("pruning", {}).get("threshold", 0.95)
+    stages = {k: pd.read_parquet(d / f"{k}.parquet") for k in ("pruning", "mimic", "structured")}
+    pareto = pareto_table(**stages, threshold=threshold)
+    pd.testing.assert_frame_equal(pareto, pd.read_csv(d / "pareto.csv"), check_dtype=False)
+    again = overview_table(pd.read_parquet(d / "baseline.parquet"), pd.read_csv(d / "blocks.csv"),
+                           pareto=pareto, threshold=threshold, **stages)  # fmt: skip
     pd.testing.assert_frame_equal(overview, again)
     md = (d / "overview.md").read_text()
-    assert all(m in md for m in ("tiny-a", "tiny-b", "prunable: forward"))
+    assert all(m in md for m in ("## tiny-a", "## tiny-b", "layers removable"))
     inputs = json.loads(read_provenance(d / "overview.parquet")["input_paths"])
     assert set(inputs) == {"baseline", "blocks", "pruning", "mimic", "structured"}
 

@@ -13,7 +13,8 @@ from types import ModuleType
 from workflow_scripts.core.config import ConfigError, validate_config
 from workflow_scripts.core.paths import RESULTS
 
-STAGES = ("data", "backbones", "similarity", "pruning", "mimic", "structured", "report")
+STAGES = ("data", "backbones", "similarity", "pruning", "mimic", "structured", "report",
+          "speechllm")
 
 # `config.outputs` family -> (stage, the plan function listing its targets).
 OUTPUTS = {
@@ -26,6 +27,8 @@ OUTPUTS = {
     "mimic": ("mimic", "targets"),
     "structured": ("structured", "targets"),
     "tables": ("report", "targets"),
+    "speechllm": ("speechllm", "targets"),
+    "speechllm_pretrained": ("speechllm", "pretrained_targets"),
 }
 
 
@@ -37,6 +40,9 @@ GRID_KEYS = (
     ("similarity", "metrics"),
     ("pruning", "strategies"),
     ("mimic", "types"),
+    ("speechllm", "models"),
+    ("speechllm", "decoders"),
+    ("speechllm", "pruning", "strategies"),
 )
 
 

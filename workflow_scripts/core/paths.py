@@ -38,6 +38,14 @@ FILES = {
     "similarity_model_chart": "charts/similarity_{model}.html",
     # the one HTML report
     "report": "report.html",
+    # SpeechLLM decoder redundancy
+    "speechllm_speech": "speechllm/speech/{split}",
+    "speechllm_features": "speechllm/features/{sllm}/{split}.safetensors",
+    "speechllm_similarity_cell": "cells/speechllm_similarity/{sllm}/{task}-{input}.parquet",
+    "speechllm_pruning_cell": "cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet",
+    # the jobs writing into pretrained_dir (their logs and benchmarks are named by these)
+    "speechllm_decoder": "speechllm/decoders/{decoder}",
+    "speechllm_train": "speechllm/trained/{sllm}",
 }
 
 # Each aggregation rule's outputs by role; the roles are the rule's named outputs.
@@ -80,12 +88,28 @@ TABLES = {
         "comparison_html": "charts/comparison.html",
         "comparison_png": "charts/comparison.png",
     },
+    "speechllm": {
+        "similarity": "tables/speechllm_similarity.parquet",
+        "pruning": "tables/speechllm_pruning.parquet",
+        "summary_csv": "tables/speechllm_summary.csv",
+        "summary_md": "tables/speechllm_summary.md",
+        "overlap_csv": "tables/speechllm_overlap.csv",
+        "overlap_md": "tables/speechllm_overlap.md",
+        "pairs_csv": "tables/speechllm_overlap_pairs.csv",
+        "pairs_md": "tables/speechllm_overlap_pairs.md",
+        "similarity_html": "charts/speechllm_similarity.html",
+        "similarity_png": "charts/speechllm_similarity.png",
+        "delta_wer_html": "charts/speechllm_delta_wer.html",
+        "delta_wer_png": "charts/speechllm_delta_wer.png",
+    },
     "overview": {
         "table": "tables/overview.parquet",
         "csv": "tables/overview.csv",
         "md": "tables/overview.md",
         "html": "charts/overview.html",
         "png": "charts/overview.png",
+        "pareto_csv": "tables/pareto.csv",
+        "pareto_md": "tables/pareto.md",
     },
 }
 
@@ -105,6 +129,11 @@ CAPTIONS = {
     ("structured", "comparison_html"): "comparison.rst",
     ("overview", "csv"): "overview_table.rst",
     ("overview", "html"): "overview.rst",
+    ("overview", "pareto_csv"): "pareto.rst",
+    ("speechllm", "summary_csv"): "speechllm_summary.rst",
+    ("speechllm", "overlap_csv"): "speechllm_overlap.rst",
+    ("speechllm", "similarity_html"): "speechllm_similarity.rst",
+    ("speechllm", "delta_wer_html"): "speechllm_delta_wer.rst",
 }
 # The report's category of each stage's outputs.
 CATEGORIES = {
@@ -114,6 +143,7 @@ CATEGORIES = {
     "pruning": "Pruning",
     "mimic": "Mimickers",
     "structured": "Structured pruning",
+    "speechllm": "SpeechLLM decoder",
 }
 
 

@@ -77,7 +77,7 @@ def cache_bytes(clips: int, frames: int, hidden: int, states: int, feature_proje
     feature projection / the pre-LN ``final`` output), int64 labels, the header (paths)."""
     per_row = 2 * frames * hidden
     n_tensors = states + int(feature_projection) + int(final)
-    return clips * (per_row * n_tensors + 8) + 200 * clips + 4096
+    return clips * (per_row * n_tensors + 8) + 40 * clips + 1500  # + header: paths, provenance
 
 
 def model_bytes(params: int, dtype_bytes: int = 4) -> int:

@@ -7,12 +7,15 @@ second, in a cache the other warmed). Both run at the same precision (:data:`PRE
 fp32 by default, on CPU and CUDA) and on the same torch CPU threads. The speed-up is the
 median over rounds of the paired ratio baseline time / method time; its 95% interval is the
 distribution-free interval of a median from order statistics (binomial; see
-:func:`median_interval`). Load that the machine puts on both alike (another job on the other
-core) cancels in the paired ratios; what remains is noise within a round.
+:func:`median_interval`). Load that the machine puts on both alike cancels in the paired
+ratios; what remains is noise within a round.
+
+The clock (:func:`_timer`): CUDA events with synchronisation on CUDA; on CPU the process's CPU
+time when torch runs on one thread (every cell's job does), which other jobs on the machine
+do not inflate, else the wall time (``time.perf_counter``).
 
 :func:`measure_latency` times one function alone (median of ``repeats`` calls after
-``warmup``). On CUDA the timing uses CUDA events with synchronisation; on CPU
-``time.perf_counter``.
+``warmup``), with the same clocks.
 """
 
 from __future__ import annotations
@@ -41,9 +44,15 @@ def precision_context(device: torch.device, precision: str = TIMING_PRECISION):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """A function that calls ``fn`` once and returns its duration in ms (CUDA events with
-    synchronisation on CUDA, ``time.perf_counter`` on CPU)."""
+def _timer(device: torch.device) -> tuple[Callable[[Callable[[], object]], float], str]:
+    """(a function that calls ``fn`` once and returns its duration in ms, the clock's name):
+    ``"cuda"`` (CUDA events with synchronisation) on CUDA; on CPU ``"cpu"`` - the process's
+    CPU time (``time.process_time``) - when torch runs on one thread, else ``"wall"``
+    (``time.perf_counter``). On one thread the CPU time a forward pass takes is its latency
+    on an idle core, and unlike the wall time it does not grow while other jobs hold the
+    core (on the 2-core default machine at a load average of 8, the wall time of one
+    forward pass varied 42-78 ms where its CPU time varied 26-30 ms); on several threads
+    it would add up the threads' time, so the wall clock is used there."""
     if device.type == "cuda":
 
         def cuda_call(fn) -> float:
@@ -56,14 +65,16 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
             torch.cuda.synchronize(device)
             return float(start.elapsed_time(end))
 
-        return cuda_call
+        return cuda_call, "cuda"
+    single = torch.get_num_threads() == 1
+    read = time.process_time if single else time.perf_counter
 
     def cpu_call(fn) -> float:
-        t0 = time.perf_counter()
+        t0 = read()
         fn()
-        return (time.perf_counter() - t0) * 1000.0
+        return (read() - t0) * 1000.0
 
-    return cpu_call
+    return cpu_call, "cpu" if single else "wall"
 
 
 def measure_latency(
@@ -75,12 +86,13 @@ def measure_latency(
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed.
 
     Returns {"median_ms", "min_ms", "max_ms", "times_ms" (list), "warmup", "repeats",
-    "device"}. ``fn`` should do one whole batch of work (e.g. a forward pass).
+    "device", "clock" (:func:`_timer`)}. ``fn`` should do one whole batch of work (e.g. a
+    forward pass).
     """
     device = torch.device(device)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
-    call = _timer(device)
+    call, clock = _timer(device)
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
@@ -93,6 +105,7 @@ def measure_latency(
         "warmup": warmup,
         "repeats": repeats,
         "device": str(device),
+        "clock": clock,
     }
 
 
@@ -133,18 +146,19 @@ def compare_latency(
     times), ``latency_min_ms`` / ``base_latency_min_ms``, ``speedup`` (median over rounds of
     baseline time / method time), ``speedup_lo`` / ``speedup_hi`` (:func:`median_interval`,
     95%), ``times_ms`` / ``base_times_ms`` (per round), and the conditions ``warmup``,
-    ``repeats``, ``threads``, ``precision``, ``device``.
+    ``repeats``, ``threads``, ``precision``, ``device``, ``clock`` (:func:`_timer`: CPU
+    time on one CPU thread, wall time on several, CUDA events on CUDA).
     """
     device = torch.device(device)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
-    call = _timer(device)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     base_t, meth_t = [], []
     try:
         used_threads = torch.get_num_threads()
+        call, clock = _timer(device)
         with torch.inference_mode(), precision_context(device, precision):
             for _ in range(warmup):
                 baseline()
@@ -175,4 +189,5 @@ def compare_latency(
         "threads": used_threads,
         "precision": precision,
         "device": str(device),
+        "clock": clock,
     }

@@ -69,7 +69,8 @@ def cost_report(
     ``speedup`` / ``speedup_lo`` / ``speedup_hi`` (whole model / mimicked model: the median
     per-round ratio and its 95% interval), ``stack_speedup`` / ``stack_speedup_lo`` /
     ``stack_speedup_hi`` (stack / mimicker), ``batch_size``, ``frames``, ``device``,
-    ``warmup``, ``repeats``, ``timing_precision``, ``timing_device``, ``latency_threads``.
+    ``warmup``, ``repeats``, ``timing_precision``, ``timing_device``, ``timing_clock``
+    (:func:`~workflow_scripts.core.timing.compare_latency`'s clock), ``latency_threads``.
     """
     device = torch.device(device)
     model.to(device).eval()
@@ -107,6 +108,7 @@ def cost_report(
             "repeats": repeats,
             "timing_precision": whole["precision"],
             "timing_device": whole["device"],
+            "timing_clock": whole["clock"],
             "latency_threads": whole["threads"],
         }
     )

@@ -60,11 +60,11 @@ def heal_with_lora(
     regex = rf".*encoder\.layers\.\d+\.({alt})"
     model = copy.deepcopy(pruned_model).to(device)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=regex, bias="none")
+    torch.manual_seed(seed)  # the adapters' initialisation is part of the healing
     peft_model = get_peft_model(model, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"no LoRA parameters created for targets {names}")
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     clips = as_clips(audio, labels)
@@ -74,6 +74,7 @@ def heal_with_lora(
         idx = rng.choice(len(clips), size=bs, replace=False)
         x = normalize_audio(torch.from_numpy(clips.read(idx))).to(device)
         y = torch.from_numpy(clips.labels[idx]).to(device)
+        np.random.seed((seed * 1_000_003 + step) % 2**32)  # SpecAugment masks (numpy's RNG)
         with autocast(device):
             loss = peft_model(input_values=x, labels=y).loss
         opt.zero_grad(set_to_none=True)

@@ -96,6 +96,17 @@ def cell_inputs(
     return inputs
 
 
+def export_bytes(config: dict, results: str = RESULTS, *, model: str, strategy: str,
+                 **_wildcards) -> int:  # fmt: skip
+    """Disk of a cell's export (the rule's ``disk_mb``): one checkpoint of at most the whole
+    fine-tuned model, one per seed for a seeded strategy."""
+    from workflow_scripts.backbones.plan import model_bytes
+
+    own = registry.resolve_settings(strategy, config["pruning"]["strategies"][strategy])
+    copies = len(own["seeds"]) if registry.get(strategy).seeded else 1
+    return copies * model_bytes(config, model, results)
+
+
 def wildcard_constraints(config: dict) -> dict[str, str]:
     """``strategy``: one of the configured strategies."""
     return {"strategy": "|".join(map(re.escape, strategies(config))) or "NO_STRATEGY"}

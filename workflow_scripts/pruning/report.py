@@ -36,6 +36,15 @@ def headline_rows(df: pd.DataFrame, threshold: float) -> pd.Series:
     return out
 
 
+def base_latency(g: pd.DataFrame) -> float:
+    """The unpruned model's latency of one curve: the median of its rows' interleaved
+    ``base_latency_ms`` (every removal set was timed against it), or the n = 0 row's
+    ``latency_ms`` for cells without that column."""
+    if "base_latency_ms" in g:
+        return float(g.base_latency_ms.median())
+    return float(g[g.n_removed == 0].latency_ms.iloc[0]) if "latency_ms" in g else math.nan
+
+
 def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
     """The headline numbers of one accuracy-vs-n curve (see :func:`summary_table`)."""
     g = g.sort_values("n_removed")
@@ -74,6 +83,7 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
         "removed_at_max": None if at.removed is None else list(map(int, at.removed)),
         "total_params_pct_at_max": 100.0 * float(at.total_params) / float(base.total_params),
         "latency_ms_at_max": float(at.get("latency_ms", math.nan)),
+        "base_latency_ms": base_latency(g),
         "speedup_at_max": speedup(at),
         "auc_accuracy": area(acc),
         "auc_relative": area(rel),
@@ -91,6 +101,7 @@ def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     * ``auc_accuracy`` / ``auc_relative``: area under the accuracy (relative accuracy) vs n
       curve over n = 0 .. L-1 (trapezoids), divided by L-1 - i.e. the mean accuracy over the
       curve, comparable across models of different depth;
+    * ``base_latency_ms``: the unpruned model's latency (:func:`base_latency`);
     * accuracy, parameters and latency at ``max_removed``; speed-ups are the cell's
       ``speedup`` (timed against the unpruned model in the same run), or the ratio of the
       latency medians for cells without it.

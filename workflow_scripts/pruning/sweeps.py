@@ -360,14 +360,16 @@ def sweep(
 #: The latency columns of a pruning row (:func:`removal_latency`).
 LATENCY_COLUMNS = ("latency_ms", "base_latency_ms", "latency_min_ms", "base_latency_min_ms",
                    "speedup", "speedup_lo", "speedup_hi", "latency_batch_size",
-                   "timing_precision", "timing_device", "latency_threads")  # fmt: skip
+                   "timing_precision", "timing_device", "timing_clock",
+                   "latency_threads")  # fmt: skip
 
 
 def no_latency(device) -> dict:
     """The latency columns of a row that was not timed (NaN, no precision)."""
     nan = dict.fromkeys(LATENCY_COLUMNS, math.nan)
     return {**nan, "latency_batch_size": 0, "timing_precision": None,
-            "timing_device": str(device), "latency_threads": torch.get_num_threads()}  # fmt: skip
+            "timing_device": str(device), "timing_clock": None,
+            "latency_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def removal_latency(
@@ -397,6 +399,7 @@ def removal_latency(
         t = compare_latency(lambda: model(x), lambda p=pruned: p(x), device, warmup, repeats)
         done[key] = {**{k: t[k] for k in LATENCY_COLUMNS[:7]},
                      "latency_batch_size": int(x.shape[0]), "timing_precision": t["precision"],
-                     "timing_device": t["device"], "latency_threads": t["threads"]}  # fmt: skip
+                     "timing_device": t["device"], "timing_clock": t["clock"],
+                     "latency_threads": t["threads"]}  # fmt: skip
         del pruned
     return [dict(done[tuple(sorted(int(i) for i in s))]) for s in removal_sets]

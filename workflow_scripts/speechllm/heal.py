@@ -9,6 +9,7 @@ from workflow_scripts.speechllm.model import SpeechLLM, add_lora
 from workflow_scripts.speechllm.pruning import remove_layers
 from workflow_scripts.speechllm.train import fit
 
+
 def heal(model: SpeechLLM, removed: list[int], task: str, feats, texts: list[str], heal_cfg: dict,
          log=None) -> SpeechLLM:  # fmt: skip
     """A healed copy of ``model`` (plain, merged decoder) without decoder blocks ``removed``:

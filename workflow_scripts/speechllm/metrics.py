@@ -49,8 +49,11 @@ def scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
             "ser": sentence_errors(references, hypotheses)}  # fmt: skip
 
 
-def relative_degradation(wer_pruned: float, wer_base: float, floor: float) -> float:
-    """(WER_pruned - WER_base) / max(WER_base, floor): 0 for the unpruned model, 0.25 = a
-    quarter worse (the paper's threshold). ``floor`` keeps a near-perfect baseline from
-    turning one error into an infinite degradation; above it, this is WER_p / WER_b - 1."""
-    return (wer_pruned - wer_base) / max(wer_base, floor)
+def relative_degradation(wer_pruned, wer_base, floor: float):
+    """(WER_pruned - WER_base) / max(WER_base, floor), elementwise on arrays: 0 for the
+    unpruned model, 0.25 = a quarter worse (the paper's threshold). ``floor`` keeps a
+    near-perfect baseline from turning one error into an infinite degradation; above it, this
+    is WER_p / WER_b - 1 (the paper's ΔWER minus one)."""
+    import numpy as np
+
+    return (wer_pruned - wer_base) / np.maximum(wer_base, floor)

@@ -63,24 +63,37 @@ def encode(encoder, audio: list[np.ndarray], layer: int) -> list[torch.Tensor]:
 
 class Projector(nn.Module):
     """Frame stacking (``stack`` frames -> one) then ``Linear`` (``kind="linear"``) or
-    ``Linear -> GELU -> Linear`` (``kind="mlp"``, width ``hidden``) to ``out_dim``."""
+    ``Linear -> GELU -> Linear`` (``kind="mlp"``, width ``hidden``) to ``out_dim``; or
+    (``kind="conv"``) downsampling by strided convolutions instead of stacking: ``log2(stack)``
+    ``Conv1d(kernel 3, stride 2) -> GELU`` layers of width ``hidden`` (each frame then sees its
+    neighbours), then ``Linear`` to ``out_dim``; ``stack`` must be a power of two."""
 
     def __init__(self, in_dim: int, out_dim: int, stack: int = 4, kind: str = "mlp",
                  hidden: int = 512) -> None:  # fmt: skip
         super().__init__()
-        if kind not in ("linear", "mlp"):
-            raise ValueError(f"unknown projector kind {kind!r}; allowed: linear, mlp")
+        if kind not in ("linear", "mlp", "conv"):
+            raise ValueError(f"unknown projector kind {kind!r}; allowed: linear, mlp, conv")
         self.spec = {"in_dim": in_dim, "out_dim": out_dim, "stack": stack, "kind": kind,
                      "hidden": hidden}  # fmt: skip
         self.stack = stack
         d = in_dim * stack
         if kind == "linear":
             self.net = nn.Linear(d, out_dim)
-        else:
+        elif kind == "mlp":
             self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        else:
+            n = stack.bit_length() - 1
+            if stack != 2**n:
+                raise ValueError(f"a conv projector needs a power-of-two stack, got {stack}")
+            convs = [m for i in range(n) for m in (nn.Conv1d(in_dim if i == 0 else hidden,
+                     hidden, 3, stride=2, padding=1), nn.GELU())]  # fmt: skip
+            self.convs = nn.Sequential(*convs)
+            self.net = nn.Linear(hidden if n else in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(frames, in_dim) -> (ceil(frames / stack), out_dim)."""
+        if self.spec["kind"] == "conv":
+            return self.net(self.convs(x.T[None])[0].T)
         pad = (-x.shape[0]) % self.stack
         if pad:
             x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
@@ -164,8 +177,12 @@ class SpeechLLM(nn.Module):
         dev = emb.weight.device
         return emb(torch.as_tensor(ids, dtype=torch.long, device=dev))
 
-    def sequences(self, feats: list[torch.Tensor], task: str | list[str],
-                  targets: list[list[int]] | None = None) -> list[tuple[torch.Tensor, int]]:  # fmt: skip
+    def sequences(
+        self,
+        feats: list[torch.Tensor],
+        task: str | list[str],
+        targets: list[list[int]] | None = None,
+    ) -> list[tuple[torch.Tensor, int]]:
         """Per utterance, the decoder's input embeddings (prefix, projected speech, suffix,
         target) and the length of the part before the target; ``task`` is one task for all
         utterances or one per utterance."""

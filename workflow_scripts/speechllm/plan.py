@@ -84,9 +84,10 @@ def model_source(config: dict, sllm: str) -> str:
     return _out_dir(config, sllm) if "train" in spec else spec["hf"]
 
 
-def _local(config: dict, source: str, built: bool) -> list[str]:
-    """``[source]`` when it is a file input (a rule output or a local folder), else []."""
-    return [source] if built or Path(source).exists() else []
+def _is_file_input(source: str, built: bool) -> bool:
+    """A source is a file input when a rule writes it or it is a local folder (a hub id is
+    fetched by transformers, not a file input)."""
+    return built or Path(source).exists()
 
 
 def pretrained_decoders(config: dict) -> list[str]:
@@ -109,7 +110,8 @@ def speech_slice(config: dict, split: str) -> dict:
     s = section(config)
     sp = s["speech"]
     return {"split": split, "utterances": sp["utterances"][split], "seed": sp["seed"],
-            "augment": sp["augment"], "text": s["text"], "corpus": config["corpus"]}  # fmt: skip
+            "augment": sp["augment"], "sessions": sp["sessions"], "text": s["text"],
+            "corpus": config["corpus"]}  # fmt: skip
 
 
 def decoder_slice(config: dict, decoder: str) -> dict:
@@ -132,9 +134,11 @@ def train_inputs(config: dict, results: str = RESULTS, *, sllm: str) -> dict[str
     dec, enc = spec["decoder"], encoder_source(config, spec["encoder"])
     out = {"train": paths.path("speechllm_speech", results, split="training"),
            "validation": paths.path("speechllm_speech", results, split="validation")}  # fmt: skip
-    for key, src, built in (("decoder", decoder_source(config, dec), dec in pretrained_decoders(
-            config)), ("encoder", enc, False)):  # fmt: skip
-        out.update({key: p for p in _local(config, src, built)})
+    built = dec in pretrained_decoders(config)
+    for key, src, is_output in (("decoder", decoder_source(config, dec), built),
+                                ("encoder", enc, False)):  # fmt: skip
+        if _is_file_input(src, is_output):
+            out[key] = src
     return out
 
 
@@ -143,10 +147,10 @@ def features_slice(config: dict, sllm: str, split: str) -> dict:
 
 
 def features_inputs(config: dict, results: str = RESULTS, *, sllm: str, split: str) -> dict:
-    src = model_source(config, sllm)
-    out = {"speech": paths.path("speechllm_speech", results, split=split)}
-    out.update({"model": p for p in _local(config, src, sllm in trained_speechllms(config))})
-    return out
+    return {
+        "model": model_source(config, sllm),
+        "speech": paths.path("speechllm_speech", results, split=split),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -158,8 +162,12 @@ def similarity_cells(config: dict) -> list[dict[str, str]]:
 
 
 def pruning_cells(config: dict) -> list[dict[str, str]]:
-    return [{"sllm": m, "task": t, "strategy": s}
-            for m in speechllms(config) for t in tasks(config) for s in strategies(config)]  # fmt: skip
+    return [
+        {"sllm": m, "task": t, "strategy": s}
+        for m in speechllms(config)
+        for t in tasks(config)
+        for s in strategies(config)
+    ]
 
 
 def cells(config: dict) -> list[dict[str, str]]:
@@ -205,22 +213,32 @@ def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str |
             "batch_size": s["batch_size"], "max_new_tokens": s["max_new_tokens"],
             "test_utterances": p["test_utterances"], "heal": heal_settings(config)}  # fmt: skip
     if strategy in SCORED:
-        cell.update(calibration_input=p["calibration_input"],
-                    calibration_utterances=p["calibration_utterances"])
+        cell.update(
+            calibration_input=p["calibration_input"],
+            calibration_utterances=p["calibration_utterances"],
+        )
     return cell
 
 
 def _features(results: str, sllm: str, split: str) -> dict[str, str]:
-    return {f"{split}_features": paths.path("speechllm_features", results, sllm=sllm, split=split),
-            f"{split}_speech": paths.path("speechllm_speech", results, split=split)}
+    return {
+        f"{split}_features": paths.path("speechllm_features", results, sllm=sllm, split=split),
+        f"{split}_speech": paths.path("speechllm_speech", results, split=split),
+    }
 
 
-def cell_inputs(config: dict, results: str = RESULTS, *, sllm: str, task: str,
-                input: str | None = None, strategy: str | None = None) -> dict[str, str]:  # fmt: skip
+def cell_inputs(
+    config: dict,
+    results: str = RESULTS,
+    *,
+    sllm: str,
+    task: str,
+    input: str | None = None,
+    strategy: str | None = None,
+) -> dict[str, str]:
     """The SpeechLLM folder (when local) and the features + speech of the splits the cell
     reads: validation (similarity, calibration), testing (pruning), training (healing)."""
-    src = model_source(config, sllm)
-    out = {"model": p for p in _local(config, src, sllm in trained_speechllms(config))}
+    out = {"model": model_source(config, sllm)}
     if input is not None:
         return {**out, **_features(results, sllm, "validation")}
     out.update(_features(results, sllm, "testing"))
@@ -237,10 +255,26 @@ def wildcard_constraints(config: dict) -> dict[str, str]:
     def alt(values, none):
         return "|".join(map(re.escape, values)) or none
 
-    return {"sllm": alt(speechllms(config), "NO_SPEECHLLM"),
-            "decoder": alt(pretrained_decoders(config), "NO_DECODER"),
-            "task": alt(tasks(config), "NO_TASK"), "input": alt(inputs(config), "NO_INPUT"),
-            "strategy": alt(strategies(config), "NO_STRATEGY"), "split": "|".join(SPLITS)}  # fmt: skip
+    return {
+        "sllm": alt(speechllms(config), "NO_SPEECHLLM"),
+        "decoder": alt(pretrained_decoders(config), "NO_DECODER"),
+        "task": alt(tasks(config), "NO_TASK"),
+        "input": alt(inputs(config), "NO_INPUT"),
+        "strategy": alt(strategies(config), "NO_STRATEGY"),
+        "split": "|".join(SPLITS),
+    }
+
+
+def resource(config: dict, key: str, scale: int = 1):
+    """A model job's request from ``speechllm.resources`` as a Snakemake resource function:
+    ``gpu`` as configured, ``mem_mb`` and ``runtime`` times ``scale`` and the attempt (retries
+    ask for more)."""
+
+    def value(wildcards, attempt):
+        v = section(config)["resources"][key]
+        return v if key == "gpu" else v * scale * attempt
+
+    return value
 
 
 def tables_slice(config: dict) -> dict:
@@ -287,6 +321,8 @@ def config_problems(config: dict) -> list[str]:
     utt = (s.get("speech") or {}).get("utterances") or {}
     heal = heal_settings(config)
     if (heal or trained_speechllms(config)) and not utt.get("training"):
-        problems.append(f"{where}.speech.utterances.training: 0, but healing or training needs "
-                        "training utterances")
+        problems.append(
+            f"{where}.speech.utterances.training: 0, but healing or training needs "
+            "training utterances"
+        )
     return problems

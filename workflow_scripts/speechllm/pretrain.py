@@ -6,6 +6,7 @@ prompts with the text standing in for the speech). Held-out sentences are never 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -16,7 +17,6 @@ import torch
 
 from workflow_scripts.speechllm.settings import ARCHS, DEFAULT_PROMPTS
 from workflow_scripts.speechllm.text import Sentences, pretraining_formats, pretraining_text
-
 
 
 def decoder_config(spec: dict, tokenizer):
@@ -105,8 +105,6 @@ def pretrain_decoder(spec: dict, text_cfg: dict, out_dir: str | os.PathLike, log
         model.half()
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    import json
-
     (tmp / "loss_history.json").write_text(json.dumps(history))
     summary = {"arch": spec.get("arch", "llama"), "steps": steps,
                "seconds_this_run": round(time.time() - t0, 1),

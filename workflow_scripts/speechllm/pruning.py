@@ -27,7 +27,6 @@ from workflow_scripts.speechllm.model import decoder_layers
 from workflow_scripts.speechllm.settings import STRATEGIES
 
 
-
 def _base(decoder):
     return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
 

@@ -13,16 +13,18 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.pruning.strategies import STRATEGIES
+from workflow_scripts.speechllm.metrics import relative_degradation
 
 
 def add_degradation(df: pd.DataFrame, threshold: float, floor: float) -> pd.DataFrame:
-    """The pruning table with ``relative_degradation`` = (WER - WER_0) / max(WER_0, floor),
-    ``within_threshold`` (<= ``threshold``) and the same for the healed WER."""
+    """The pruning table with the paper's ``delta_wer`` = WER / WER_0 (null when WER_0 = 0),
+    ``relative_degradation`` = (WER - WER_0) / max(WER_0, floor), ``within_threshold`` (<=
+    ``threshold``) and the relative degradation of the healed WER."""
     d = df.copy()
-    den = np.maximum(d.base_wer.to_numpy(float), floor)
-    d["relative_degradation"] = (d.wer - d.base_wer) / den
+    d["delta_wer"] = (d.wer / d.base_wer).where(d.base_wer > 0)
+    d["relative_degradation"] = relative_degradation(d.wer, d.base_wer, floor)
     d["within_threshold"] = d.relative_degradation <= threshold
-    d["healed_relative_degradation"] = (d.healed_wer - d.base_wer) / den
+    d["healed_relative_degradation"] = relative_degradation(d.healed_wer, d.base_wer, floor)
     return d
 
 
@@ -105,9 +107,17 @@ def overlap_pairs(blocks: pd.DataFrame, encoders: dict[str, str] | None = None) 
             if len(diff) != 1:
                 continue
             factor = "encoder" if diff[0] == "model" else diff[0]
-            rows.append({"n": int(n), "factor": factor, "a": f"{x['model']}/{x['task']}/{x['input']}",
-                         "b": f"{y['model']}/{y['task']}/{y['input']}", "blocks_a": x["blocks"],
-                         "blocks_b": y["blocks"], "jaccard": _jaccard(x["blocks"], y["blocks"])})  # fmt: skip
+            rows.append(
+                {
+                    "n": int(n),
+                    "factor": factor,
+                    "a": f"{x['model']}/{x['task']}/{x['input']}",
+                    "b": f"{y['model']}/{y['task']}/{y['input']}",
+                    "blocks_a": x["blocks"],
+                    "blocks_b": y["blocks"],
+                    "jaccard": _jaccard(x["blocks"], y["blocks"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -122,9 +132,17 @@ def overlap_table(blocks: pd.DataFrame, n: int) -> pd.DataFrame:
     for factor in ("encoder", "task", "input"):
         p = pairs[pairs.factor == factor] if len(pairs) else pairs
         if len(p):
-            rows.append({"model": f"across {factor}", "task": "", "input": "", "n": n,
-                         "mean_jaccard": float(p.jaccard.mean()),
-                         "identical_share": float((p.jaccard == 1.0).mean()), "pairs": len(p)})  # fmt: skip
+            rows.append(
+                {
+                    "model": f"across {factor}",
+                    "task": "",
+                    "input": "",
+                    "n": n,
+                    "mean_jaccard": float(p.jaccard.mean()),
+                    "identical_share": float((p.jaccard == 1.0).mean()),
+                    "pairs": len(p),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -144,8 +162,9 @@ def similarity_heatmaps(sim: pd.DataFrame):
         .encode(
             x=alt.X("layer:O", title="layer l"),
             y=alt.Y("n:O", title="n", sort="descending"),
-            color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis", reverse=True),
-                            title="d(l, l+n)"),  # fmt: skip
+            color=alt.Color(
+                "value:Q", scale=alt.Scale(scheme="viridis", reverse=True), title="d(l, l+n)"
+            ),  # fmt: skip
             tooltip=["model", "panel", "layer", "n", alt.Tooltip("value:Q", format=".3f")],
         )
         .properties(width=140, height=140)
@@ -162,7 +181,9 @@ def delta_wer_chart(df: pd.DataFrame, threshold: float, floor: float):
     d = add_degradation(mean_over_seeds(df), threshold, floor)
     d = d[["model", "task", "strategy", "fraction_removed", "n_removed", "wer",
            "relative_degradation", "healed", "healed_relative_degradation"]]  # fmt: skip
-    base = alt.Chart().encode(x=alt.X("fraction_removed:Q", title="fraction of decoder layers removed"))
+    base = alt.Chart().encode(
+        x=alt.X("fraction_removed:Q", title="fraction of decoder layers removed")
+    )
     lines = base.mark_line(point=True).encode(
         y=alt.Y("relative_degradation:Q", title="relative WER degradation"),
         color="strategy:N", tooltip=["strategy", "n_removed", alt.Tooltip("wer:Q", format=".3f")],
@@ -170,10 +191,35 @@ def delta_wer_chart(df: pd.DataFrame, threshold: float, floor: float):
     healed = base.mark_point(shape="triangle-up", size=80, filled=True).encode(
         y="healed_relative_degradation:Q", color="strategy:N",
     ).transform_filter(alt.datum.healed)  # fmt: skip
-    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="grey").encode(y="t:Q").transform_calculate(
-        t=str(threshold))  # fmt: skip
+    rule = (
+        alt.Chart()
+        .mark_rule(strokeDash=[4, 4], color="grey")
+        .encode(y="t:Q")
+        .transform_calculate(t=str(threshold))
+    )
     return (
         alt.layer(lines, healed, rule, data=d)
         .properties(width=220, height=160)
         .facet(row=alt.Row("model:N"), column=alt.Column("task:N"))
     )
+
+
+# ----------------------------------------------------------------------------------------
+# Everything the tables rule writes
+# ----------------------------------------------------------------------------------------
+def build_tables(sim: pd.DataFrame, pruning: pd.DataFrame, threshold: float, floor: float,
+                 overlap_n: int) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """The pruning ``summary``, the block-``overlap`` table at ``overlap_n`` and every
+    overlap pair (``pairs``, all n) of the stacked cells."""
+    blocks = redundant_blocks(sim) if len(sim) else pd.DataFrame()
+    return {
+        "summary": summary_table(pruning, threshold, floor) if len(pruning) else pd.DataFrame(),
+        "overlap": overlap_table(blocks, overlap_n) if len(blocks) else pd.DataFrame(),
+        "pairs": overlap_pairs(blocks) if len(blocks) else pd.DataFrame(),
+    }
+
+
+def charts(sim: pd.DataFrame, pruning: pd.DataFrame, threshold: float, floor: float) -> dict:
+    """The decoder-similarity heatmaps and the ΔWER curves (role -> altair chart)."""
+    return {"similarity": similarity_heatmaps(sim),
+            "delta_wer": delta_wer_chart(pruning, threshold, floor)}  # fmt: skip

@@ -10,8 +10,8 @@ similarity cell and one decoder-pruning cell.
   (:mod:`~workflow_scripts.speechllm.similarity`).
 * Pruning cell ``cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet``: one row per seed
   and n = 0 .. L-1 removed decoder blocks: the removed set, WER / BLEU / sentence error rate
-  on the test utterances, the relative degradation and, for the configured n, the same after
-  LoRA healing (:mod:`~workflow_scripts.speechllm.heal`).
+  on the test utterances and, for the configured n, the same after LoRA healing
+  (:mod:`~workflow_scripts.speechllm.heal`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
-from workflow_scripts.speechllm.metrics import relative_degradation, scores
+from workflow_scripts.speechllm.metrics import scores
 from workflow_scripts.speechllm.speech import read_manifest
 
 Log = Callable[[str], None]
@@ -95,8 +95,8 @@ def similarity_cell(cell: dict, *, sllm: str, task: str, input_type: str, model_
     log(f"{sllm} / {task} / {input_type}: {len(texts)} utterances, {time.time() - t0:.1f} s")
     rows = [{"metric": "angular", **r, "value": r.pop("distance")}
             for r in distance_rows(sim["angular"])]  # fmt: skip
-    rows += [{"metric": "block_influence", "layer": l, "n": 1, "value": float(v)}
-             for l, v in enumerate(sim["block_influence"])]  # fmt: skip
+    rows += [{"metric": "block_influence", "layer": i, "n": 1, "value": float(v)}
+             for i, v in enumerate(sim["block_influence"])]  # fmt: skip
     df = pd.DataFrame(rows)
     for col, v in (("model", sllm), ("task", task), ("input", input_type)):
         df.insert(0 if col == "model" else df.columns.get_loc("metric"), col, v)
@@ -112,9 +112,18 @@ def _score(model, feats, texts, task, cell) -> dict:
     return {**scores(refs, hyps), "example": hyps[0] if hyps else ""}
 
 
-def pruning_cell(cell: dict, *, sllm: str, task: str, strategy: str, model_dir: str,
-                 test: tuple[str, str], calibration: tuple[str, str],
-                 train: tuple[str, str] | None = None, log: Log = _quiet) -> pd.DataFrame:  # fmt: skip
+def pruning_cell(
+    cell: dict,
+    *,
+    sllm: str,
+    task: str,
+    strategy: str,
+    model_dir: str,
+    test: tuple[str, str],
+    calibration: tuple[str, str],
+    train: tuple[str, str] | None = None,
+    log: Log = _quiet,
+) -> pd.DataFrame:
     """The pruning cell's table (see the module docstring) for the ``cell`` slice of
     :func:`~workflow_scripts.speechllm.plan.cell_slice`; ``test``, ``calibration`` and
     ``train`` are (features file, speech folder) pairs of the test, validation and training
@@ -129,8 +138,15 @@ def pruning_cell(cell: dict, *, sllm: str, task: str, strategy: str, model_dir: 
     scores_ = None
     if strategy in ("angular_block", "block_influence"):
         cal_feats, cal_texts = _split_data(*calibration, cell["calibration_utterances"])
-        scores_ = decoder_similarity(model, cal_feats, cal_texts, task, cell["calibration_input"],
-                                     cell["settings"].get("reduce", "last"), cell["batch_size"])  # fmt: skip
+        scores_ = decoder_similarity(
+            model,
+            cal_feats,
+            cal_texts,
+            task,
+            cell["calibration_input"],
+            cell["settings"].get("reduce", "last"),
+            cell["batch_size"],
+        )
     plans = removal_plans(strategy, L, {**cell["settings"], "keep_first": cell["keep_first"]},
                           scores_)  # fmt: skip
     rows, base, t0 = [], None, time.time()
@@ -141,7 +157,7 @@ def pruning_cell(cell: dict, *, sllm: str, task: str, strategy: str, model_dir: 
                 params = decoder_params(model.decoder)
             if base is None:
                 base = res
-            rows.append(_row(seed, removed, L, res, base, params, cell))
+            rows.append(_row(seed, removed, L, res, base, params))
     log(f"{sllm} / {task} / {strategy}: {len(rows)} removal sets, {time.time() - t0:.1f} s")
     _heal_rows(model, rows, task, (feats, texts), train, cell, log)
     df = pd.DataFrame(rows)
@@ -155,18 +171,16 @@ def pruning_cell(cell: dict, *, sllm: str, task: str, strategy: str, model_dir: 
     return df
 
 
-def _row(seed, removed, L, res, base, params, cell) -> dict:
+def _row(seed, removed, L, res, base, params) -> dict:
+    """One removal set's row (the relative degradation is the tables': it depends on the
+    threshold settings, not on the cell)."""
     n = len(removed)
-    rel = relative_degradation(res["wer"], base["wer"], cell["wer_floor"])
     return {
         "seed": seed, "n_removed": n, "n_layers": L, "fraction_removed": n / L,
         "removed": list(map(int, removed)), "wer": res["wer"], "bleu": res["bleu"],
         "ser": res["ser"], "base_wer": base["wer"], "base_bleu": base["bleu"],
-        "delta_wer": res["wer"] / base["wer"] if base["wer"] > 0 else math.nan,
-        "relative_degradation": rel, "within_threshold": bool(rel <= cell["threshold"]),
         "decoder_params": params, "example": res["example"], "healed": False,
-        "healed_wer": math.nan, "healed_bleu": math.nan,
-        "healed_relative_degradation": math.nan, "heal_seconds": math.nan,
+        "healed_wer": math.nan, "healed_bleu": math.nan, "heal_seconds": math.nan,
     }  # fmt: skip
 
 
@@ -188,7 +202,5 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
         healed = heal(model, r["removed"], task, feats, texts, hc)
         res = _score(healed, *test_data, task, cell)
         r.update(healed=True, healed_wer=res["wer"], healed_bleu=res["bleu"],
-                 healed_relative_degradation=relative_degradation(
-                     res["wer"], r["base_wer"], cell["wer_floor"]),
                  heal_seconds=time.time() - t0)  # fmt: skip
         log(f"healed {r['removed']}: WER {r['wer']:.4f} -> {res['wer']:.4f}")

@@ -28,7 +28,6 @@ from workflow_scripts.speechllm.settings import INPUTS, REDUCE
 from workflow_scripts.speechllm.text import target_text
 
 
-
 @torch.no_grad()
 def residual_states(decoder, emb, mask, pos) -> list[torch.Tensor]:
     """The L+1 residual-stream states (B, S, H) of one forward pass, padding zeroed."""
@@ -77,8 +76,15 @@ def _reduce(states: list[torch.Tensor], mask: torch.Tensor, reduce: str) -> torc
     raise ValueError(f"unknown reduce {reduce!r}; allowed: {list(REDUCE)}")
 
 
-def decoder_similarity(model: SpeechLLM, feats, texts: list[str], task: str, input_type: str,
-                       reduce: str = "last", batch_size: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
+def decoder_similarity(
+    model: SpeechLLM,
+    feats,
+    texts: list[str],
+    task: str,
+    input_type: str,
+    reduce: str = "last",
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
     """The (L+1, L+1) angular-distance matrix and the length-L block influence of ``model``'s
     decoder on the utterances ``feats`` saying ``texts`` (``feats`` unused for text input),
     averaged over utterances; computed batch by batch."""
@@ -99,5 +105,5 @@ def distance_rows(angular: np.ndarray) -> list[dict]:
     """The angular-distance matrix as rows ``(layer, n, distance)``: d(h_layer, h_layer+n) for
     every layer l = 0..L and n = 1..L-l (the paper's figure: layer vs block size n)."""
     L = angular.shape[0] - 1
-    return [{"layer": l, "n": n, "distance": float(angular[l, l + n])}
-            for n in range(1, L + 1) for l in range(0, L + 1 - n)]  # fmt: skip
+    return [{"layer": i, "n": n, "distance": float(angular[i, i + n])}
+            for n in range(1, L + 1) for i in range(0, L + 1 - n)]  # fmt: skip

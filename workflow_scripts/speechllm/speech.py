@@ -54,7 +54,9 @@ class UtteranceRenderer:
         check_voices(self.engine, list(corpus_cfg["voices"]), list(corpus_cfg["variants"]))
         self.resample = A.make_resampler(self.engine.sample_rate)
         self.speed = A.SpeedPerturber()
-        self.banks = noise_banks(self.engine, self.resample, sessions, corpus_cfg) if augment else {}
+        self.banks = (
+            noise_banks(self.engine, self.resample, sessions, corpus_cfg) if augment else {}
+        )
         self.noise_types = [t for t in A.NOISE_TYPES if t in self.banks]
 
     def __call__(self, sentence: str, s, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -88,27 +90,46 @@ class UtteranceRenderer:
         return np.clip(clip, -1.0, 1.0).astype(np.float32), draws
 
 
-def synthesize_split(folder: str | os.PathLike, split: str, n: int, corpus_cfg: dict,
-                     text_cfg: dict, seed: int, augment: bool = True, log=None) -> pd.DataFrame:  # fmt: skip
-    """Write ``n`` utterances of ``split`` into ``folder`` (see the module docstring) and return
-    the manifest. Torch runs on one thread meanwhile (machine-independent resampling)."""
+def speech_sessions(corpus_cfg: dict, sessions: int | None = None):
+    """The recording sessions the speech is spoken in: the corpus's
+    (:func:`~workflow_scripts.data.sessions.make_sessions`), or ``sessions`` of them instead of
+    ``corpus.speakers`` when given: the same identity-disjoint split of the same identities (it
+    depends only on the identity pool), the corpus's sessions first, then more sessions of each
+    split's identities."""
+    from workflow_scripts.data.sessions import make_sessions
+
+    return make_sessions({**corpus_cfg, "speakers": sessions or corpus_cfg["speakers"]})
+
+
+def synthesize_split(
+    folder: str | os.PathLike,
+    split: str,
+    n: int,
+    corpus_cfg: dict,
+    text_cfg: dict,
+    seed: int,
+    augment: bool = True,
+    sessions: int | None = None,
+    log=None,
+) -> pd.DataFrame:
+    """Write ``n`` utterances of ``split`` into ``folder`` (see the module docstring), spoken in
+    :func:`speech_sessions`, and return the manifest. Torch runs on one thread meanwhile
+    (machine-independent resampling)."""
     import soundfile as sf
     import torch
-
-    from workflow_scripts.data.sessions import make_sessions
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sessions = make_sessions(corpus_cfg)
-    mine = [s for s in sessions if s.split == split]
+    all_sessions = speech_sessions(corpus_cfg, sessions)
+    mine = [s for s in all_sessions if s.split == split]
     sentences = Sentences(text_cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
     try:
-        render = UtteranceRenderer(corpus_cfg, sessions, augment)
+        render = UtteranceRenderer(corpus_cfg, all_sessions, augment)
         for i in range(n):
             rng = np.random.default_rng([seed, 41, SPLITS.index(split), i])
             s = mine[int(rng.integers(len(mine)))]

@@ -10,6 +10,7 @@ model's tasks (one multi-task model per encoder, as the paper's "single multi-ta
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from workflow_scripts.speechllm.model import Projector, SpeechLLM, add_lora
 from workflow_scripts.speechllm.settings import resolve_train
 from workflow_scripts.speechllm.text import target_text
+
 
 def build_speechllm(spec: dict, decoder, tokenizer, enc_dim: int, prompts: dict[str, str],
                     encoder=None) -> SpeechLLM:  # fmt: skip
@@ -58,7 +60,9 @@ def fit(model: SpeechLLM, feats: list[torch.Tensor], texts: list[str], spec: dic
             g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"])
         idx = rng.choice(len(feats), size=bs, replace=False)
         task = [tasks[int(k)] for k in rng.integers(len(tasks), size=bs)]
-        targets = [model.target_ids([target_text(texts[i], t)])[0] for i, t in zip(idx, task)]
+        targets = [
+            model.target_ids([target_text(texts[i], t)])[0] for i, t in zip(idx, task, strict=True)
+        ]
         loss = model([feats[i] for i in idx], task, targets).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,8 +75,14 @@ def fit(model: SpeechLLM, feats: list[torch.Tensor], texts: list[str], spec: dic
     return history
 
 
-def evaluate(model: SpeechLLM, feats: list[torch.Tensor], texts: list[str], task: str,
-             batch_size: int = 64, max_new_tokens: int = 12) -> tuple[list[str], list[str]]:  # fmt: skip
+def evaluate(
+    model: SpeechLLM,
+    feats: list[torch.Tensor],
+    texts: list[str],
+    task: str,
+    batch_size: int = 64,
+    max_new_tokens: int = 12,
+) -> tuple[list[str], list[str]]:
     """(references, greedy hypotheses) of ``task`` on utterances ``feats`` saying ``texts``."""
     refs = [target_text(t, task) for t in texts]
     hyps: list[str] = []
@@ -121,5 +131,5 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_speechllm(model, tmp, encoder, decoder)
-    (tmp / "loss_history.json").write_text(__import__("json").dumps(history))
+    (tmp / "loss_history.json").write_text(json.dumps(history))
     return {"summary": summary, "partial_dir": str(tmp)}

@@ -147,6 +147,7 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
     device = torch.device(device)
     model = model.to(device).eval()
     C = model.config.num_labels
+    torch.manual_seed(cell["seed"])  # the gates' initial noise: part of the cell
     stack = GatedStack.from_model(model, gates=cell["gates"],
                                   init_log_alpha=cell["init_log_alpha"],
                                   straight_through=cell["straight_through"])  # fmt: skip
@@ -216,6 +217,7 @@ def _latency(model, pruned, audio: np.ndarray, lat: dict, device) -> dict:
         "latency_batch_size": int(x_lat.shape[0]),
         "timing_precision": t["precision"],
         "timing_device": t["device"],
+        "timing_clock": t["clock"],
         "latency_threads": t["threads"],
     }  # fmt: skip
 

@@ -1,0 +1,218 @@
+"""The overview: the paper's headline questions, one row per model and finding, computed from the
+stages' aggregated tables (``results/tables/overview.{md,csv,parquet}`` + chart).
+
+Conventions, stated once and followed by every table and chart of the report:
+
+* a **layer** is one transformer layer (block) of the stack, numbered 1..L; **state** ℓ is the
+  output of layer ℓ and state 0 the stack's input (``output_hidden_states`` order), so a
+  group "3-5" is the outputs of layers 3 to 5 and "layers removed 2, 7" names layers 2 and 7;
+* a **group** is a run of consecutive similar states found by the similarity stage;
+* accuracy-like values are percentages; every accuracy carries its clips (``eval_clips``:
+  the shared evaluation set) and, where it has one, its 95% CI;
+* **meets** = keeps at least the threshold (95%) of the unpruned model's accuracy on the same
+  clips.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+COLUMNS = [
+    "model", "finding", "method", "result", "accuracy_pct", "ci_pct", "retained_pct",
+    "eval_clips", "meets_threshold", "also",
+]  # fmt: skip
+
+
+def _pct(x) -> float:
+    return 100.0 * float(x) if x is not None and pd.notna(x) else math.nan
+
+
+def _ci(lo, hi) -> str:
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return ""
+    return f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+
+def _row(model, finding, method, result, acc=math.nan, lo=None, hi=None, retained=math.nan,
+         n=math.nan, meets=None, also="") -> dict:  # fmt: skip
+    return {"model": model, "finding": finding, "method": method, "result": result,
+            "accuracy_pct": _pct(acc), "ci_pct": _ci(lo, hi), "retained_pct": _pct(retained),
+            "eval_clips": n, "meets_threshold": meets, "also": also}  # fmt: skip
+
+
+def group_spans(rows: pd.DataFrame) -> str:
+    """'input-2, 3-10': a model's groups of similar states (state 0 shown as 'input')."""
+
+    def name(s):
+        return "input" if int(s) == 0 else str(int(s))
+
+    rows = rows.sort_values("block")
+    return ", ".join(f"{name(a)}-{name(b)}" for a, b in zip(rows.first_layer, rows.last_layer,
+                                                            strict=True))  # fmt: skip
+
+
+def baseline_rows(baseline: pd.DataFrame) -> list[dict]:
+    out = []
+    for r in baseline[baseline.split == "testing"].itertuples(index=False):
+        params = f", {r.params_total / 1e6:.2f}M parameters" if hasattr(r, "params_total") else ""
+        out.append(_row(r.model, "fine-tuned model (test accuracy)", "unpruned",
+                        f"{int(r.num_layers)} layers{params}", r.accuracy, r.ci_lo, r.ci_hi,
+                        1.0, r.n))  # fmt: skip
+    return out
+
+
+def group_rows(groups: pd.DataFrame) -> list[dict]:
+    return [_row(m, "groups of similar layers", metric, group_spans(g))
+            for (m, metric), g in groups.groupby(["model", "metric"], sort=False)]  # fmt: skip
+
+
+def pruning_rows(pruning: pd.DataFrame, threshold: float) -> list[dict]:
+    """Per model and strategy (random: mean over seeds) the headline: the most layers removed
+    such that every smaller number also keeps the threshold; the count that allows dips is
+    given beside it."""
+    from workflow_scripts.pruning.report import summary_table
+
+    s = summary_table(pruning, threshold)
+    s = s[s.seed.isna()] if len(s) else s
+    out = []
+    for r in s.itertuples(index=False):
+        curve = pruning[(pruning.model == r.model) & (pruning.strategy == r.strategy)]
+        curve = curve[curve.seed.isna()] if "seed" in curve else curve
+        at = curve[curve.n_removed == r.max_removed_prefix].iloc[0]
+        n = getattr(at, "eval_clips", getattr(at, "n_utterances", math.nan))
+        result = (f"{int(r.max_removed_prefix)} of {int(r.n_layers)} layers "
+                  f"({100 * r.max_removed_prefix / r.n_layers:.0f}%)")  # fmt: skip
+        also = (
+            ""
+            if r.max_removed == r.max_removed_prefix
+            else (f"{int(r.max_removed)} if a dip below {100 * threshold:g}% at fewer is allowed")
+        )
+        meets = bool(at.relative_accuracy >= threshold) if r.max_removed_prefix else None
+        out.append(_row(r.model, "layers removable (every smaller number too)", r.strategy,
+                        result, at.accuracy, at.get("ci_lo"), at.get("ci_hi"),
+                        at.relative_accuracy, n, meets,
+                        also))  # fmt: skip
+    return out
+
+
+def mimic_rows(mimic: pd.DataFrame, threshold: float) -> list[dict]:
+    """Per model the mimicker (no_mimic excluded) with the highest accuracy retained."""
+    from workflow_scripts.report.pareto import _speedup
+
+    d = mimic[mimic.kind != "no_mimic"].copy()
+    if d.empty:
+        return []
+    d["retained"] = d.accuracy / d.backbone_accuracy
+    d["speed"] = _speedup(d, "model_ms", "mimicked_model_ms").to_numpy()
+    d = d.sort_values(["retained", "mimicked_model_params"], ascending=[False, True])
+    out = []
+    for r in d.groupby("model", sort=False).head(1).itertuples(index=False):
+        cut = 100 * (1 - r.mimicked_model_params / r.model_params)
+        result = f"{cut:.0f}% fewer parameters, {r.speed:.2f}x faster"
+        n = getattr(r, "eval_clips", getattr(r, "n", math.nan))
+        out.append(_row(r.model, "best mimicker (replaces the stack)", f"{r.kind}-{int(r.depth)}",
+                        result, r.accuracy, r.ci_lo, r.ci_hi, r.retained, n,
+                        bool(r.retained >= threshold)))  # fmt: skip
+    return out
+
+
+def structured_rows(structured: pd.DataFrame, threshold: float) -> list[dict]:
+    """Per model the cell of the highest target tried (named as such)."""
+    from workflow_scripts.report.pareto import _speedup
+
+    d = structured.copy()
+    d["speed"] = _speedup(d, "base_latency_ms", "latency_ms").to_numpy()
+    out = []
+    for r in d.sort_values("target_sparsity").groupby("model", sort=False).tail(1).itertuples():
+        result = (f"{100 * r.achieved_sparsity:.0f}% of attention + FFN removed, "
+                  f"{r.speed:.2f}x faster")  # fmt: skip
+        n = getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan))
+        out.append(_row(r.model, "structured pruning (highest target tried)",
+                        f"target {100 * r.target_sparsity:g}%", result, r.accuracy, r.ci_lo,
+                        r.ci_hi, r.retained, n, bool(r.retained >= threshold)))  # fmt: skip
+    return out
+
+
+def pareto_rows(pareto: pd.DataFrame) -> list[dict]:
+    from workflow_scripts.report.pareto import smallest_meeting
+
+    best = smallest_meeting(pareto)
+    out = []
+    for model in dict.fromkeys(pareto.model):
+        r = best[best.model == model]
+        if r.empty:
+            out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
+                            "none", "no compressed model keeps it", meets=False))  # fmt: skip
+            continue
+        r = r.iloc[0]
+        result = f"{r.params_pct:.0f}% of the parameters, {r.speedup:.2f}x faster"
+        out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
+                        f"{r.family}: {r.method} ({r.setting})", result, r.accuracy_pct / 100,
+                        None, None, r.retained_pct / 100, r.eval_clips, True))  # fmt: skip
+    return out
+
+
+def overview_table(baseline: pd.DataFrame, blocks=None, pruning=None, mimic=None,
+                   structured=None, pareto=None, threshold: float = 0.95):  # fmt: skip
+    """The overview's rows (see the module docstring), models in the baseline's order."""
+    rows = baseline_rows(baseline)
+    for table, fn in ((blocks, group_rows), (pruning, pruning_rows), (mimic, mimic_rows),
+                      (structured, structured_rows), (pareto, pareto_rows)):  # fmt: skip
+        if table is not None and len(table):
+            rows += fn(table) if fn in (group_rows, pareto_rows) else fn(table, threshold)
+    d = pd.DataFrame(rows, columns=COLUMNS)
+    d["eval_clips"] = pd.array(d.eval_clips.round(), dtype="Int64")
+    order = {m: i for i, m in enumerate(dict.fromkeys(baseline.model))}
+    d["_m"] = d.model.map(order)
+    return d.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
+
+
+def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str]) -> str:
+    """The overview as a markdown document: conventions, then one table per model."""
+    from workflow_scripts.core.tables import markdown_table
+
+    pct = f"{100 * threshold:g}%"
+    intro = [
+        "# Overview", "",
+        "Generated from the aggregated tables (stages: "
+        f"{', '.join(stages) or 'baseline only'}). Accuracies are percentages on the shared "
+        "evaluation clips (`eval_clips`), with their 95% CI; `retained` is the share of the "
+        f"unpruned model's accuracy on the same clips; `meets` = keeps at least {pct}.", "",
+        "Layers are numbered 1..L; state ℓ is the output of layer ℓ, state 0 (`input`) the "
+        "stack's input. A *group* is a run of consecutive similar states.", "",
+    ]  # fmt: skip
+    body = []
+    for model, g in overview.groupby("model", sort=False):
+        table = g.drop(columns="model").rename(columns={
+            "accuracy_pct": "accuracy %", "ci_pct": "95% CI", "retained_pct": "retained %",
+            "meets_threshold": f"meets {pct}"})  # fmt: skip
+        body += [f"## {model}", "", markdown_table(table, ".1f")]
+    return "\n".join(intro + body)
+
+
+def overview_chart(overview: pd.DataFrame, threshold: float = 0.95):
+    """Accuracy retained (%) of each headline method per model, with the threshold as a
+    rule; values are written next to the marks, so a zero is visible."""
+    import altair as alt
+
+    d = overview.dropna(subset=["retained_pct"]).copy()
+    d["label"] = d.finding.str.split(" \\(").str[0] + ": " + d.method.astype(str)
+    d["value"] = d.retained_pct.round(1)
+    base = alt.Chart(d).encode(
+        y=alt.Y("label:N", title=None, sort=None),
+        x=alt.X("value:Q", title="accuracy retained (%)", scale=alt.Scale(domain=[0, 110])),
+        tooltip=["model", "finding", "method", "result", alt.Tooltip("value:Q", format=".1f"),
+                 "eval_clips"],
+    )  # fmt: skip
+    bars = base.mark_bar().encode(color=alt.Color("meets_threshold:N", title="meets"))
+    text = base.mark_text(align="left", dx=3).encode(text=alt.Text("value:Q", format=".1f"))
+    rule = alt.Chart(pd.DataFrame({"x": [100 * threshold]})).mark_rule(
+        strokeDash=[4, 3], color="black").encode(x="x:Q")  # fmt: skip
+    return (
+        alt.layer(bars, text, rule, data=d)
+        .properties(width=320)
+        .facet(row=alt.Row("model:N", title=None))
+        .resolve_scale(y="independent")
+    )

@@ -1,0 +1,118 @@
+"""Every compressed model of the grid as one point per model: parameters, speed-up and accuracy on
+the shared evaluation clips, with the Pareto frontier (fewer parameters, higher accuracy).
+
+Points: the unpruned fine-tuned model, every layer-pruning setting (strategy x layers removed;
+``random`` as its mean over seeds), every mimicker and every structured-pruning target.
+Written to ``results/tables/pareto.{csv,md}`` by the overview rule; the overview names the
+frontier point with the fewest parameters that keeps the threshold. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = [
+    "model", "family", "method", "setting", "total_params", "params_pct", "speedup",
+    "accuracy_pct", "retained_pct", "eval_clips", "meets_threshold", "frontier",
+]  # fmt: skip
+
+
+def _col(df: pd.DataFrame, name: str, default=math.nan) -> pd.Series:
+    return df[name] if name in df else pd.Series(default, index=df.index)
+
+
+def _speedup(df: pd.DataFrame, base: str, method: str) -> pd.Series:
+    """``speedup`` when the stage measured it (interleaved with its baseline), else the ratio
+    of the two latency columns."""
+    if "speedup" in df:
+        return df["speedup"].astype(float)
+    return _col(df, base).astype(float) / _col(df, method).astype(float)
+
+
+def _keep_unpruned_once(_first: pd.DataFrame, p: pd.DataFrame) -> pd.DataFrame:
+    """Every strategy's rows, but the unpruned model (n = 0, the same in every strategy's
+    curve) once per model."""
+    zero = p[p.n_removed == 0].drop_duplicates("model")
+    return pd.concat([zero, p[p.n_removed > 0]], ignore_index=True)
+
+
+def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = None,
+           structured: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+    """Long rows (model, family, method, setting, total_params, speedup, accuracy, retained,
+    eval_clips) of every setting of the stages given (accuracies as fractions here)."""
+    rows = []
+    if pruning is not None and len(pruning):
+        p = pruning[pruning["seed"].isna()] if "seed" in pruning else pruning
+        p = p.drop_duplicates(["model", "n_removed"]).pipe(_keep_unpruned_once, p)
+        speed = _speedup(p, "base_latency_ms", "latency_ms")
+        for r, s in zip(p.itertuples(index=False), speed, strict=True):
+            unpruned = int(r.n_removed) == 0
+            rows.append({
+                "model": r.model, "family": "unpruned" if unpruned else "layer pruning",
+                "method": "fine-tuned model" if unpruned else r.strategy,
+                "setting": f"{int(r.n_removed)} of {int(r.n_layers)} layers removed",
+                "total_params": r.total_params, "accuracy": r.accuracy,
+                "retained": r.relative_accuracy, "speedup": 1.0 if unpruned else s,
+                "eval_clips": getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan)),
+            })  # fmt: skip
+    if mimic is not None and len(mimic):
+        speed = _speedup(mimic, "model_ms", "mimicked_model_ms")
+        for r, s in zip(mimic.itertuples(index=False), speed, strict=True):
+            rows.append({
+                "model": r.model, "family": "mimicker", "method": f"{r.kind}-{int(r.depth)}",
+                "setting": "replaces the whole stack", "total_params": r.mimicked_model_params,
+                "accuracy": r.accuracy, "speedup": s,
+                "retained": r.accuracy / r.backbone_accuracy if r.backbone_accuracy else math.nan,
+                "eval_clips": getattr(r, "eval_clips", getattr(r, "n", math.nan)),
+            })  # fmt: skip
+    if structured is not None and len(structured):
+        speed = _speedup(structured, "base_latency_ms", "latency_ms")
+        for r, s in zip(structured.itertuples(index=False), speed, strict=True):
+            rows.append({
+                "model": r.model, "family": "structured pruning",
+                "method": f"target {r.target_sparsity:g}",
+                "setting": f"{100 * r.achieved_sparsity:.0f}% of attention + FFN removed",
+                "total_params": r.total_params, "accuracy": r.accuracy, "speedup": s,
+                "retained": r.retained,
+                "eval_clips": getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan)),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def frontier(params: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """True for the points no other point dominates: none has at most as many parameters and
+    at least the accuracy, with one of the two strictly better."""
+    p, a = np.asarray(params, float), np.asarray(accuracy, float)
+    le, ge = p[None, :] <= p[:, None], a[None, :] >= a[:, None]
+    strict = (p[None, :] < p[:, None]) | (a[None, :] > a[:, None])
+    return ~(le & ge & strict).any(axis=1)
+
+
+def pareto_table(pruning=None, mimic=None, structured=None, threshold: float = 0.95):
+    """The Pareto table (see the module docstring); percentages, models in order of
+    appearance, each model's points by parameters."""
+    d = points(pruning, mimic, structured)
+    if d.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    out = []
+    for _, g in d.groupby("model", sort=False):
+        g = g.copy()
+        full = g.loc[g.family == "unpruned", "total_params"]
+        ref = float(full.iloc[0]) if len(full) else float(g.total_params.max())
+        g["params_pct"] = 100.0 * g.total_params.astype(float) / ref
+        g["frontier"] = frontier(g.total_params.to_numpy(), g.accuracy.to_numpy())
+        out.append(g.sort_values(["total_params", "accuracy"], ascending=[True, False]))
+    d = pd.concat(out, ignore_index=True)
+    d["accuracy_pct"] = 100.0 * d.accuracy.astype(float)
+    d["retained_pct"] = 100.0 * d.retained.astype(float)
+    d["meets_threshold"] = d.retained.astype(float) >= threshold
+    return d[COLUMNS]
+
+
+def smallest_meeting(table: pd.DataFrame) -> pd.DataFrame:
+    """Per model the frontier point with the fewest parameters that keeps the threshold."""
+    ok = table[table.frontier & table.meets_threshold & (table.family != "unpruned")]
+    return ok.sort_values("total_params").groupby("model", sort=False).head(1)

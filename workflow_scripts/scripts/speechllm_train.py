@@ -1,0 +1,21 @@
+"""Rule adapter: train one SpeechLLM (workflow_scripts.speechllm.train.train_job)."""
+
+import torch
+
+from workflow_scripts.backbones.pretrain import finalize
+from workflow_scripts.core.provenance import config_hash, sha256_path
+from workflow_scripts.core.rule import RuleContext
+from workflow_scripts.speechllm.train import train_job
+
+ctx = RuleContext(snakemake)
+torch.set_num_threads(snakemake.threads)
+s, inp = ctx.slice, snakemake.input
+result = train_job(s["train"], s["encoder"], s["decoder"], inp.train, inp.validation,
+                   snakemake.output[0], log=ctx.log.info)  # fmt: skip
+prov = ctx.provenance(inputs=dict(inp.items()), seed=s["train"]["seed"])
+prov.update(train_config=s["train"], train_config_hash=config_hash(s), encoder=s["encoder"],
+            decoder=s["decoder"], **result["summary"])  # fmt: skip
+if "encoder" in inp.keys():
+    prov["encoder_sha256"] = sha256_path(inp.encoder)
+finalize(result["partial_dir"], snakemake.output[0], prov)
+ctx.log.info("done: %s", result["summary"])
