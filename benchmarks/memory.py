@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-JOBS = ("extraction", "mimic", "structured", "pruning", "finetune")
 MODEL = ROOT / "models" / "hubert-small"
+FIXED = 256  # clips of what does not scale in a job (validation cache, test clips, ...)
 
 
 def peak_rss_mb() -> float:
@@ -57,8 +57,8 @@ def make_world(work: Path, n: int) -> dict:
     rng = np.random.default_rng(0)
     words = list(SPEECH_COMMANDS_WORDS)
     lists: dict[str, list[str]] = {"validation": [], "testing": []}
-    for split in ("training", "validation", "testing"):
-        for i in range(n):
+    for split, count in (("training", n), ("validation", FIXED), ("testing", n)):
+        for i in range(count):
             word = words[i % len(words)]
             rel = f"{word}/{split[:2]}{i:06d}_nohash_0.wav"
             (root / word).mkdir(parents=True, exist_ok=True)
@@ -72,6 +72,11 @@ def make_world(work: Path, n: int) -> dict:
     df.to_parquet(work / "manifest.parquet")
     model = load_classifier(str(MODEL), labels=words)
     model.save_pretrained(work / "model", safe_serialization=True)
+    # a baseline cell of another clip count: the mimic cell streams its own reference
+    import pandas as pd
+
+    pd.DataFrame([{"model": "hubert-small", "split": "testing", "n": -1, "accuracy": 0.5,
+                   "ci_lo": 0.4, "ci_hi": 0.6}]).to_parquet(work / "baseline.parquet")  # fmt: skip
     world = {"n": n, "root": str(root), "manifest": str(work / "manifest.parquet"),
              "model": str(work / "model")}  # fmt: skip
     done.write_text(json.dumps(world))
@@ -82,7 +87,9 @@ def cache_of(world: dict, work: Path, split: str, n: int, store: dict) -> str:
     """A cache of ``n`` clips of ``split`` made by the real job code (reused when present)."""
     from workflow_scripts.backbones.run import run_cache
 
-    out = work / f"cache_{split}_{n}_{'all' if store['states'] == 'all' else 'few'}.safetensors"
+    from workflow_scripts.core.provenance import config_hash
+
+    out = work / f"cache_{split}_{n}_{config_hash(store)}.safetensors"
     if not out.is_file():
         slice_ = {"split": split, "clips": n, "batch_size": 64, "store": store}
         run_cache(slice_, world["model"], world["manifest"], world["root"], str(out), {},
@@ -93,7 +100,16 @@ def cache_of(world: dict, work: Path, split: str, n: int, store: dict) -> str:
 # ----------------------------------------------------------------------------------------
 # One measured job each (run in a fresh process by main)
 # ----------------------------------------------------------------------------------------
+def default_config() -> dict:
+    import yaml
+
+    from workflow_scripts import grid
+
+    return grid.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+
+
 def job_extraction(world: dict, work: Path, n: int) -> None:
+    """One cache over n training clips, every state stored (the validation layout)."""
     from workflow_scripts.backbones.run import run_cache
 
     slice_ = {"split": "training", "clips": n, "batch_size": 64,
@@ -102,7 +118,96 @@ def job_extraction(world: dict, work: Path, n: int) -> None:
               str(work / f"measure_extraction_{n}.safetensors"), {}, lambda _m: None)  # fmt: skip
 
 
-MEASURES = {"extraction": job_extraction}
+def _mimic(world: dict, work: Path, n: int, kind: str) -> None:
+    """One mimic cell (1 + 1 epochs) fitted on an n-clip training cache."""
+    from workflow_scripts.mimic import plan
+    from workflow_scripts.mimic.run import run_cell
+
+    few = {"states": ["L"], "feature_projection": True}
+    inputs = {"model": world["model"], "baseline": str(work / "baseline.parquet"),
+              "train_cache": cache_of(world, work, "training", n, few),
+              "val_cache": cache_of(world, work, "validation", FIXED, few),
+              "test_cache": cache_of(world, work, "testing", FIXED, few)}  # fmt: skip
+    sl = plan.cell_slice(default_config(), "hubert-small", kind, "1")
+    sl["stage1"]["epochs"] = sl["stage2"]["epochs"] = 1
+    run_cell(inputs, sl, world["root"], "cpu", lambda *_a, **_k: None)
+
+
+def job_mimic_linear(world: dict, work: Path, n: int) -> None:
+    _mimic(world, work, n, "linear")
+
+
+def job_mimic_transformer(world: dict, work: Path, n: int) -> None:
+    _mimic(world, work, n, "transformer")
+
+
+def job_structured(world: dict, work: Path, n: int) -> None:
+    """One structured cell (20 steps) distilled on an n-clip training cache."""
+    from workflow_scripts.structured import plan
+    from workflow_scripts.structured.run import run_cell
+
+    store = {"states": [0, "L/3", "2L/3", "L"], "feature_projection": False}
+    inputs = {"model": world["model"], "manifest": world["manifest"],
+              "train_cache": cache_of(world, work, "training", n, store)}  # fmt: skip
+    sl = plan.cell_slice(default_config(), model="hubert-small", sparsity="0.3")
+    sl.update(steps=20, train_clips=None, test_clips=FIXED)
+    run_cell(inputs, sl, world["root"], model="hubert-small", out_dir=work / f"pruned_{n}",
+             log=lambda *_a, **_k: None)  # fmt: skip
+
+
+def job_pruning(world: dict, work: Path, n: int) -> None:
+    """One backward pruning cell (latency off) over n test clips."""
+    from workflow_scripts.pruning import plan
+    from workflow_scripts.pruning.run import run_cell
+
+    cfg = default_config()
+    cfg["pruning"]["strategies"] = {"backward": {}}
+    cell = plan.cell_slice(cfg, strategy="backward", model="hubert-small")
+    cell.update(test_clips=n, latency={"enabled": False})
+    run_cell(
+        cell,
+        model="hubert-small",
+        model_dir=world["model"],
+        manifest=world["manifest"],
+        root=world["root"],
+        device="cpu",
+    )
+
+
+def job_finetune(world: dict, work: Path, n: int) -> None:
+    """Fine-tuning (frozen-CNN features cached, 10 steps) on n training clips."""
+    import shutil
+
+    from workflow_scripts.backbones.plan import finetune_slice
+    from workflow_scripts.backbones.run import run_finetune
+
+    cfg = default_config()
+    cfg["models"] = {"hubert-small": {"hf": str(MODEL)}}
+    sl = finetune_slice(cfg, "hubert-small")
+    sl["finetune"].update(steps=10, eval_clips=64)
+    sl["test_clips"] = 64
+    shutil.rmtree(work / f"finetune_{n}", ignore_errors=True)
+    limited = work / f"manifest_train_{n}.parquet"
+    _manifest_with_training(world, n, limited)
+    run_finetune(sl, "hubert-small", str(limited), world["root"], str(work / f"finetune_{n}"),
+                 lambda _m: None)  # fmt: skip
+
+
+def _manifest_with_training(world: dict, n: int, out: Path) -> None:
+    """The world's manifest with only the first n training clips usable."""
+    import pandas as pd
+
+    df = pd.read_parquet(world["manifest"])
+    train = df.index[df.split == "training"]
+    df.loc[train[n:], "usable"] = False
+    df.to_parquet(out)
+
+
+MEASURES = {
+    "extraction": job_extraction, "mimic_linear": job_mimic_linear,
+    "mimic_transformer": job_mimic_transformer, "structured": job_structured,
+    "pruning": job_pruning, "finetune": job_finetune,
+}  # fmt: skip
 
 
 def run_one(job: str, n: int, work: Path) -> dict:
