@@ -12,6 +12,8 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# A complete (validated) corpus section: 9 identities (3 voices x 3 variants; f2 has espeak-ng's
+# seeded breath noise), 16 sessions dealt 8/4/4, every augmentation of the default on.
 TINY_CORPUS = {
     "speakers": 16,
     "repeats": 2,
@@ -20,11 +22,14 @@ TINY_CORPUS = {
     "testing_percentage": 25,
     "words": ["yes", "no", "up", "down"],
     "voices": ["en-us", "en-gb-scotland", "en-029"],
-    "variants": ["", "m3", "f4"],
+    "variants": ["", "m3", "f2"],
     "rate": [130, 220],
     "pitch": [10, 90],
     "pitch_range": [10, 90],
     "snr_db": [25, 40],
+    "noise_types": ["white", "pink", "brown", "babble"],
+    "reverb": {"prob": 0.5, "rt60": [0.15, 0.6], "drr_db": [2, 12]},
+    "perturb": {"rate": 8, "pitch": 4, "speed": [0.9, 1.1], "snr_db": 3},
 }
 
 

@@ -1,29 +1,42 @@
 """Synthetic spoken-keyword corpus in the exact Speech Commands v0.02 layout.
 
-Every "speaker" is a fixed combination of an espeak-ng voice (language/accent variant), a voice
-variant (``+m3``, ``+f2``, ``+klatt``...), speaking rate, pitch, pitch range, loudness and a
-background-noise level. Repeats of a word by the same speaker jitter rate and pitch slightly and
-draw fresh noise and a fresh position in the 1-s window, so that repeats are close but not equal.
+A speaker *identity* is an espeak-ng English voice (accent) plus a voice variant (``+m3``,
+``+f2``, ``+klatt``, ``+whisper``...). Each *session* of an identity (the ``<id>`` of the file
+names, what Speech Commands calls the speaker) has its own speaking rate, pitch, pitch range,
+loudness and SNR. Every clip of a session then jitters rate and pitch, is speed-perturbed, put
+at a random position in the 1-s window, reverberated in a synthetic room (with probability
+``reverb.prob``) and mixed with white, pink, brown or babble noise at a per-clip SNR
+(:mod:`workflow_scripts.data.augment`).
 
 Layout written (as in the real data set)::
 
-    <root>/<word>/<speaker>_nohash_<n>.wav     16 kHz, mono, 16-bit PCM, 1 s
-    <root>/_background_noise_/*.wav
+    <root>/<word>/<session>_nohash_<n>.wav     16 kHz, mono, 16-bit PCM, 1 s
+    <root>/_background_noise_/*.wav            the noise banks the clips were mixed with
     <root>/validation_list.txt                 relative paths of validation clips
     <root>/testing_list.txt                    relative paths of test clips
+    <root>/speakers.tsv                        one row per session (identity, draws, split)
+    <root>/clips.tsv                           one row per clip (its augmentation draws)
 
-Splits are speaker-disjoint: a speaker's split is a pure function of its id (SHA-1 bucket, as
-the original data set's ``which_set``), so adding speakers never moves an existing one.
+Splits are identity-disjoint: no voice+variant pair is heard in two splits
+(:mod:`workflow_scripts.data.sessions`). The corpus is a pure function of its config when made
+in a fresh process (espeak-ng's flutter phase carries from clip to clip within a process).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from workflow_scripts.data import augment as A
+from workflow_scripts.data.augment import (  # noqa: F401 - CLIP_SAMPLES is read from here
+    CLIP_SAMPLES,
+    SAMPLE_RATE,
+    place_in_window,
+)
+from workflow_scripts.data.sessions import SPLITS, Session, make_sessions, split_sizes
 
 SPEECH_COMMANDS_WORDS: tuple[str, ...] = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
@@ -32,67 +45,34 @@ SPEECH_COMMANDS_WORDS: tuple[str, ...] = (
     "yes", "zero",
 )  # fmt: skip
 
-SAMPLE_RATE = 16_000
-CLIP_SAMPLES = 16_000
-MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # as in the Speech Commands README's which_set
+# Harvard sentences (IEEE 1969) without any of the 35 keywords: the babble talkers' text.
+BABBLE_SENTENCES: tuple[str, ...] = (
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "Glue the sheet to the dark blue background.",
+    "It is easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "The small pup gnawed a hole in the sock.",
+    "The swan dive was far short of perfect.",
+    "Her purse was full of useless trash.",
+    "The colt reared and threw the tall rider.",
+    "It snowed, rained, and hailed the same morning.",
+    "Read verse out loud for pleasure.",
+)
+BABBLE_TALKERS = 6
+NOISE_BANK_SECONDS = 10
 
-
-@dataclass(frozen=True)
-class Speaker:
-    """One synthetic speaker: everything that stays fixed across its recordings."""
-
-    id: str
-    voice: str
-    rate: int
-    pitch: int
-    pitch_range: int
-    gain_db: float
-    snr_db: float
-
-
-def speaker_id(seed: int, index: int) -> str:
-    """An 8-hex-digit id like the real data set's, a pure function of (seed, index)."""
-    return hashlib.sha1(f"synthetic-speaker:{seed}:{index}".encode()).hexdigest()[:8]
-
-
-def which_set(speaker: str, validation_percentage: float, testing_percentage: float) -> str:
-    """Speech Commands' split rule: hash the speaker id into [0, 100) percent buckets."""
-    h = int(hashlib.sha1(speaker.encode()).hexdigest(), 16)
-    pct = (h % (MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / MAX_NUM_WAVS_PER_CLASS)
-    if pct < validation_percentage:
-        return "validation"
-    if pct < validation_percentage + testing_percentage:
-        return "testing"
-    return "training"
-
-
-def make_speakers(cfg: dict) -> list[Speaker]:
-    """Draw ``cfg['speakers']`` speakers deterministically from ``cfg['seed']``."""
-    rng = np.random.default_rng(cfg["seed"])
-    voices, variants = list(cfg["voices"]), list(cfg["variants"])
-    out = []
-    for i in range(cfg["speakers"]):
-        voice = voices[rng.integers(len(voices))]
-        variant = variants[rng.integers(len(variants))]
-        out.append(
-            Speaker(
-                id=speaker_id(cfg["seed"], i),
-                voice=f"{voice}+{variant}" if variant else voice,
-                rate=int(rng.integers(cfg["rate"][0], cfg["rate"][1] + 1)),
-                pitch=int(rng.integers(cfg["pitch"][0], cfg["pitch"][1] + 1)),
-                pitch_range=int(rng.integers(cfg["pitch_range"][0], cfg["pitch_range"][1] + 1)),
-                gain_db=float(rng.uniform(-12.0, 0.0)),
-                snr_db=float(rng.uniform(cfg["snr_db"][0], cfg["snr_db"][1])),
-            )
-        )
-    return out
-
-
-# Variants whose breath noise makes espeak-ng's output differ between processes: two fresh
-# syntheses of the 300-speaker corpus differed in 770 of 10,500 clips, every one of them from
-# a speaker with one of these variants (all with multi-formant `breath` settings); every other
-# clip was byte-identical. A corpus with them would not be a function of its config.
-NONDETERMINISTIC_VARIANTS = ("f2", "f3", "f5")
+# Variants refused because their audio differs between processes. espeak-ng seeds its breath-
+# noise generator from the clock at start-up (unseeded, whisper's audio was equal in processes
+# started within the same second, different across seconds); f2/f3/f5 made 770 of 10,500 clips
+# differ between two fresh syntheses and were refused. espeak.Espeak.synth now seeds it per
+# clip, and every variant file of the wheel's data (but `Mr serious`, whose name has a space)
+# with each of the 8 English voices gave byte-identical audio in two processes started seconds
+# apart, so none is refused; the check stays for a future espeak-ng data set.
+NONDETERMINISTIC_VARIANTS: tuple[str, ...] = ()
 
 
 def nondeterministic_variants_problem(variants: list[str]) -> str | None:
@@ -102,9 +82,46 @@ def nondeterministic_variants_problem(variants: list[str]) -> str | None:
     if not noisy:
         return None
     return (
-        f"config.corpus.variants: {noisy} give different audio in every process (espeak-ng's "
-        "breath noise), so the corpus would not be reproducible; remove them"
+        f"config.corpus.variants: {noisy} give different audio in every process, so the "
+        "corpus would not be reproducible; remove them"
     )
+
+
+RANGE_KEYS = ("rate", "pitch", "pitch_range", "snr_db", "reverb.rt60", "reverb.drr_db",
+              "perturb.speed")  # fmt: skip
+
+
+def config_problems(corpus: dict) -> list[str]:
+    """Relations between ``corpus`` keys that the schema cannot express, each naming its key:
+    ranges with min > max, split percentages leaving no training data, too few identities or
+    sessions for the splits, and non-reproducible variants."""
+    problems = []
+    v, t = corpus.get("validation_percentage", 0), corpus.get("testing_percentage", 0)
+    if v + t >= 100:
+        problems.append(
+            f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
+            "training speakers (must be < 100)"
+        )
+    else:
+        n_id = len(set(corpus.get("voices") or [])) * len(set(corpus.get("variants") or []))
+        for what, n, key in (("identities", n_id, "voices x variants"),
+                             ("sessions", corpus.get("speakers", 0), "speakers")):  # fmt: skip
+            try:
+                split_sizes(n, v, t)
+            except ValueError:
+                problems.append(
+                    f"config.corpus.{key.split(' ')[0]}: {n} {what} ({key}) cannot give every "
+                    f"split one (validation {v}%, testing {t}%)"
+                )
+    problem = nondeterministic_variants_problem(corpus.get("variants") or [])
+    if problem:
+        problems.append(problem)
+    for key in RANGE_KEYS:
+        section, _, leaf = key.rpartition(".")
+        rng = (corpus.get(section) or {}).get(leaf) if section else corpus.get(key)
+        if rng and rng[0] > rng[1]:
+            problems.append(f"config.corpus.{key}: range {rng} has min > max")
+    return problems
 
 
 def check_voices(engine, voices: list[str], variants: list[str]) -> None:
@@ -127,60 +144,73 @@ def check_voices(engine, voices: list[str], variants: list[str]) -> None:
         )
 
 
-def place_in_window(
-    speech: np.ndarray, rng: np.random.Generator, n: int = CLIP_SAMPLES
-) -> np.ndarray:
-    """Trim leading/trailing near-silence, then put the speech at a random offset in n samples
-    (cropping the middle of over-long speech)."""
-    if speech.size:
-        env = np.abs(speech)
-        thr = 0.02 * env.max() if env.max() > 0 else 0.0
-        idx = np.flatnonzero(env > thr)
-        if idx.size:
-            speech = speech[idx[0] : idx[-1] + 1]
-    out = np.zeros(n, dtype=np.float32)
-    if speech.size >= n:
-        start = (speech.size - n) // 2
-        out[:] = speech[start : start + n]
-        return out
-    offset = int(rng.integers(0, n - speech.size + 1))
-    out[offset : offset + speech.size] = speech
-    return out
+def _seed31(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31))
 
 
-def render_clip(
-    engine, word: str, spk: Speaker, rng: np.random.Generator, repeat: int, resampler
-) -> np.ndarray:
-    """One 1-s, 16-kHz float32 clip of ``word`` spoken by ``spk`` (repeat ``repeat``)."""
-    jitter = repeat > 0
-    rate = spk.rate + (int(rng.integers(-8, 9)) if jitter else 0)
-    pitch = int(np.clip(spk.pitch + (int(rng.integers(-3, 4)) if jitter else 0), 0, 100))
-    raw = engine.synth(word, spk.voice, rate=rate, pitch=pitch, pitch_range=spk.pitch_range)
-    speech = resampler(raw)
-    peak = float(np.abs(speech).max()) if speech.size else 0.0
-    if peak > 0:
-        speech = speech / peak * 0.9 * 10 ** (spk.gain_db / 20)
-    clip = place_in_window(speech, rng)
-    power = float(np.mean(clip**2)) or 1e-8
-    noise = rng.standard_normal(clip.size).astype(np.float32)
-    clip = clip + noise * np.sqrt(power / 10 ** (spk.snr_db / 10)).astype(np.float32)
-    return np.clip(clip, -1.0, 1.0).astype(np.float32)
+def _synth_16k(engine, resample, text: str, s: Session, rate: int, pitch: int, rng):
+    """espeak-ng's waveform of ``text`` in session ``s``'s voice at 16 kHz, its noise seeded
+    from ``rng``."""
+    seed = _seed31(rng)
+    raw = engine.synth(text, s.identity, rate, pitch, s.pitch_range, noise_seed=seed)
+    return resample(raw)
 
 
-def make_resampler(orig_sr: int, new_sr: int = SAMPLE_RATE):
-    """A numpy -> numpy resampler built on torchaudio's windowed-sinc resampling."""
-    import torch
-    import torchaudio.transforms as T
+def noise_banks(engine, resample, sessions: list[Session], cfg: dict) -> dict[str, np.ndarray]:
+    """A ``NOISE_BANK_SECONDS`` unit-RMS bank of each of ``cfg['noise_types']``, seeded from
+    ``cfg['seed']``. Babble is :data:`BABBLE_SENTENCES` spoken by ``BABBLE_TALKERS`` training
+    sessions' identities, so a held-out identity is never heard in any clip of another split."""
+    n = NOISE_BANK_SECONDS * SAMPLE_RATE
+    banks = {}
+    for k, kind in enumerate(A.NOISE_TYPES):
+        if kind not in cfg["noise_types"]:
+            continue
+        rng = np.random.default_rng([cfg["seed"], 14, k])
+        if kind != "babble":
+            banks[kind] = A.colored_noise(kind, n, rng)
+            continue
+        train = [s for s in sessions if s.split == "training"]
+        talkers = []
+        for i in rng.permutation(len(train))[:BABBLE_TALKERS]:
+            s, parts = train[i], []
+            for j in rng.permutation(len(BABBLE_SENTENCES)):
+                speech = _synth_16k(engine, resample, BABBLE_SENTENCES[j], s, s.rate, s.pitch, rng)
+                parts += [speech, np.zeros(SAMPLE_RATE // 5, np.float32)]
+            talkers.append(np.concatenate(parts).astype(np.float32))
+        banks[kind] = A.mix_babble(talkers, n, rng)
+    return banks
 
-    transform = T.Resample(orig_sr, new_sr)  # the sinc kernel is built once, not per clip
 
-    def resample(x: np.ndarray) -> np.ndarray:
-        if orig_sr == new_sr or x.size == 0:
-            return x.astype(np.float32)
-        with torch.inference_mode():
-            return transform(torch.from_numpy(x)).numpy()
+class ClipRenderer:
+    """Renders one clip of a word for a session, with the per-clip augmentations of ``cfg``."""
 
-    return resample
+    def __init__(self, engine, cfg: dict, banks: dict[str, np.ndarray], resample) -> None:
+        self.engine, self.cfg, self.banks, self.resample = engine, cfg, banks, resample
+        self.speed = A.SpeedPerturber()
+        self.noise_types = [t for t in A.NOISE_TYPES if t in cfg["noise_types"]]
+
+    def __call__(self, word: str, s: Session, rng: np.random.Generator):
+        """(1-s 16-kHz float32 clip, the clip's draws as a dict)."""
+        p, rv = self.cfg["perturb"], self.cfg["reverb"]
+        rate = int(np.clip(s.rate + rng.integers(-p["rate"], p["rate"] + 1), 80, 450))
+        pitch = int(np.clip(s.pitch + rng.integers(-p["pitch"], p["pitch"] + 1), 0, 100))
+        speech = _synth_16k(self.engine, self.resample, word, s, rate, pitch, rng)
+        speed = float(A.speed_fraction(rng.uniform(*p["speed"])))
+        speech = self.speed(speech, speed)
+        peak = float(np.abs(speech).max()) if speech.size else 0.0
+        if peak > 0:
+            speech = speech / peak * 0.9 * 10 ** (s.gain_db / 20)
+        clip = place_in_window(speech, rng)
+        rt60 = drr = float("nan")
+        if rng.random() < rv["prob"]:
+            rt60, drr = float(rng.uniform(*rv["rt60"])), float(rng.uniform(*rv["drr_db"]))
+            clip = A.reverberate(clip, rt60, drr, rng)
+        noise = self.noise_types[int(rng.integers(len(self.noise_types)))]
+        snr = s.snr_db + float(rng.uniform(-p["snr_db"], p["snr_db"]))
+        clip = A.add_noise(clip, self.banks[noise], snr, rng)
+        draws = {"rate": rate, "pitch": pitch, "speed": speed, "rt60": round(rt60, 4),
+                 "drr_db": round(drr, 3), "noise": noise, "snr_db": round(snr, 3)}  # fmt: skip
+        return np.clip(clip, -1.0, 1.0).astype(np.float32), draws
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
@@ -191,62 +221,92 @@ def _write_wav_atomic(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> N
     os.replace(tmp, path)
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _tsv(rows: list[dict]) -> str:
+    head = "\t".join(rows[0])
+    return head + "\n" + "".join("\t".join(str(v) for v in r.values()) + "\n" for r in rows)
+
+
+def _write_tables(root: Path, sessions: list[Session], clips: list[dict], banks: dict) -> None:
+    """The split lists, speakers.tsv, clips.tsv, the noise banks and a README."""
+    for name, split in (("validation_list.txt", "validation"), ("testing_list.txt", "testing")):
+        paths = sorted(c["path"] for c in clips if c["split"] == split)
+        _write_text_atomic(root / name, "".join(f"{p}\n" for p in paths))
+    _write_text_atomic(root / "speakers.tsv", _tsv([asdict(s) for s in sessions]))
+    _write_text_atomic(root / "clips.tsv", _tsv(clips))
+    noise_dir = root / "_background_noise_"
+    noise_dir.mkdir(exist_ok=True)
+    for kind, bank in banks.items():
+        name = "babble.wav" if kind == "babble" else f"{kind}_noise.wav"
+        _write_wav_atomic(noise_dir / name, (0.25 * bank / np.abs(bank).max()).astype(np.float32))
+    (root / "README.md").write_text(
+        "Synthetic Speech Commands v0.02 look-alike made with espeak-ng by this project's\n"
+        "`synthesize_corpus` rule. Not real speech; the layout matches the original. Splits are\n"
+        "disjoint in speaker identity (voice + variant): see speakers.tsv and clips.tsv.\n"
+    )
+
+
+def summarize(sessions: list[Session], clips: list[dict], words: list[str]) -> dict:
+    """Counts of the corpus: clips, sessions and identities, overall and per split."""
+    out = {"clips": len(clips), "sessions": len(sessions), "words": len(words),
+           "identities": len({s.identity for s in sessions})}  # fmt: skip
+    for split in SPLITS:
+        mine = [s for s in sessions if s.split == split]
+        out[f"{split}_clips"] = sum(c["split"] == split for c in clips)
+        out[f"{split}_sessions"] = len(mine)
+        out[f"{split}_identities"] = len({s.identity for s in mine})
+    return out
+
+
 def synthesize_corpus(root: str | os.PathLike, cfg: dict, progress: bool = True) -> dict:
-    """Write the whole corpus under ``root`` and return a summary (counts per split, speakers).
+    """Write the whole corpus under ``root`` and return :func:`summarize`'s counts.
 
     ``cfg`` is the validated ``corpus`` section of the config. The result is a pure function of
-    ``cfg`` (and the espeak-ng data version).
+    ``cfg`` (and the espeak-ng data version) when made in a fresh process. Torch runs on one
+    thread meanwhile, so the resampled audio does not depend on the machine's core count.
     """
+    import torch
     from tqdm import tqdm
 
     from workflow_scripts.data.espeak import engine as get_engine
 
+    problems = config_problems(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     root = Path(root)
     eng = get_engine()
     check_voices(eng, list(cfg["voices"]), list(cfg["variants"]))
     words = list(cfg.get("words") or SPEECH_COMMANDS_WORDS)
-    speakers = make_speakers(cfg)
-    resampler = make_resampler(eng.sample_rate)
-    for w in words:
-        (root / w).mkdir(parents=True, exist_ok=True)
-    lists: dict[str, list[str]] = {"validation": [], "testing": [], "training": []}
-    total = len(speakers) * len(words) * cfg["repeats"]
-    bar = tqdm(total=total, desc="synthesising clips", disable=not progress, mininterval=5)
-    for si, spk in enumerate(speakers):
-        split = which_set(spk.id, cfg["validation_percentage"], cfg["testing_percentage"])
-        for wi, word in enumerate(words):
-            for rep in range(cfg["repeats"]):
-                rng = np.random.default_rng([cfg["seed"], si, wi, rep])
-                clip = render_clip(eng, word, spk, rng, rep, resampler)
-                rel = f"{word}/{spk.id}_nohash_{rep}.wav"
-                _write_wav_atomic(root / rel, clip)
-                lists[split].append(rel)
-                bar.update(1)
-    bar.close()
-    noise_dir = root / "_background_noise_"
-    noise_dir.mkdir(exist_ok=True)
-    rng = np.random.default_rng([cfg["seed"], 999])
-    white = (0.1 * rng.standard_normal(SAMPLE_RATE * 10)).clip(-1, 1).astype(np.float32)
-    _write_wav_atomic(noise_dir / "white_noise.wav", white)
-    pink = np.cumsum(rng.standard_normal(SAMPLE_RATE * 10)).astype(np.float32)
-    pink = (pink - pink.mean()) / (np.abs(pink - pink.mean()).max() + 1e-8) * 0.3
-    _write_wav_atomic(noise_dir / "brown_noise.wav", pink.astype(np.float32))
-    for name, key in (("validation_list.txt", "validation"), ("testing_list.txt", "testing")):
-        tmp = root / (name + ".tmp")
-        tmp.write_text("".join(f"{p}\n" for p in sorted(lists[key])))
-        os.replace(tmp, root / name)
-    (root / "README.md").write_text(
-        "Synthetic Speech Commands v0.02 look-alike made with espeak-ng by this project's\n"
-        "`synthesize_corpus` rule. Not real speech; layout and split rule match the original.\n"
-    )
-    (root / "speakers.tsv").write_text(
-        "\t".join(asdict(speakers[0]).keys())
-        + "\n"
-        + "".join("\t".join(str(v) for v in asdict(s).values()) + "\n" for s in speakers)
-    )
-    return {
-        "clips": total,
-        "speakers": len(speakers),
-        "words": len(words),
-        **{f"{k}_clips": len(v) for k, v in lists.items()},
-    }
+    sessions = make_sessions(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resample = A.make_resampler(eng.sample_rate)
+        banks = noise_banks(eng, resample, sessions, cfg)
+        render = ClipRenderer(eng, cfg, banks, resample)
+        for w in words:
+            (root / w).mkdir(parents=True, exist_ok=True)
+        clips = []
+        total = len(sessions) * len(words) * cfg["repeats"]
+        bar = tqdm(total=total, desc="synthesising clips", disable=not progress, mininterval=5)
+        for s in sessions:
+            for word in words:
+                for rep in range(cfg["repeats"]):
+                    wi = SPEECH_COMMANDS_WORDS.index(word)
+                    rng = np.random.default_rng([cfg["seed"], 13, int(s.session, 16), wi, rep])
+                    clip, draws = render(word, s, rng)
+                    rel = f"{word}/{s.session}_nohash_{rep}.wav"
+                    _write_wav_atomic(root / rel, clip)
+                    clips.append({"path": rel, "session": s.session, "identity": s.identity,
+                                  "split": s.split, **draws})  # fmt: skip
+                    bar.update(1)
+        bar.close()
+    finally:
+        torch.set_num_threads(threads)
+    _write_tables(root, sessions, clips, banks)
+    return summarize(sessions, clips, words)

@@ -3,6 +3,13 @@
 Only what the corpus synthesiser needs: initialise in synchronous mode, choose a voice by
 name, set rate / pitch / pitch range, and synthesise a text into a float32 waveform at the
 library's native sample rate (22,050 Hz). No system package is used.
+
+espeak-ng draws its noise (the breath noise of variants such as ``f2``, ``whisper``) from its own
+generator, which ``espeak_Initialize`` seeds from the clock, and some noise from the C
+library's ``rand()``: unseeded, such variants sound different in every process.
+:meth:`Espeak.synth` seeds both (``noise_seed``) right before each synthesis, so the noise is
+a function of the call. The pitch-flutter phase is still carried from call to call: a
+waveform depends on the calls made before it in the process (and on nothing else).
 """
 
 from __future__ import annotations
@@ -67,6 +74,11 @@ class Espeak:
             ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
+        self._srand = ctypes.CDLL(None).srand  # the libc rand() that libespeak-ng also calls
+        self._srand.argtypes = [ctypes.c_uint]
+        self._srand.restype = None
         rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, parent.encode(), 0)
         if rate <= 0:
             raise EspeakError(f"espeak_Initialize failed (returned {rate}); data path {data}")
@@ -89,11 +101,19 @@ class Espeak:
             return self._lib.espeak_SetVoiceByName(name.encode()) == EE_OK
 
     def synth(
-        self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50
+        self,
+        text: str,
+        voice: str,
+        rate: int = 175,
+        pitch: int = 50,
+        pitch_range: int = 50,
+        noise_seed: int | None = None,
     ) -> np.ndarray:
         """Synthesise ``text`` and return float32 samples in [-1, 1] at ``self.sample_rate``.
 
         ``rate`` is words per minute (80..450), ``pitch`` and ``pitch_range`` are 0..100.
+        ``noise_seed`` (0..2**31-1) seeds espeak-ng's noise sources for this call (see the
+        module docstring); None leaves them where earlier calls left them.
         """
         with self._lock:
             if voice != self._voice:  # switching voices reloads files: skip when unchanged
@@ -109,6 +129,11 @@ class Espeak:
                 if self._lib.espeak_SetParameter(param, int(value), 0) != EE_OK:
                     raise EspeakError(f"espeak-ng rejected parameter {param}={value}")
             self._chunks = []
+            if noise_seed is not None:
+                lib_seed = int(noise_seed) & 0x7FFFFFFF
+                if self._lib.espeak_ng_SetRandSeed(lib_seed) != EE_OK:
+                    raise EspeakError("espeak_ng_SetRandSeed failed")
+                self._srand(lib_seed)
             buf = ctypes.create_string_buffer(text.encode("utf-8"))
             err = self._lib.espeak_Synth(
                 buf, len(buf), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None

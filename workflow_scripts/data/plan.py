@@ -7,7 +7,8 @@ from pathlib import Path
 
 from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
-from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS, nondeterministic_variants_problem
+from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS
+from workflow_scripts.data.corpus import config_problems as corpus_problems
 
 
 def data_root(config: dict, results: str = RESULTS) -> str:
@@ -47,19 +48,4 @@ def targets(config: dict, results: str = RESULTS) -> list[str]:
 
 def config_problems(config: dict) -> list[str]:
     """Relations between corpus keys that the schema cannot express."""
-    problems = []
-    corpus = config.get("corpus", {})
-    v, t = corpus.get("validation_percentage", 0), corpus.get("testing_percentage", 0)
-    if v + t >= 100:
-        problems.append(
-            f"config.corpus: validation_percentage + testing_percentage = {v + t} leaves no "
-            "training speakers (must be < 100)"
-        )
-    problem = nondeterministic_variants_problem(corpus.get("variants") or [])
-    if problem:
-        problems.append(problem)
-    for key in ("rate", "pitch", "pitch_range", "snr_db"):
-        rng = corpus.get(key)
-        if rng and rng[0] > rng[1]:
-            problems.append(f"config.corpus.{key}: range {rng} has min > max")
-    return problems
+    return corpus_problems(config.get("corpus", {}))
