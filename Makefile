@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit report clean compare real-models smoke-paper
+.PHONY: venv run dryrun test lint fmt audit report clean compare plan preflight real-models smoke-paper
 
 venv: $(STAMP)
 
@@ -49,6 +49,15 @@ clean:
 
 compare: $(STAMP)  ## what differs between two result folders: make compare A=results B=other/results
 	$(BIN)/python -m workflow_scripts.compare $(A) $(B) $(COMPARE_ARGS)
+
+# Before a cluster run: what it will cost, and whether it can start. CONFIG=config/paper.yaml
+# (default: config.yaml alone); PLAN_ARGS/PREFLIGHT_ARGS: more options (--slurm: a test job).
+CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG),)
+plan: $(STAMP)  ## jobs, GPU jobs, GPU hours, disk and peak memory of a run: make plan CONFIG=config/paper.yaml
+	$(BIN)/python -m workflow_scripts.resource_plan $(CONFIGFILE) $(PLAN_ARGS)
+
+preflight: $(STAMP)  ## config, data, weights, disk (and --slurm: one GPU job) checked before a run
+	$(BIN)/python -m workflow_scripts.preflight $(CONFIGFILE) $(PREFLIGHT_ARGS)
 
 # The paper's five architectures at real size with random weights, written offline from
 # config/architectures.yaml (float16 safetensors, ~1.9 GB; skipped when already current).

@@ -86,7 +86,6 @@ def make_world(work: Path, n: int) -> dict:
 def cache_of(world: dict, work: Path, split: str, n: int, store: dict) -> str:
     """A cache of ``n`` clips of ``split`` made by the real job code (reused when present)."""
     from workflow_scripts.backbones.run import run_cache
-
     from workflow_scripts.core.provenance import config_hash
 
     out = work / f"cache_{split}_{n}_{config_hash(store)}.safetensors"

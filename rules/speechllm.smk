@@ -59,7 +59,7 @@ rule speechllm_train:
     benchmark:
         bench("speechllm_train")
     wildcard_constraints:
-        **speechllm.wildcard_constraints(config),
+        **speechllm.wildcard_constraints(config, trained=True),
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -64,17 +64,9 @@ def write_config(d: Path, cfg: dict) -> None:
 
 def job_blocks(out: str) -> list[dict]:
     """One dict per job of a dry run's output: rule, wildcards, resources (as text)."""
-    jobs = []
-    for block in re.split(r"\n(?=\[|rule |localrule )", out):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if not m or m.group(1) == "all":
-            continue
-        wc = re.search(r"wildcards: (.*)", block)
-        res = re.search(r"resources: (.*)", block)
-        jobs.append({"rule": m.group(1), "wildcards": wc.group(1) if wc else "",
-                     "resources": dict(kv.split("=", 1) for kv in res.group(1).split(", "))
-                     if res else {}})  # fmt: skip
-    return jobs
+    from workflow_scripts.resource_plan import parse_jobs
+
+    return parse_jobs(out)
 
 
 def planned_jobs(cwd, *args) -> dict[str, list[str]]:

@@ -13,7 +13,10 @@ from workflow_scripts.mimic.model import (
     ClassifierHead,
     MimickedModel,
     Mimicker,
+    load_mimicked,
     no_mimic,
+    save_mimicked,
+    sinusoidal_table,
     teacher_states,
 )
 from workflow_scripts.mimic.targets import choose_targets
@@ -76,6 +79,67 @@ def test_identity_and_heads_validation():
         Mimicker("conv", 1, 12)
     m = Mimicker.from_spec({"kind": "transformer", "depth": 2, "heads": 4, "ffn": 16}, 12)
     assert m.depth == 2 and m.layers[1].linear1.out_features == 16
+
+
+# ------------------------------------------------------------------------------- positions
+def _permuted_frames_change_output(m: Mimicker, x: torch.Tensor) -> bool:
+    """Whether reversing the frames changes the output by more than reversing it."""
+    with torch.no_grad():
+        out = m(x)[-1]
+        rev = m(x.flip(1))[-1].flip(1)
+    return not torch.allclose(out, rev, atol=1e-5)
+
+
+def test_positions_make_the_transformer_mimicker_order_aware():
+    x = torch.randn(2, 7, 16)
+    torch.manual_seed(0)
+    plain = Mimicker("transformer", 1, 16, heads=4, ffn=8).eval()
+    assert not _permuted_frames_change_output(plain, x)  # a bag of frames (the paper's)
+    for positions in ("sinusoidal", "conv"):
+        torch.manual_seed(0)
+        m = Mimicker("transformer", 1, 16, heads=4, ffn=8, positions=positions).eval()
+        assert _permuted_frames_change_output(m, x)
+        # the layers are built before the positions: same initial weights as without them
+        torch.testing.assert_close(m.layers[0].linear1.weight, plain.layers[0].linear1.weight)
+    with pytest.raises(ValueError, match="unknown positions"):
+        Mimicker("linear", 1, 16, positions="learned")
+    with pytest.raises(ValueError, match="no positions"):
+        Mimicker("identity", 0, 16, positions="conv")
+
+
+@pytest.mark.parametrize("kernel", [3, 16])
+def test_conv_positions_keep_the_frames_and_count_their_parameters(kernel):
+    dim = 12
+    plain = count_parameters(Mimicker("linear", 1, dim, width=4))
+    m = Mimicker("linear", 1, dim, width=4, positions="conv", conv_kernel=kernel)
+    assert count_parameters(m) - plain == dim * (kernel + 1)  # depthwise: one filter a channel
+    assert m(torch.randn(3, 9, dim))[0].shape == (3, 9, dim)
+    sin = Mimicker("linear", 1, dim, width=4, positions="sinusoidal")
+    assert count_parameters(sin) == plain  # no parameters
+
+
+def test_sinusoidal_table_known_values():
+    pe = sinusoidal_table(3, 4)
+    t = torch.arange(3.0)
+    torch.testing.assert_close(pe[:, 0], torch.sin(t))
+    torch.testing.assert_close(pe[:, 1], torch.cos(t))
+    torch.testing.assert_close(pe[:, 2], torch.sin(t / 100))
+    torch.testing.assert_close(pe[:, 3], torch.cos(t / 100))
+    assert sinusoidal_table(2, 5).shape == (2, 5)  # odd widths too
+
+
+def test_mimicked_model_with_positions_saves_and_loads(tmp_path):
+    model = tiny_classifier("hubert")
+    torch.manual_seed(1)
+    spec = {"kind": "transformer", "depth": 1, "heads": 2, "ffn": 16, "positions": "conv",
+            "conv_kernel": 5}  # fmt: skip
+    mm = MimickedModel(model, Mimicker.from_spec(spec, 32)).eval()
+    save_mimicked(mm, tmp_path / "m")
+    back = load_mimicked(tmp_path / "m")
+    assert back.mimicker.spec == mm.mimicker.spec
+    x = torch.randn(2, 16000)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, mm(x).logits)
 
 
 # ---------------------------------------------------------------------------------- targets

@@ -96,10 +96,10 @@ def test_cell_slice_holds_only_that_mimickers_settings():
                               "transformer": {"depths": [1], "heads": 4, "ffn": 96}},
                     "targets": {"metric": "cosine", "layers": {"b": 3}}})  # fmt: skip
     lin1 = plan.cell_slice(cfg, "a", "linear", "1")
-    assert lin1["layer"] == {"width": 32}  # no heads/ffn/dropout, no depths list
+    assert lin1["layer"] == {"width": 32, "positions": "none"}  # no heads/ffn/dropout/depths
     assert "targets" not in lin1 and "stage1" in lin1 and lin1["depth"] == 1
     tr1 = plan.cell_slice(cfg, "a", "transformer", 1)
-    assert tr1["layer"] == {"heads": 4, "ffn": 96, "dropout": 0.1}
+    assert tr1["layer"] == {"heads": 4, "ffn": 96, "dropout": 0.1, "positions": "none"}
     assert plan.cell_slice(cfg, "a", "linear", 2)["targets"] == {
         "metric": "cosine", "pick": "last", "fallback": "even"}  # fmt: skip
     assert plan.cell_slice(cfg, "b", "linear", 2)["targets"] == {"layer": 3}  # only b's layer
@@ -122,6 +122,16 @@ def test_cell_slice_holds_only_that_mimickers_settings():
     changed = {c for c in before if cell_json(plan.cell_slice(cfg, *c)) != before[c]}
     assert changed == {("a", "transformer", 1), ("b", "transformer", 1), ("a", "linear", 2),
                        ("b", "linear", 2)}  # fmt: skip
+
+
+def test_conv_kernel_enters_the_slice_only_with_conv_positions():
+    types = {"transformer": {"depths": [1], "heads": 4, "positions": "sinusoidal",
+                             "conv_kernel": 9}}  # fmt: skip
+    cfg = cfg_with({"types": types})
+    assert plan.cell_slice(cfg, "a", "transformer", 1)["layer"] == {
+        "heads": 4, "ffn": 64, "dropout": 0.1, "positions": "sinusoidal"}  # fmt: skip
+    cfg["mimic"]["types"]["transformer"]["positions"] = "conv"
+    assert plan.cell_slice(cfg, "a", "transformer", 1)["layer"]["conv_kernel"] == 9
 
 
 def test_unconfigured_cells_are_refused():

@@ -34,6 +34,31 @@ def test_setting_reads_env_then_file_then_default(tmp_path, monkeypatch):
     site.load.cache_clear()
 
 
+def test_slurm_profile_reads_partition_account_and_gres_from_the_site_file(tmp_path, monkeypatch):
+    """The profile's expressions, evaluated as Snakemake does: the site file's values, an
+    exported variable over them, and the --gres mode switched by `slurm.gres`."""
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.v9+.yaml").read_text())
+    f = tmp_path / "site.yaml"
+    f.write_text(yaml.safe_dump({"slurm": {"partition": "gpu-a", "account": "proj", "gres": ""}}))
+    monkeypatch.setattr(site, "SITE_FILE", f)
+    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "GPU_GRES"):
+        monkeypatch.delenv(var, raising=False)
+
+    def ev(expr):
+        site.load.cache_clear()
+        return eval(expr) if isinstance(expr, str) else expr
+
+    res, gpu = profile["default-resources"], profile["set-resources"]["finetune"]
+    assert (ev(res["slurm_partition"]), ev(res["slurm_account"])) == ("gpu-a", "proj")
+    assert (ev(gpu["gpu"]), ev(gpu["gres"]), ev(gpu["cpus_per_task"])) == (1, "", 0)
+    monkeypatch.setenv("SBATCH_ACCOUNT", "from-env")
+    assert ev(res["slurm_account"]) == "from-env"
+    f.write_text(yaml.safe_dump({"slurm": {"gres": "gpu:a100:1"}}))
+    assert (ev(gpu["gpu"]), ev(gpu["gres"]), ev(gpu["cpus_per_task"])) == (0, "gpu:a100:1", 4)
+    assert ev(res["slurm_partition"]) == ""
+    site.load.cache_clear()
+
+
 @pytest.mark.slow
 def test_snakefile_picks_up_the_site_file_under_the_command_line(tmp_path):
     d = project_copy(tmp_path, default_config())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,3 +331,42 @@ def test_spoken_sentences_keep_the_identity_split(tmp_path):
     assert set(read_manifest(tmp_path / "testing").text) <= held
     again = synthesize_split(tmp_path / "again", "testing", 2, cfg, TEXT_CFG, 0, sessions=20)
     assert again.text.tolist() == read_manifest(tmp_path / "testing", 2).text.tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# The shipped models
+# ----------------------------------------------------------------------------------------
+def test_shipped_models_are_what_config_pretrain_speechllm_yaml_makes():
+    """models/ holds what config/pretrain_speechllm.yaml describes: each spec key matches the
+    shipped provenance, the default config loads the SpeechLLMs through `hf:`, the folders are
+    safetensors only and a few MB, and each SpeechLLM names its encoder and decoder folders."""
+    import json
+
+    import yaml
+
+    from workflow_scripts.core.provenance import REPO_ROOT
+    from workflow_scripts.speechllm.model import read_config, resolve, weights_sha256
+
+    cfg = yaml.safe_load((REPO_ROOT / "config/pretrain_speechllm.yaml").read_text())["speechllm"]
+    default = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["speechllm"]
+    for name, entry in cfg["decoders"].items():
+        folder = REPO_ROOT / "models" / name
+        prov = json.loads((folder / "provenance.json").read_text())
+        assert (folder / "DONE").is_file() and (folder / "tokenizer.json").is_file()
+        assert all(prov["pretrain_config"][k] == v for k, v in entry["pretrain"].items())
+        assert prov["text"] == default["text"]
+    for name, entry in cfg["models"].items():
+        folder = REPO_ROOT / "models" / name
+        prov = json.loads((folder / "provenance.json").read_text())
+        assert all(prov["train_config"][k] == v for k, v in entry["train"].items()), name
+        assert default["models"][name]["hf"] == f"models/{name}"
+        mc = read_config(folder)
+        assert mc["decoder"] == "../decoder-small" and mc["encoder"].startswith("../")
+        assert Path(resolve(mc["decoder"], folder)).is_dir()
+        for key in ("encoder", "decoder"):  # the weights it was trained on are the shipped ones
+            src = resolve(mc[key], folder)
+            assert mc[f"{key}_weights_sha256"] == weights_sha256(src), (name, key)
+    for folder in [REPO_ROOT / "models" / n for n in [*cfg["decoders"], *cfg["models"]]]:
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth")]
+        assert sum(f.stat().st_size for f in files) < 6e6, folder

@@ -13,8 +13,16 @@ from types import ModuleType
 from workflow_scripts.core.config import ConfigError, validate_config
 from workflow_scripts.core.paths import RESULTS
 
-STAGES = ("data", "backbones", "similarity", "pruning", "mimic", "structured", "report",
-          "speechllm")
+STAGES = (
+    "data",
+    "backbones",
+    "similarity",
+    "pruning",
+    "mimic",
+    "structured",
+    "report",
+    "speechllm",
+)
 
 # `config.outputs` family -> (stage, the plan function listing its targets).
 OUTPUTS = {

@@ -19,9 +19,10 @@ TOP_KEYS = ("config", "slurm", "hf_home")
 
 
 @cache
-def load(path: str | os.PathLike = SITE_FILE) -> dict:
-    """The site file's content ({} when absent); unknown top-level keys are an error."""
-    path = Path(path)
+def load(path: str | os.PathLike | None = None) -> dict:
+    """The site file's content ({} when absent; ``path`` None = ``SITE_FILE``); unknown
+    top-level keys are an error."""
+    path = Path(SITE_FILE if path is None else path)
     if not path.is_file():
         return {}
     import yaml
@@ -33,7 +34,7 @@ def load(path: str | os.PathLike = SITE_FILE) -> dict:
     return data
 
 
-def setting(key: str, env: str | None = None, default=None, path=SITE_FILE):
+def setting(key: str, env: str | None = None, default=None, path=None):
     """``$env`` if set, else the dotted ``key`` of the site file (e.g. ``slurm.partition``),
     else ``default``."""
     if env and os.environ.get(env):
@@ -46,6 +47,6 @@ def setting(key: str, env: str | None = None, default=None, path=SITE_FILE):
     return node
 
 
-def config_overrides(path=SITE_FILE) -> dict:
+def config_overrides(path=None) -> dict:
     """The config keys the site file sets (its ``config:`` section)."""
     return dict(load(path).get("config") or {})

@@ -8,6 +8,14 @@ Layer types
 * transformer: a standard post-norm ``torch.nn.TransformerEncoderLayer`` at width ``D``
   (``batch_first=True``, ReLU), ``heads`` = 8 by default and a feed-forward width ``ffn``
   that defaults to ``width`` (the authors' public code sets both from one hidden-size option).
+
+Positional information (``positions``, either kind): the mimicker reads the feature projection,
+which comes *before* the backbone's positional convolution, so a transformer mimicker without
+positions sees a bag of frames. ``"none"`` (the paper's mimicker) adds nothing; ``"sinusoidal"``
+adds the fixed table of Vaswani et al. (no parameters); ``"conv"`` adds
+``GELU(depthwise Conv1d(x))`` over frames (the backbone's positional convolution with one filter
+per channel: ``D * (conv_kernel + 1)`` parameters, counted in the mimicker's), applied once
+before the first layer.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from workflow_scripts.backbones.registry import encoder_of
 
 # a Mimicker's layer kinds ("identity" = depth 0; the grid's kinds are plan.KINDS + no_mimic)
 MIMICKER_KINDS = ("linear", "transformer", "identity")
+# what a mimicker adds to its input before the first layer (module docstring)
+POSITIONS = ("none", "sinusoidal", "conv")
 DEFAULT_MIMIC = {
     "kind": "linear",
     "depth": 2,
@@ -31,6 +41,8 @@ DEFAULT_MIMIC = {
     "heads": 8,
     "ffn": None,
     "dropout": 0.1,
+    "positions": "none",
+    "conv_kernel": 16,
 }
 
 
@@ -47,6 +59,56 @@ class LinearMimicLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(F.relu(self.norm(self.down(x))))
+
+
+class SinusoidalPositions(nn.Module):
+    """``x + PE`` with the fixed sinusoidal table of Vaswani et al. (2017):
+    ``PE[t, 2i] = sin(t / 10000^(2i/D))``, ``PE[t, 2i+1] = cos(t / 10000^(2i/D))``; no
+    parameters, any number of frames."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + sinusoidal_table(x.shape[1], x.shape[2], x.device).to(x.dtype)
+
+
+def sinusoidal_table(frames: int, dim: int, device=None) -> torch.Tensor:
+    """The ``(frames, dim)`` sinusoidal position table (float32)."""
+    pos = torch.arange(frames, dtype=torch.float32, device=device)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device)
+                    * (-math.log(10000.0) / dim))  # fmt: skip
+    pe = torch.zeros(frames, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
+    return pe
+
+
+class ConvPositions(nn.Module):
+    """``x + GELU(Conv1d(x))`` over frames with a depthwise (``groups = D``) convolution of
+    ``kernel`` taps, padded to keep the number of frames (an even kernel drops the last output
+    frame, as wav2vec2's positional convolution): ``D * (kernel + 1)`` parameters."""
+
+    def __init__(self, dim: int, kernel: int = 16):
+        super().__init__()
+        if kernel < 1:
+            raise ValueError(f"conv_kernel must be positive, got {kernel}")
+        self.kernel = int(kernel)
+        self.conv = nn.Conv1d(dim, dim, self.kernel, padding=self.kernel // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.transpose(1, 2))
+        if self.kernel % 2 == 0:
+            y = y[..., :-1]
+        return x + F.gelu(y).transpose(1, 2)
+
+
+def position_module(positions: str, dim: int, conv_kernel: int = 16) -> nn.Module | None:
+    """The module that adds positional information (None for ``"none"``)."""
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; allowed: {list(POSITIONS)}")
+    if positions == "sinusoidal":
+        return SinusoidalPositions()
+    if positions == "conv":
+        return ConvPositions(dim, conv_kernel)
+    return None
 
 
 def resolve_heads(dim: int, heads: int | None = 8) -> int:
@@ -96,6 +158,10 @@ class Mimicker(nn.Module):
     heads:   attention heads of a transformer layer (must divide D; None = gcd(D, 8)).
     ffn:     feed-forward width of a transformer layer (None = ``width``).
     dropout: dropout inside transformer layers (active in train mode only).
+    positions: ``"none"``, ``"sinusoidal"`` or ``"conv"`` (module docstring), added to the
+             input before the first layer (``pos``; built after the layers, so the layers'
+             initial weights do not depend on it).
+    conv_kernel: taps of the ``"conv"`` positions' depthwise convolution.
     """
 
     def __init__(
@@ -107,6 +173,8 @@ class Mimicker(nn.Module):
         heads: int | None = 8,
         ffn: int | None = None,
         dropout: float = 0.1,
+        positions: str = "none",
+        conv_kernel: int = 16,
     ):
         super().__init__()
         if kind not in MIMICKER_KINDS:
@@ -115,6 +183,8 @@ class Mimicker(nn.Module):
             raise ValueError(f"depth must be >= 0, got {depth}")
         if kind == "identity" and depth != 0:
             raise ValueError("kind 'identity' requires depth 0")
+        if depth == 0 and positions != "none":
+            raise ValueError("a depth-0 mimicker (the identity) has no positions")
         self.spec = {
             "kind": "identity" if depth == 0 else kind,
             "depth": int(depth),
@@ -123,6 +193,8 @@ class Mimicker(nn.Module):
             "heads": heads,
             "ffn": ffn,
             "dropout": float(dropout),
+            "positions": positions,
+            "conv_kernel": int(conv_kernel),
         }
         layers: list[nn.Module] = []
         for _ in range(depth):
@@ -131,6 +203,7 @@ class Mimicker(nn.Module):
             else:
                 layers.append(TransformerMimicLayer(dim, heads, ffn or width, dropout))
         self.layers = nn.ModuleList(layers)
+        self.pos = position_module(positions, dim, conv_kernel)
 
     @classmethod
     def from_spec(cls, spec: dict, dim: int | None = None) -> Mimicker:
@@ -143,8 +216,8 @@ class Mimicker(nn.Module):
             if "dim" not in s:
                 raise ValueError("mimicker spec has no 'dim' and none was given")
             dim = s["dim"]
-        kind = s["kind"]
-        return cls(kind, s["depth"], dim, s["width"], s["heads"], s["ffn"], s["dropout"])
+        return cls(s["kind"], s["depth"], dim, s["width"], s["heads"], s["ffn"], s["dropout"],
+                   s["positions"], s["conv_kernel"])  # fmt: skip
 
     @property
     def depth(self) -> int:
@@ -158,6 +231,8 @@ class Mimicker(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not self.layers:
             return [x]
+        if self.pos is not None:
+            x = self.pos(x)
         outs = []
         for layer in self.layers:
             x = layer(x)

@@ -103,6 +103,13 @@ def uses_blocks(config: dict, model: str, kind: str, depth: int | str) -> bool:
     )
 
 
+def layer_slice(type_config: dict) -> dict:
+    """A mimicker type's settings that shape its layers: all but ``depths``, and
+    ``conv_kernel`` only with ``positions: conv``."""
+    return {k: v for k, v in type_config.items() if k != "depths"
+            and not (k == "conv_kernel" and type_config.get("positions") != "conv")}  # fmt: skip
+
+
 def cell_slice(config: dict, model: str, kind: str, depth: int | str) -> dict:
     """The config one cell depends on, and nothing else: its type's own sizes (not the other
     type's), its training stages (no stage 1 for ``no_mimic``), the target-layer settings only
@@ -122,7 +129,7 @@ def cell_slice(config: dict, model: str, kind: str, depth: int | str) -> dict:
     if kind == NO_MIMIC:  # only the head trains; the freeze flags do not apply
         stage2 = {k: stage2[k] for k in ("epochs", "lr", "batch_size")}
     else:
-        s["layer"] = {k: v for k, v in m["types"][kind].items() if k != "depths"}
+        s["layer"] = layer_slice(m["types"][kind])
         s["stage1"] = dict(m["stage1"])
     s["stage2"] = stage2
     if kind != NO_MIMIC and depth >= 2:

@@ -163,9 +163,8 @@ def build_mimicker(config_slice: dict, dim: int) -> Mimicker:
     torch.manual_seed(config_slice["seed"])
     if config_slice["kind"] == NO_MIMIC:
         return no_mimic(dim)
-    spec = config_slice["layer"]
-    return Mimicker(config_slice["kind"], config_slice["depth"], dim, spec.get("width", 64),
-                    spec.get("heads", 8), spec.get("ffn"), spec.get("dropout", 0.1))  # fmt: skip
+    spec = {**config_slice["layer"], "kind": config_slice["kind"], "depth": config_slice["depth"]}
+    return Mimicker.from_spec(spec, dim)
 
 
 def stage2_config(config_slice: dict) -> Stage2Config:

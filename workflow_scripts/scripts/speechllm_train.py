@@ -1,5 +1,7 @@
 """Rule adapter: train one SpeechLLM (workflow_scripts.speechllm.train.train_job)."""
 
+from pathlib import Path
+
 import torch
 
 from workflow_scripts.backbones.pretrain import finalize
@@ -15,7 +17,8 @@ result = train_job(s["train"], s["encoder"], s["decoder"], inp.train, inp.valida
 prov = ctx.provenance(inputs=dict(inp.items()), seed=s["train"]["seed"])
 prov.update(train_config=s["train"], train_config_hash=config_hash(s), encoder=s["encoder"],
             decoder=s["decoder"], **result["summary"])  # fmt: skip
-if "encoder" in inp.keys():
-    prov["encoder_sha256"] = sha256_path(inp.encoder)
+for key in ("encoder", "decoder"):
+    if Path(s[key]).exists():
+        prov[f"{key}_sha256"] = sha256_path(s[key])
 finalize(result["partial_dir"], snakemake.output[0], prov)
 ctx.log.info("done: %s", result["summary"])

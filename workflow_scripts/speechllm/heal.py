@@ -12,10 +12,11 @@ from workflow_scripts.speechllm.train import fit
 
 def heal(model: SpeechLLM, removed: list[int], task: str, feats, texts: list[str], heal_cfg: dict,
          log=None) -> SpeechLLM:  # fmt: skip
-    """A healed copy of ``model`` (plain, merged decoder) without decoder blocks ``removed``:
-    LoRA (``r``, ``alpha``, ``targets``) trained for ``steps`` on ``task`` with the utterances
-    ``feats`` saying ``texts``. The returned model's decoder is the peft model (adapters not
-    merged), so what changed can be inspected; ``model`` is not modified."""
+    """A healed copy of ``model`` (a SpeechLLM with a plain decoder) without decoder blocks
+    ``removed``: new LoRA adapters (``r``, ``alpha``, ``targets``) trained for ``steps`` AdamW
+    steps on ``task`` with the encoder features ``feats`` of utterances saying ``texts``. The
+    returned model's decoder is the peft model (adapters not merged, so what changed can be
+    inspected); ``model`` is not modified."""
     decoder = remove_layers(model.decoder, removed).requires_grad_(False)
     decoder = add_lora(decoder, {"r": heal_cfg["r"], "alpha": heal_cfg["alpha"],
                                  "targets": heal_cfg["targets"]})  # fmt: skip

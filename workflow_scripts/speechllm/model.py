@@ -267,10 +267,22 @@ class SpeechLLM(nn.Module):
 def reference(target: str, folder: str | os.PathLike) -> str:
     """How a SpeechLLM folder names ``target``: a local folder relative to ``folder``, a hub id
     as it is."""
-    p = Path(target)
-    if p.exists():
-        return os.path.relpath(p.resolve(), Path(folder).resolve())
+    if Path(target).exists():  # symbolic links are kept, not followed
+        return os.path.relpath(os.path.abspath(target), os.path.abspath(folder))
     return str(target)
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 of a model folder's weights: its ``*.safetensors`` files (names and contents),
+    not its logs or provenance, which may be edited without changing the model."""
+    import hashlib
+
+    from workflow_scripts.core.provenance import sha256_file
+
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def resolve(ref: str, folder: str | os.PathLike) -> str:

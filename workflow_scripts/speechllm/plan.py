@@ -129,16 +129,16 @@ def train_slice(config: dict, sllm: str) -> dict:
 
 
 def train_inputs(config: dict, results: str = RESULTS, *, sllm: str) -> dict[str, str]:
-    """The training and validation speech, and the decoder and encoder folders when local."""
-    spec = section(config)["models"][sllm]["train"]
-    dec, enc = spec["decoder"], encoder_source(config, spec["encoder"])
+    """The training and validation speech, and the decoder folder when local. The encoder is
+    not a file input (a shipped backbone in ``models/`` would otherwise be claimed by the
+    backbones' pretraining rule when ``pretrained_dir`` is ``models``); its SHA-256 is recorded
+    in the SpeechLLM's config and provenance instead."""
+    dec = section(config)["models"][sllm]["train"]["decoder"]
     out = {"train": paths.path("speechllm_speech", results, split="training"),
            "validation": paths.path("speechllm_speech", results, split="validation")}  # fmt: skip
-    built = dec in pretrained_decoders(config)
-    for key, src, is_output in (("decoder", decoder_source(config, dec), built),
-                                ("encoder", enc, False)):  # fmt: skip
-        if _is_file_input(src, is_output):
-            out[key] = src
+    src = decoder_source(config, dec)
+    if _is_file_input(src, dec in pretrained_decoders(config)):
+        out["decoder"] = src
     return out
 
 
@@ -249,14 +249,16 @@ def cell_inputs(
     return out
 
 
-def wildcard_constraints(config: dict) -> dict[str, str]:
-    """Each wildcard: one of its configured values."""
+def wildcard_constraints(config: dict, trained: bool = False) -> dict[str, str]:
+    """Each wildcard: one of its configured values (``sllm``: only the SpeechLLMs with a
+    ``train`` spec when ``trained``, for the training rule)."""
 
     def alt(values, none):
         return "|".join(map(re.escape, values)) or none
 
+    sllms = trained_speechllms(config) if trained else speechllms(config)
     return {
-        "sllm": alt(speechllms(config), "NO_SPEECHLLM"),
+        "sllm": alt(sllms, "NO_SPEECHLLM"),
         "decoder": alt(pretrained_decoders(config), "NO_DECODER"),
         "task": alt(tasks(config), "NO_TASK"),
         "input": alt(inputs(config), "NO_INPUT"),

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from workflow_scripts.speechllm.metrics import scores
+from workflow_scripts.speechllm.settings import SCORED
 from workflow_scripts.speechllm.speech import read_manifest
 
 Log = Callable[[str], None]
@@ -45,10 +46,20 @@ def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet)
 
     from safetensors.torch import save_file
 
-    from workflow_scripts.speechllm.model import encode, load_encoder, read_config, resolve
+    from workflow_scripts.speechllm.model import (
+        encode,
+        load_encoder,
+        read_config,
+        resolve,
+        weights_sha256,
+    )
     from workflow_scripts.speechllm.speech import read_audio
 
     cfg = read_config(model_dir)
+    for k in ("encoder", "decoder"):  # the weights the SpeechLLM was trained on, unchanged?
+        src, want = resolve(cfg[k], model_dir), cfg.get(f"{k}_weights_sha256")
+        if want and Path(src).exists() and weights_sha256(src) != want:
+            log(f"WARNING: the {k} {src} is not the one this SpeechLLM was trained with")
     enc = load_encoder(resolve(cfg["encoder"], model_dir))
     rows = read_manifest(speech_dir)
     t0 = time.time()
@@ -134,21 +145,15 @@ def pruning_cell(
 
     model = load_speechllm(model_dir, with_encoder=False)
     L = len(decoder_layers(model.decoder))
-    feats, texts = _split_data(*test)
-    scores_ = None
-    if strategy in ("angular_block", "block_influence"):
-        cal_feats, cal_texts = _split_data(*calibration, cell["calibration_utterances"])
-        scores_ = decoder_similarity(
-            model,
-            cal_feats,
-            cal_texts,
-            task,
-            cell["calibration_input"],
-            cell["settings"].get("reduce", "last"),
-            cell["batch_size"],
-        )
-    plans = removal_plans(strategy, L, {**cell["settings"], "keep_first": cell["keep_first"]},
-                          scores_)  # fmt: skip
+    feats, texts = _split_data(*test, cell["test_utterances"])
+    sim = None
+    if strategy in SCORED:
+        cal = _split_data(*calibration, cell["calibration_utterances"])
+        reduce = cell["settings"].get("reduce", "last")
+        sim = decoder_similarity(model, *cal, task, cell["calibration_input"], reduce,
+                                 cell["batch_size"])  # fmt: skip
+    settings = {**cell["settings"], "keep_first": cell["keep_first"]}
+    plans = removal_plans(strategy, L, settings, sim)
     rows, base, t0 = [], None, time.time()
     for seed, sets in plans:
         for removed in sets:
@@ -166,8 +171,7 @@ def pruning_cell(
     df.insert(2, "strategy", strategy)
     df["seed"] = df["seed"].astype("Int64")
     df["test_utterances"] = len(texts)
-    df["scores"] = json.dumps({k: v.round(6).tolist() for k, v in scores_.items()}) if scores_ \
-        else None  # fmt: skip
+    df["scores"] = json.dumps({k: v.round(6).tolist() for k, v in sim.items()}) if sim else None
     return df
 
 

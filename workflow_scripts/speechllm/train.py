@@ -101,7 +101,13 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
     from pathlib import Path
 
     from workflow_scripts.speechllm.metrics import scores
-    from workflow_scripts.speechllm.model import encode, load_decoder, load_encoder, save_speechllm
+    from workflow_scripts.speechllm.model import (
+        encode,
+        load_decoder,
+        load_encoder,
+        save_speechllm,
+        weights_sha256,
+    )
     from workflow_scripts.speechllm.settings import DEFAULT_PROMPTS
     from workflow_scripts.speechllm.speech import read_audio, read_manifest
     from workflow_scripts.speechllm.tokenizer import load_tokenizer
@@ -130,6 +136,9 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
         log(f"validation {task}: {summary}")
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_speechllm(model, tmp, encoder, decoder)
+    sources = {"encoder": encoder, "decoder": decoder}
+    digests = {f"{k}_weights_sha256": weights_sha256(v) for k, v in sources.items()
+               if Path(v).exists()}  # fmt: skip
+    save_speechllm(model, tmp, encoder, decoder, digests)
     (tmp / "loss_history.json").write_text(json.dumps(history))
     return {"summary": summary, "partial_dir": str(tmp)}
