@@ -67,3 +67,18 @@ def test_snakefile_picks_up_the_site_file_under_the_command_line(tmp_path):
     # the command line still wins over the site file
     counts = rule_counts(d, "--forceall", "--config", "outputs=[manifest,baseline]")
     assert counts["finetune"] == len(default_config()["models"])
+
+
+def test_site_example_is_valid_and_its_config_passes_the_schema():
+    """Every key config/site.example.yaml shows is one the site file and the schema accept."""
+    from workflow_scripts import grid
+    from workflow_scripts.core.config import validate_config
+
+    example = ROOT / "config/site.example.yaml"
+    site.load.cache_clear()
+    data = site.load(example)
+    site.load.cache_clear()
+    assert data["config"] and data["slurm"]
+    cfg = grid.assemble(default_config(), site.config_overrides(example), {})
+    site.load.cache_clear()
+    assert validate_config(cfg)["data"]["root"] == data["config"]["data"]["root"]
