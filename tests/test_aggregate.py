@@ -11,7 +11,12 @@ import pytest
 
 from workflow_scripts.report import aggregate
 from workflow_scripts.report import plan as report_plan
-from workflow_scripts.report.overview import overview_chart, overview_markdown, overview_table
+from workflow_scripts.report.overview import (
+    overview_chart,
+    overview_markdown,
+    overview_table,
+    speechllm_rows,
+)
 from workflow_scripts.report.pareto import pareto_table
 
 
@@ -32,6 +37,9 @@ def test_targets_and_inputs_follow_outputs():
     assert full == {"baseline": "R/tables/baseline.parquet",
                     "pruning": "R/tables/pruning.parquet", "mimic": "R/tables/mimic.parquet",
                     "structured": "R/tables/structured.parquet"}  # fmt: skip
+    sllm = report_plan.overview_inputs(config("speechllm", "tables"), "R")
+    assert sllm["speechllm_summary"] == "R/tables/speechllm_summary.csv"
+    assert sllm["speechllm_overlap"] == "R/tables/speechllm_overlap.csv"
     # the overview's slice: the stages it combines and the threshold, nothing else
     assert report_plan.overview_slice(cfg) == {"stages": ["similarity"], "threshold": 0.9}
     assert report_plan.overview_slice({"outputs": ["tables"]})["threshold"] == 0.95
@@ -190,3 +198,33 @@ def test_charts_save_as_offline_html_and_png(tmp_path):
         assert "vegaEmbed" in html and not re.search(r"<script[^>]+src=", html)
     assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+def test_overview_has_the_speechllm_decoders_headline():
+    """The SpeechLLM section: per SpeechLLM x task x strategy the prefix count of removable
+    decoder layers within the WER threshold, and one overlap row per factor."""
+    summary = pd.DataFrame([
+        {"model": "s-a", "task": "asr", "strategy": "angular_block", "n_layers": 8,
+         "base_wer": 0.2, "threshold": 0.25, "max_removed_prefix": 3, "wer_at_max": 0.24,
+         "healed_n": 2, "wer_before_heal": 0.3, "wer_after_heal": 0.22},
+        {"model": "s-a", "task": "st", "strategy": "random", "n_layers": 8, "base_wer": 0.3,
+         "threshold": 0.25, "max_removed_prefix": 0, "wer_at_max": 0.3, "healed_n": np.nan,
+         "wer_before_heal": np.nan, "wer_after_heal": np.nan},
+    ])  # fmt: skip
+    overlap = pd.DataFrame([
+        {"model": "s-a", "task": "asr", "input": "text", "n": 2, "blocks": "[2, 3]",
+         "mean_jaccard": np.nan, "identical_share": np.nan, "pairs": np.nan},
+        {"model": "across task", "task": None, "input": None, "n": 2, "blocks": None,
+         "mean_jaccard": 0.5, "identical_share": 0.25, "pairs": 4.0},
+    ])  # fmt: skip
+    rows = speechllm_rows(summary, overlap)
+    col = "removable (ΔWER ≤ 0.25)"
+    assert list(rows[col]) == ["3 of 8 decoder layers (37.5%)", "0 of 8 decoder layers (0.0%)",
+                               "Jaccard 0.50, identical 25% (block of 2, 4 pairs)"]  # fmt: skip
+    assert (
+        rows["healed WER %"].iloc[0] == "n=2: 30.0 -> 22.0" and rows["healed WER %"].iloc[1] == ""
+    )
+    assert rows["unpruned WER %"].iloc[0] == pytest.approx(20.0)
+    md = overview_markdown(overview_table(baseline_cells()), 0.95, [], rows)
+    assert "## SpeechLLM decoders" in md and "3 of 8 decoder layers (37.5%)" in md
+    assert "SpeechLLM" not in overview_markdown(overview_table(baseline_cells()), 0.95, [])

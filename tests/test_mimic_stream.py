@@ -55,6 +55,22 @@ def two_caches(tmp_path):
         (a_tr, y_tr), (a_va, y_va)  # fmt: skip
 
 
+def test_train_data_limited_to_the_first_training_clips(two_caches):
+    """``train_clips`` (the ablation's knob) keeps the first rows of the training cache, all of
+    the validation cache, and labels aligned with both."""
+    from workflow_scripts.mimic.run import load_train_data
+
+    tr, va, (a_tr, y_tr), (a_va, y_va) = two_caches
+    caches = {"train_cache": tr, "val_cache": va}
+    full = load_train_data(caches, [2, 3], 3, D, QUIET)
+    part = load_train_data(caches, [2, 3], 3, D, QUIET, train_clips=10)
+    assert (full.n_train, part.n_train, part.n_val) == (37, 10, 11)
+    np.testing.assert_array_equal(part.labels, np.concatenate([y_tr[:10], y_va]))
+    np.testing.assert_array_equal(part.features[part.val_idx], a_va["feature_projection"])
+    np.testing.assert_array_equal(part.teacher[0][part.train_idx], a_tr["hidden_states"][1][:10])
+    np.testing.assert_array_equal(part.teacher[1][part.train_idx], a_tr["final"][:10])
+
+
 def test_row_views_read_the_rows_asked_for(two_caches):
     tr, va, (a_tr, y_tr), (a_va, _) = two_caches
     fp, st2, fin = CachedRows(tr, "feature_projection"), CachedRows(tr, 2), CachedRows(tr, "final")

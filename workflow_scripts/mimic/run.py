@@ -137,21 +137,23 @@ def open_caches(inputs: Mapping[str, str], model) -> dict[str, CacheFile]:
 
 
 def load_train_data(caches: Mapping[str, CacheFile], layers: list[int], n_layers: int,
-                    dim: int, log: Log) -> TrainData:  # fmt: skip
+                    dim: int, log: Log, train_clips: int | None = None) -> TrainData:  # fmt: skip
     """The training and validation caches (from one model) as one row space with the teacher
-    states of ``layers`` (:func:`teacher_keys`); only the labels are read here."""
+    states of ``layers`` (:func:`teacher_keys`); only the labels are read here.
+    ``train_clips``: only the first that many training rows (None = all; ablations)."""
     train, val = caches["train_cache"], caches["val_cache"]
 
     def stacked(key):
-        return StackedRows([CachedRows(train, key), CachedRows(val, key)])
+        return StackedRows([CachedRows(train, key, train_clips), CachedRows(val, key)])
 
     fp = stacked("feature_projection")
     if fp.shape[-1] != dim:
         raise ValueError(f"cache hidden size {fp.shape[-1]} != model hidden size {dim}")
-    labels = np.concatenate([train.read("labels"), val.read("labels")])
+    n_train = len(CachedRows(train, "labels", train_clips))
+    labels = np.concatenate([train.read("labels")[:n_train], val.read("labels")])
     teacher = [stacked(k) for k in teacher_keys(layers, n_layers)]
-    log("cache: %d training + %d validation clips, %s", train.n, val.n, fp.shape[1:])
-    return TrainData(fp, labels, teacher, train.n, val.n)
+    log("cache: %d training + %d validation clips, %s", n_train, val.n, fp.shape[1:])
+    return TrainData(fp, labels, teacher, n_train, val.n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +311,7 @@ def run_cell(
     device: torch.device | str | None = None,
     log: Log = print_log,
     export_dir: str | None = None,
+    train_clips: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and evaluate one mimic cell; returns (the cell's one-row frame, its training
     curves).
@@ -318,14 +321,16 @@ def run_cell(
     config_slice: :func:`~workflow_scripts.mimic.plan.cell_slice`; root: the Speech Commands
     folder the caches' clip paths are relative to; device: None = CUDA when present; log: a
     logging-style callable (``log(msg, *args)``); export_dir: where the mimicked model is
-    saved (:func:`~workflow_scripts.mimic.model.save_mimicked`; None = not saved).
+    saved (:func:`~workflow_scripts.mimic.model.save_mimicked`; None = not saved);
+    train_clips: fit on the first that many cached training clips only (None = all; used by
+    ``benchmarks/mimic_ablation.py``).
     """
     device = pick_device() if device is None else torch.device(device)
     model = load_classifier(inputs["model"]).eval()
     n_layers, dim = model.config.num_hidden_layers, model.config.hidden_size
     layers, source = cell_targets(config_slice, n_layers, inputs.get("blocks"), log)
     caches = open_caches(inputs, model)
-    data = load_train_data(caches, layers, n_layers, dim, log)
+    data = load_train_data(caches, layers, n_layers, dim, log, train_clips)
     mimicker = build_mimicker(config_slice, dim)
     head = ClassifierHead.from_model(model).to(device)
     fitted = fit(config_slice, mimicker, head, data, device, log)

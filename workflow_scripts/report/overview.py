@@ -169,7 +169,34 @@ def overview_table(baseline: pd.DataFrame, blocks=None, pruning=None, mimic=None
     return d.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
-def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str]) -> str:
+def speechllm_rows(summary: pd.DataFrame, overlap: pd.DataFrame) -> pd.DataFrame:
+    """The SpeechLLM decoders' headline (Moumen et al.), one row per SpeechLLM x task x
+    strategy: the unpruned WER, the decoder layers removable with relative WER degradation
+    within the threshold (every smaller number too), the WER there, and the healed WER; then
+    one row per factor (encoder, task, input type) with the mean Jaccard overlap of the
+    redundant blocks the angular distance picks."""
+    rows = []
+    for r in summary.itertuples():
+        n, L = r.max_removed_prefix, r.n_layers
+        frac = f"{n} of {L} decoder layers ({n / L:.1%})"
+        healed = ""
+        if pd.notna(r.healed_n):
+            before, after = 100 * r.wer_before_heal, 100 * r.wer_after_heal
+            healed = f"n={int(r.healed_n)}: {before:.1f} -> {after:.1f}"
+        rows.append({"speechllm": r.model, "task": r.task, "method": r.strategy,
+                     "unpruned WER %": 100 * r.base_wer,
+                     f"removable (ΔWER ≤ {r.threshold:g})": frac,
+                     "WER % there": 100 * r.wer_at_max, "healed WER %": healed})  # fmt: skip
+    for r in overlap[overlap.model.astype(str).str.startswith("across")].itertuples():
+        rows.append({"speechllm": r.model, "task": "", "method": "redundant block overlap",
+                     f"removable (ΔWER ≤ {summary.threshold.iloc[0]:g})":
+                     f"Jaccard {r.mean_jaccard:.2f}, identical {r.identical_share:.0%} "
+                     f"(block of {r.n}, {int(r.pairs)} pairs)"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str],
+                      speechllm: pd.DataFrame | None = None) -> str:  # fmt: skip
     """The overview as a markdown document: conventions, then one table per model."""
     from workflow_scripts.core.tables import markdown_table
 
@@ -189,6 +216,14 @@ def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str
             "accuracy_pct": "accuracy %", "ci_pct": "95% CI", "retained_pct": "retained %",
             "meets_threshold": f"meets {pct}"})  # fmt: skip
         body += [f"## {model}", "", markdown_table(table, ".1f")]
+    if speechllm is not None and len(speechllm):
+        body += ["## SpeechLLM decoders", "",
+                 "Word error rates on the held-out speakers' test utterances; a decoder "
+                 "layer count is removable when it and every smaller one keep the relative WER "
+                 "degradation (WER_n - WER_0) / WER_0 within the threshold (Moumen et al.). "
+                 "Overlap: mean Jaccard index of the most redundant blocks between SpeechLLMs "
+                 "that differ only in that factor.", "",
+                 markdown_table(speechllm.fillna(""), ".1f")]  # fmt: skip
     return "\n".join(intro + body)
 
 

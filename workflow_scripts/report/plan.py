@@ -8,7 +8,7 @@ from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
 
 # The stages whose aggregated tables the overview can combine, in the overview's order.
-STAGES = ("similarity", "pruning", "mimic", "structured")
+STAGES = ("similarity", "pruning", "mimic", "structured", "speechllm")
 
 
 def enabled_stages(config: dict) -> list[str]:
@@ -31,6 +31,12 @@ def overview_inputs(config: dict, results: str = RESULTS) -> dict[str, str]:
     for stage in ("pruning", "mimic", "structured"):
         if stage in stages:
             inputs[stage] = paths.tables(stage, results)["table"]
+    if "speechllm" in stages:
+        sllm = paths.tables("speechllm", results)
+        inputs["speechllm_summary"], inputs["speechllm_overlap"] = (
+            sllm["summary_csv"],
+            sllm["overlap_csv"],
+        )
     return inputs
 
 
