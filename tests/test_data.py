@@ -93,3 +93,23 @@ def test_load_split_limit_is_deterministic(tiny_corpus):
     b = D.load_split(root, df, "training", limit=5)
     assert a[2] == b[2] and len(a[2]) == 5
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_split_rows_are_one_fixed_shuffle_whose_prefixes_are_the_limited_subsets():
+    """The whole split and every ``limit`` come from one order: the k-clip subset is the
+    first k rows of the whole split (so the first rows of a full cache are the smaller cache),
+    and that order is not the manifest's word-sorted one (a batch of consecutive rows mixes
+    words)."""
+    import pandas as pd
+
+    words = ["a", "b", "c", "d"]
+    manifest = pd.DataFrame({
+        "path": [f"{w}/s{i:03d}_nohash_0.wav" for w in words for i in range(50)],
+        "split": "training", "usable": True, "label": [w for w in words for _ in range(50)]})  # fmt: skip
+    manifest.loc[manifest.index % 7 == 0, "usable"] = False
+    whole = D.split_rows(manifest, "training")
+    assert len(whole) == manifest.usable.sum() and whole.usable.all()
+    for k in (1, 10, 57, len(whole), len(whole) + 5):
+        assert list(D.split_rows(manifest, "training", k).path) == list(whole.path[:k])
+    assert whole.label.iloc[:20].nunique() == 4  # the first 20 rows mix all four words
+    assert list(whole.path) != sorted(whole.path)

@@ -160,15 +160,14 @@ def summarize_manifest(df) -> dict:
 
 
 def split_rows(manifest, split: str, limit: int | None = None):
-    """The manifest rows of one split's usable clips, in the order every stage reads them.
-
-    ``limit`` keeps the first ``limit`` clips of a fixed, seed-free shuffle of the split
-    (stratification is not attempted; the shuffle is by SHA-256 of the path)."""
+    """The manifest rows of one split's usable clips, in the order every stage reads them: a
+    fixed, seed-free shuffle (by SHA-256 of the path), so the first ``k`` rows of the whole
+    split are the ``k``-clip subset (``limit``), and consecutive rows (a similarity batch, the
+    first clips of a cache) mix words and speakers rather than following the manifest's
+    word-sorted order. Stratification is not attempted."""
     sub = manifest[(manifest.split == split) & manifest.usable]
-    if limit is not None and limit < len(sub):
-        order = sub.path.map(lambda p: hashlib.sha256(p.encode()).hexdigest()).argsort()
-        sub = sub.iloc[np.asarray(order)[:limit]]
-    return sub
+    order = np.asarray(sub.path.map(lambda p: hashlib.sha256(p.encode()).hexdigest()).argsort())
+    return sub.iloc[order if limit is None else order[:limit]]
 
 
 def read_clips(root: str | os.PathLike, paths) -> np.ndarray:
