@@ -103,9 +103,9 @@ def test_split_rows_are_one_fixed_shuffle_whose_prefixes_are_the_limited_subsets
     import pandas as pd
 
     words = ["a", "b", "c", "d"]
-    manifest = pd.DataFrame({
-        "path": [f"{w}/s{i:03d}_nohash_0.wav" for w in words for i in range(50)],
-        "split": "training", "usable": True, "label": [w for w in words for _ in range(50)]})  # fmt: skip
+    labels = [w for w in words for _ in range(50)]
+    paths = [f"{w}/s{i % 50:03d}_nohash_0.wav" for i, w in enumerate(labels)]
+    manifest = pd.DataFrame({"path": paths, "split": "training", "usable": True, "label": labels})
     manifest.loc[manifest.index % 7 == 0, "usable"] = False
     whole = D.split_rows(manifest, "training")
     assert len(whole) == manifest.usable.sum() and whole.usable.all()
