@@ -40,6 +40,14 @@ def test_default_config_plans_the_whole_grid(default_plan):
         "similarity_tables": 1, "pruning_tables": 1, "mimic_tables": 1, "structured_tables": 1,
         "baseline_tables": 1, "overview": 1, "all": 1,
     }  # fmt: skip
+    sl = cfg["speechllm"]
+    sllms, tasks = len(sl["models"]), len(sl["tasks"])
+    expected |= {
+        "speechllm_speech": 3, "speechllm_features": 3 * sllms,
+        "speechllm_similarity": sllms * tasks * len(sl["similarity"]["inputs"]),
+        "speechllm_pruning": sllms * tasks * len(sl["pruning"]["strategies"]),
+        "speechllm_tables": 1,
+    }  # fmt: skip
     counts = {rule: n for rule, n in default_plan.items() if rule != "model_groups"}
     assert counts == expected
     # per-model groups only where a depth-2 mimicker reads them
