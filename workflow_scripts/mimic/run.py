@@ -149,8 +149,9 @@ def load_train_data(caches: Mapping[str, CacheFile], layers: list[int], n_layers
     fp = stacked("feature_projection")
     if fp.shape[-1] != dim:
         raise ValueError(f"cache hidden size {fp.shape[-1]} != model hidden size {dim}")
-    n_train = len(CachedRows(train, "labels", train_clips))
-    labels = np.concatenate([train.read("labels")[:n_train], val.read("labels")])
+    train_labels = CachedRows(train, "labels", train_clips)[:]
+    n_train = len(train_labels)
+    labels = np.concatenate([train_labels, val.read("labels")])
     teacher = [stacked(k) for k in teacher_keys(layers, n_layers)]
     log("cache: %d training + %d validation clips, %s", n_train, val.n, fp.shape[1:])
     return TrainData(fp, labels, teacher, n_train, val.n)

@@ -1,11 +1,9 @@
 """Rule adapter: train one SpeechLLM (workflow_scripts.speechllm.train.train_job)."""
 
-from pathlib import Path
-
 import torch
 
 from workflow_scripts.backbones.pretrain import finalize
-from workflow_scripts.core.provenance import config_hash, sha256_path
+from workflow_scripts.core.provenance import config_hash
 from workflow_scripts.core.rule import RuleContext
 from workflow_scripts.speechllm.train import train_job
 
@@ -17,8 +15,6 @@ result = train_job(s["train"], s["encoder"], s["decoder"], inp.train, inp.valida
 prov = ctx.provenance(inputs=dict(inp.items()), seed=s["train"]["seed"])
 prov.update(train_config=s["train"], train_config_hash=config_hash(s), encoder=s["encoder"],
             decoder=s["decoder"], **result["summary"])  # fmt: skip
-for key in ("encoder", "decoder"):
-    if Path(s[key]).exists():
-        prov[f"{key}_sha256"] = sha256_path(s[key])
+prov.update(result["digests"])  # the weights' SHA-256, as recorded in the model's config
 finalize(result["partial_dir"], snakemake.output[0], prov)
 ctx.log.info("done: %s", result["summary"])

@@ -141,4 +141,4 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
                if Path(v).exists()}  # fmt: skip
     save_speechllm(model, tmp, encoder, decoder, digests)
     (tmp / "loss_history.json").write_text(json.dumps(history))
-    return {"summary": summary, "partial_dir": str(tmp)}
+    return {"summary": summary, "partial_dir": str(tmp), "digests": digests}
