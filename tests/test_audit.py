@@ -148,6 +148,25 @@ def test_snakemake_plan_orphans_and_missing_outputs(project):
     assert "1 missing, 1 orphan, 2 stale" in text
 
 
+def test_parquet_inside_a_directory_output_is_part_of_it_not_an_orphan(project):
+    root, jobs = project
+    (root / "results/speech/training").mkdir(parents=True)
+    pd.DataFrame({"path": ["0.wav"], "text": ["go"]}).to_parquet(
+        root / "results/speech/training/manifest.parquet"
+    )
+    make_result(root, "results/speech_old/manifest.parquet")  # no job makes its folder
+    jobs = dict(jobs)
+    jobs.update(audit.parse_summary(summary_text([
+        ("results/speech/training", "speech", [], "ok", "no update")])))  # fmt: skip
+    found = statuses(audit.audit(["results"], jobs, root, check_code=False))
+    assert found == {"results/a.parquet": "current", "results/b.parquet": "current",
+                     "results/speech_old/manifest.parquet": "ORPHAN"}  # fmt: skip
+    assert audit.inside_directory_output("results/speech/training/x/m.parquet", jobs) == (
+        "results/speech/training"
+    )
+    assert audit.inside_directory_output("results/a.parquet", jobs) is None
+
+
 def git(repo, *args):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
                    check=True, capture_output=True)  # fmt: skip

@@ -59,6 +59,23 @@ def test_slurm_profile_reads_partition_account_and_gres_from_the_site_file(tmp_p
     site.load.cache_clear()
 
 
+def test_every_rule_with_a_gpu_resource_gets_the_profiles_gpu_request():
+    """A rule that may run on a GPU (a ``gpu=`` resource) is one of the SLURM profile's GPU
+    jobs, so the --gres mode reaches it too (the SpeechLLM rules once were not)."""
+    import re
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.v9+.yaml").read_text())
+    gpu_rules = set()
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            if re.search(r"^\s+gpu=", block, flags=re.M):
+                gpu_rules.add(block.split(":", 1)[0].strip())
+    assert {"finetune", "speechllm_train", "speechllm_pruning"} <= gpu_rules
+    jobs = profile["set-resources"]
+    assert {r for r in gpu_rules if jobs.get(r, {}).get("gpu") != jobs["finetune"]["gpu"]} == set()
+    assert gpu_rules <= set(profile["set-threads"])
+
+
 @pytest.mark.slow
 def test_snakefile_picks_up_the_site_file_under_the_command_line(tmp_path):
     d = project_copy(tmp_path, default_config())

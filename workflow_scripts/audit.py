@@ -319,6 +319,14 @@ def audit_file(path: str, jobs: dict[str, Job], code: CodeChecker | None,
     return f
 
 
+def inside_directory_output(path: str, jobs: dict[str, Job]) -> str | None:
+    """The directory output of the current DAG that ``path`` lies inside (a file a job wrote
+    into its ``directory()`` output, e.g. a speech split's ``manifest.parquet``), or None.
+    Such a file is part of that output, which Snakemake's plan judges; it is not a result."""
+    parts = Path(norm(path)).parents
+    return next((str(d) for d in parts if str(d) in jobs and str(d) != "."), None)
+
+
 def audit(paths: list[str], jobs: dict[str, Job], root: Path,
           check_code: bool = True) -> list[Finding]:  # fmt: skip
     """Findings for every parquet under ``paths`` (files or folders relative to ``root``),
@@ -337,6 +345,8 @@ def audit(paths: list[str], jobs: dict[str, Job], root: Path,
             )
         elif full.is_file():
             files.append(norm(p))
+    members = [f for f in files if inside_directory_output(f, jobs)]
+    files = [f for f in files if f not in members]
     findings = [audit_file(f, jobs, code, rules, sha, root) for f in files]
     seen = set(files)
     under = [norm(p) for p in paths]

@@ -40,13 +40,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_path(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of a directory's sorted (relative path, file hash) list."""
+def sha256_path(path: str | os.PathLike, pattern: str = "*") -> str:
+    """SHA-256 of a file, or of a directory's sorted (relative path, file hash) list of the
+    files matching ``pattern`` at any depth (e.g. ``"*.safetensors"``: a model's weights, not
+    its logs)."""
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
     h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+    for f in sorted(x for x in p.rglob(pattern) if x.is_file()):
         h.update(f"{f.relative_to(p)}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 

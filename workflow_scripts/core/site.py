@@ -47,6 +47,26 @@ def setting(key: str, env: str | None = None, default=None, path=None):
     return node
 
 
+SLURM_ENV = {"partition": "SBATCH_PARTITION", "account": "SBATCH_ACCOUNT", "gres": "GPU_GRES"}
+
+
+def slurm(name: str) -> str:
+    """The SLURM profile's ``name`` (partition, account, gres): ``$SBATCH_PARTITION`` /
+    ``$SBATCH_ACCOUNT`` / ``$GPU_GRES`` if set, else the site file's ``slurm.<name>``, else ""."""
+    return setting(f"slurm.{name}", SLURM_ENV[name], "")
+
+
+def slurm_gpus() -> int:
+    """GPUs a GPU job asks for with ``--gpus``: 1, or 0 in the ``--gres`` mode."""
+    return 0 if slurm("gres") else 1
+
+
+def slurm_cpus_per_task(n: int) -> int:
+    """``--cpus-per-task`` of a GPU job: ``n`` in the ``--gres`` mode (which cannot use
+    ``--cpus-per-gpu``), else 0 (not set)."""
+    return n if slurm("gres") else 0
+
+
 def config_overrides(path=None) -> dict:
     """The config keys the site file sets (its ``config:`` section)."""
     return dict(load(path).get("config") or {})

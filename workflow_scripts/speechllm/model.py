@@ -275,14 +275,9 @@ def reference(target: str, folder: str | os.PathLike) -> str:
 def weights_sha256(folder: str | os.PathLike) -> str:
     """SHA-256 of a model folder's weights: its ``*.safetensors`` files (names and contents),
     not its logs or provenance, which may be edited without changing the model."""
-    import hashlib
+    from workflow_scripts.core.provenance import sha256_path
 
-    from workflow_scripts.core.provenance import sha256_file
-
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    return sha256_path(folder, "*.safetensors")
 
 
 def resolve(ref: str, folder: str | os.PathLike) -> str:
