@@ -9,12 +9,14 @@ and the growth ratio from the smallest to the largest N per job. Not a test: a m
     .venv/bin/python benchmarks/memory.py                       # N = 512, 2048, 8192; all jobs
     .venv/bin/python benchmarks/memory.py --clips 512 2048 --jobs extraction mimic
 
-Jobs: ``extraction`` (one cache over N training clips), ``mimic`` (linear-1 and
-transformer-1 trained on an N-clip training cache), ``structured`` (one cell distilled on an
-N-clip training cache), ``pruning`` (one backward cell over N test clips), ``finetune`` (a few
-steps on N training clips, the frozen CNN's features cached). The similarity cell is O(N^2)
-by design (its N x N Gram matrices): its formula and the N at which its request is exceeded
-are printed instead.
+Jobs: ``extraction`` (one cache over N training clips), ``mimic`` (linear-1 and transformer-1
+trained on an N-clip training cache), ``structured`` (one cell distilled on an N-clip training
+cache), ``pruning`` (one backward cell over N test clips), ``finetune`` (a few steps on N training
+clips, the frozen CNN's features cached), ``speechllm_features`` (the shipped speechllm-hubert's
+encoder features of N utterances) and ``speechllm_train`` (a SpeechLLM trained a few steps on N
+utterances, their features streamed to scratch); the SpeechLLM world is N random 2-s utterances with
+command-language transcripts. The similarity cell is O(N^2) by design (its N x N Gram matrices): its
+formula and the N at which its request is exceeded are printed instead.
 """
 
 from __future__ import annotations
@@ -202,10 +204,60 @@ def _manifest_with_training(world: dict, n: int, out: Path) -> None:
     df.to_parquet(out)
 
 
+def speech_world(work: Path, n: int) -> Path:
+    """A SpeechLLM speech folder of n random 2-s utterances (the manifest layout of
+    :mod:`workflow_scripts.speechllm.speech`), made once per n."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    from workflow_scripts.speechllm.speech import MANIFEST
+    from workflow_scripts.speechllm.text import translate
+
+    folder = work / f"speech_{n}"
+    if (folder / MANIFEST).is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, texts = np.random.default_rng(1), ["go left", "marvin go up", "turn on the bed"]
+    rows = []
+    for i in range(n):
+        sf.write(folder / f"{i:05d}.wav", (0.1 * rng.standard_normal(32_000)).astype(np.float32),
+                 16_000, subtype="PCM_16")  # fmt: skip
+        text = texts[i % len(texts)]
+        rows.append({"path": f"{i:05d}.wav", "text": text, "translation": translate(text)})
+    pd.DataFrame(rows).to_parquet(folder / MANIFEST, index=False)
+    return folder
+
+
+def job_speechllm_features(world: dict, work: Path, n: int) -> None:
+    """The features job of the shipped speechllm-hubert over n utterances."""
+    from workflow_scripts.speechllm.run import write_features
+
+    write_features(str(ROOT / "models" / "speechllm-hubert"), str(speech_world(work, n)),
+                   str(work / f"speechllm_features_{n}.safetensors"), progress=False)  # fmt: skip
+
+
+def job_speechllm_train(world: dict, work: Path, n: int) -> None:
+    """SpeechLLM training (10 steps) on n utterances: encoder features streamed to scratch."""
+    import shutil
+
+    from workflow_scripts.speechllm.train import train_job
+
+    spec = {"encoder": "hubert-small", "decoder": "decoder-small", "encoder_layer": 5,
+            "tasks": ["asr"], "steps": 10, "batch_size": 8, "seed": 0}  # fmt: skip
+    out = work / f"speechllm_{n}"
+    res = train_job(spec, str(ROOT / "models" / "hubert-small"),
+                    str(ROOT / "models" / "decoder-small"), str(speech_world(work, n)),
+                    str(speech_world(work, 16)), str(out), log=lambda _m: None,
+                    progress=False)  # fmt: skip
+    shutil.rmtree(res["partial_dir"], ignore_errors=True)
+
+
 MEASURES = {
     "extraction": job_extraction, "mimic_linear": job_mimic_linear,
     "mimic_transformer": job_mimic_transformer, "structured": job_structured,
     "pruning": job_pruning, "finetune": job_finetune,
+    "speechllm_features": job_speechllm_features, "speechllm_train": job_speechllm_train,
 }  # fmt: skip
 
 
@@ -254,19 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     make_world(args.work, max(args.clips))
+    if any(j.startswith("speechllm") for j in args.jobs):
+        for n in [16, *args.clips]:
+            speech_world(args.work, n)
     print(f"world of {max(args.clips)} clips per split in {time.perf_counter() - t0:.0f} s")
     rows = {}
     for job in args.jobs:
         for n in sorted(args.clips):
             r = run_one(job, n, args.work)
             rows[(job, n)] = r
-            print(f"{job:11s} N={n:6d}  peak RSS {r['peak_rss_mb']:8.0f} MB  "
+            print(f"{job:18s} N={n:6d}  peak RSS {r['peak_rss_mb']:8.0f} MB  "
                   f"{r['seconds']:7.1f} s", flush=True)  # fmt: skip
     lo, hi = min(args.clips), max(args.clips)
     print(f"\ngrowth of peak RSS from N={lo} to N={hi}:")
     for job in args.jobs:
         ratio = rows[(job, hi)]["peak_rss_mb"] / rows[(job, lo)]["peak_rss_mb"]
-        print(f"  {job:11s} {ratio:5.2f}x")
+        print(f"  {job:18s} {ratio:5.2f}x")
     print(similarity_note(4000 + 20 * 2.3))
     return 0
 

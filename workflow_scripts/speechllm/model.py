@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +47,23 @@ def load_encoder(source: str):
     return enc
 
 
-@torch.no_grad()
-def encode(encoder, audio: list[np.ndarray], layer: int) -> list[torch.Tensor]:
+def encode(encoder, audio: Iterable[np.ndarray], layer: int) -> list[torch.Tensor]:
     """Hidden state ``layer`` (an index into ``output_hidden_states``; negative counts from the
-    end) of each waveform, one utterance at a time: a list of (frames, D) float32 tensors."""
+    end) of each waveform: a list of (frames, D) float32 tensors (a few utterances; a split
+    streams through :func:`iter_encode`)."""
+    return list(iter_encode(encoder, audio, layer))
+
+
+@torch.no_grad()
+def iter_encode(encoder, audio: Iterable[np.ndarray], layer: int) -> Iterator[torch.Tensor]:
+    """:func:`encode` one waveform at a time, yielding each utterance's features as it goes."""
     from workflow_scripts.backbones.registry import normalize_audio
 
     dev = next(encoder.parameters()).device
-    out = []
     for wave in audio:
         x = normalize_audio(torch.as_tensor(np.asarray(wave, np.float32))[None]).to(dev)
         states = encoder(x, output_hidden_states=True).hidden_states
-        out.append(states[layer][0].float().cpu())
-    return out
+        yield states[layer][0].float().cpu()
 
 
 class Projector(nn.Module):

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 
 import pandas as pd
-import torch
 
 from workflow_scripts.speechllm.metrics import scores
 from workflow_scripts.speechllm.settings import SCORED
@@ -38,22 +37,25 @@ def _quiet(_msg: str) -> None:
 # ----------------------------------------------------------------------------------------
 # Features
 # ----------------------------------------------------------------------------------------
-def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet) -> int:
+def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet,
+                   progress: bool = True) -> int:  # fmt: skip
     """Encode every utterance of ``speech_dir`` with the SpeechLLM's frozen encoder (its layer
-    ``encoder_layer``) and write ``features`` (all frames stacked) and ``lengths``; returns the
-    number of utterances."""
+    ``encoder_layer``) into the feature file ``out``
+    (:mod:`~workflow_scripts.speechllm.features`: streamed, one utterance in memory at a time);
+    returns the number of utterances."""
     from pathlib import Path
 
-    from safetensors.torch import save_file
+    from tqdm import tqdm
 
+    from workflow_scripts.speechllm import features as F
     from workflow_scripts.speechllm.model import (
-        encode,
+        iter_encode,
         load_encoder,
         read_config,
         resolve,
         weights_sha256,
     )
-    from workflow_scripts.speechllm.speech import read_audio
+    from workflow_scripts.speechllm.speech import iter_audio
 
     cfg = read_config(model_dir)
     for k in ("encoder", "decoder"):  # the weights the SpeechLLM was trained on, unchanged?
@@ -63,23 +65,20 @@ def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet)
     enc = load_encoder(resolve(cfg["encoder"], model_dir))
     rows = read_manifest(speech_dir)
     t0 = time.time()
-    feats = encode(enc, read_audio(speech_dir, rows), cfg["encoder_layer"])
-    log(f"{len(feats)} utterances encoded in {time.time() - t0:.1f} s")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    save_file({"features": torch.cat(feats).contiguous(),
-               "lengths": torch.tensor([f.shape[0] for f in feats])}, str(tmp))  # fmt: skip
-    tmp.replace(out)
-    return len(feats)
+    audio = tqdm(iter_audio(speech_dir, rows), total=len(rows), desc="encode", mininterval=10,
+                 disable=not progress)  # fmt: skip
+    n = F.write_features(out, iter_encode(enc, audio, cfg["encoder_layer"]),
+                         {"encoder_layer": cfg["encoder_layer"]})  # fmt: skip
+    log(f"{n} utterances encoded in {time.time() - t0:.1f} s")
+    return n
 
 
-def read_features(path: str, limit: int | None = None) -> list[torch.Tensor]:
-    """The per-utterance (frames, D) features of a features file (its first ``limit``)."""
-    from safetensors.torch import load_file
+def read_features(path: str, limit: int | None = None):
+    """The per-utterance (frames, D) features of a feature file (its first ``limit``), read on
+    demand (:class:`~workflow_scripts.speechllm.features.Features`)."""
+    from workflow_scripts.speechllm.features import Features
 
-    data = load_file(str(path))
-    lengths = data["lengths"].tolist()[:limit]
-    return list(torch.split(data["features"][: sum(lengths)], lengths))
+    return Features(path, limit)
 
 
 def _split_data(features: str, speech_dir: str, limit: int | None = None):

@@ -19,6 +19,7 @@ Layout: ``<folder>/manifest.parquet`` (one row per utterance: ``path``, ``text``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,14 @@ def read_manifest(folder: str | os.PathLike, limit: int | None = None) -> pd.Dat
 
 
 def read_audio(folder: str | os.PathLike, rows: pd.DataFrame) -> list[np.ndarray]:
-    """The float32 waveforms of manifest ``rows``."""
+    """The float32 waveforms of manifest ``rows`` (a few; a split streams through
+    :func:`iter_audio`)."""
+    return list(iter_audio(folder, rows))
+
+
+def iter_audio(folder: str | os.PathLike, rows: pd.DataFrame) -> Iterator[np.ndarray]:
+    """The float32 waveforms of manifest ``rows``, read one at a time."""
     import soundfile as sf
 
-    return [sf.read(str(Path(folder) / p), dtype="float32")[0] for p in rows.path]
+    for p in rows.path:
+        yield sf.read(str(Path(folder) / p), dtype="float32")[0]

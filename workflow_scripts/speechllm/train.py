@@ -2,10 +2,12 @@
 adapters (or only the projector, ``lora: null``) trained with the decoder's next-token loss on
 the target text of each task.
 
-The frozen encoder's features of every training utterance are computed once
-(:func:`workflow_scripts.speechllm.model.encode`), so a step costs only the projector and the
-decoder. A step draws ``batch_size`` utterances and gives each a task drawn uniformly from the
-model's tasks (one multi-task model per encoder, as the paper's "single multi-task backbone").
+The frozen encoder's features of every training utterance are computed once, streamed into a
+temporary feature file (:mod:`workflow_scripts.speechllm.features`, in ``$TMPDIR``: node-local
+scratch on a cluster) and read back per mini-batch, so a step costs only the projector and the
+decoder and memory does not grow with the number of utterances. A step draws ``batch_size``
+utterances and gives each a task drawn uniformly from the model's tasks (one multi-task model per
+encoder, as the paper's "single multi-task backbone").
 """
 
 from __future__ import annotations
@@ -92,48 +94,59 @@ def evaluate(
 
 
 def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: str,
-              out_dir: str, log=print) -> dict:  # fmt: skip
+              out_dir: str, log=print, progress: bool = True) -> dict:  # fmt: skip
     """Train one SpeechLLM of a ``train`` spec on the speech folders ``train_dir`` (its first
     ``train_utterances``) and score it on ``val_dir`` (greedy decoding, every task); saved into
     ``<out_dir>.partial`` (finish with :func:`workflow_scripts.backbones.pretrain.finalize`).
     Returns ``{"summary": ..., "partial_dir": ...}``."""
     import shutil
+    import tempfile
     from pathlib import Path
 
+    from tqdm import tqdm
+
+    from workflow_scripts.speechllm.features import Features, write_features
     from workflow_scripts.speechllm.metrics import scores
     from workflow_scripts.speechllm.model import (
-        encode,
+        iter_encode,
         load_decoder,
         load_encoder,
         save_speechllm,
         weights_sha256,
     )
     from workflow_scripts.speechllm.settings import DEFAULT_PROMPTS
-    from workflow_scripts.speechllm.speech import read_audio, read_manifest
+    from workflow_scripts.speechllm.speech import iter_audio, read_manifest
     from workflow_scripts.speechllm.tokenizer import load_tokenizer
 
     spec = resolve_train(spec)
     t0 = time.time()
     enc = load_encoder(encoder)
     rows = read_manifest(train_dir, spec["train_utterances"])
-    feats = encode(enc, read_audio(train_dir, rows), spec["encoder_layer"])
     val = read_manifest(val_dir)
-    val_feats = encode(enc, read_audio(val_dir, val), spec["encoder_layer"])
-    t_feat = time.time() - t0
-    log(f"encoder features of {len(feats)} + {len(val_feats)} utterances: {t_feat:.0f} s")
-    model = build_speechllm(spec, load_decoder(decoder), load_tokenizer(decoder),
-                            feats[0].shape[1], spec["prompts"] or DEFAULT_PROMPTS)  # fmt: skip
-    history = fit(model, feats, list(rows.text), spec, log)
-    summary = {"train_utterances": len(feats), "validation_utterances": len(val_feats),
-               "feature_seconds": round(t_feat, 1),
-               "train_seconds": round(time.time() - t0 - t_feat, 1),
-               "trainable_parameters": sum(p.numel() for p in trainable(model)),
-               "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"]}  # fmt: skip
-    for task in model.prompts:
-        refs, hyps = evaluate(model, val_feats, list(val.text), task)
-        for k, v in scores(refs, hyps).items():
-            summary[f"validation_{task}_{k}"] = round(v, 5)
-        log(f"validation {task}: {summary}")
+    with tempfile.TemporaryDirectory(prefix="speechllm-features-") as scratch:
+        for name, folder, r in (("training", train_dir, rows), ("validation", val_dir, val)):
+            audio = tqdm(iter_audio(folder, r), total=len(r), desc=f"encode {name}",
+                         mininterval=10, disable=not progress)  # fmt: skip
+            write_features(Path(scratch) / f"{name}.safetensors",
+                           iter_encode(enc, audio, spec["encoder_layer"]))  # fmt: skip
+        feats = Features(Path(scratch) / "training.safetensors")
+        val_feats = Features(Path(scratch) / "validation.safetensors")
+        t_feat = time.time() - t0
+        log(f"encoder features of {len(feats)} + {len(val_feats)} utterances: {t_feat:.0f} s")
+        model = build_speechllm(spec, load_decoder(decoder), load_tokenizer(decoder),
+                                feats.dim, spec["prompts"] or DEFAULT_PROMPTS)  # fmt: skip
+        history = fit(model, feats, list(rows.text), spec, log)
+        summary = {"train_utterances": len(feats), "validation_utterances": len(val_feats),
+                   "feature_seconds": round(t_feat, 1),
+                   "train_seconds": round(time.time() - t0 - t_feat, 1),
+                   "trainable_parameters": sum(p.numel() for p in trainable(model)),
+                   "first_loss": history[0]["loss"],
+                   "final_loss": history[-1]["loss"]}  # fmt: skip
+        for task in model.prompts:
+            refs, hyps = evaluate(model, val_feats, list(val.text), task)
+            for k, v in scores(refs, hyps).items():
+                summary[f"validation_{task}_{k}"] = round(v, 5)
+            log(f"validation {task}: {summary}")
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sources = {"encoder": encoder, "decoder": decoder}
