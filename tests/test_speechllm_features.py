@@ -35,6 +35,14 @@ def test_written_utterances_read_back_one_by_one_and_as_safetensors(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]
 
 
+def test_empty_splits_and_frameless_utterances_read_back(tmp_path):
+    assert write_features(tmp_path / "e.safetensors", []) == 0
+    assert len(Features(tmp_path / "e.safetensors")) == 0
+    write_features(tmp_path / "z.safetensors", [torch.zeros(0, 3), torch.ones(2, 3)])
+    back = Features(tmp_path / "z.safetensors")
+    assert back[0].shape == (0, 3) and back[1].tolist() == [[1.0] * 3] * 2
+
+
 def test_a_failed_write_leaves_no_file_and_no_temporaries(tmp_path):
     path = tmp_path / "f.safetensors"
 
@@ -50,6 +58,11 @@ def test_a_failed_write_leaves_no_file_and_no_temporaries(tmp_path):
             w.add(np.zeros((3, 4)))
             w.add(np.zeros((3, 5)))
     assert list(tmp_path.iterdir()) == []
+    w = FeatureWriter(path)
+    w.add(np.zeros((2, 4)))
+    assert w.close() == 1
+    w.abort()  # after close: nothing to undo, the file stays
+    assert [p.name for p in tmp_path.iterdir()] == ["f.safetensors"]
 
 
 def test_reading_an_utterance_reads_only_its_frames(tmp_path, monkeypatch):
@@ -70,8 +83,9 @@ def test_split_features_stream_to_the_same_values_as_encoding_in_memory(tmp_path
     from helpers import TINY
     from test_speechllm import TEXT_CFG, tiny_speechllm
 
+    from workflow_scripts.backbones.registry import normalize_audio
     from workflow_scripts.core.config import validate_config
-    from workflow_scripts.speechllm.model import encode, load_encoder, save_speechllm
+    from workflow_scripts.speechllm.model import load_encoder, save_speechllm
     from workflow_scripts.speechllm.run import read_features
     from workflow_scripts.speechllm.run import write_features as write_split
     from workflow_scripts.speechllm.speech import read_audio, read_manifest, synthesize_split
@@ -82,7 +96,10 @@ def test_split_features_stream_to_the_same_values_as_encoding_in_memory(tmp_path
     synthesize_split(tmp_path / "sp", "testing", 4, corpus, TEXT_CFG, 0, augment=False)
     out = tmp_path / "f.safetensors"
     assert write_split(str(tmp_path / "sllm"), str(tmp_path / "sp"), str(out)) == 4
-    ref = encode(load_encoder(enc_src), read_audio(tmp_path / "sp", read_manifest(tmp_path / "sp")),
-                 model.encoder_layer)  # fmt: skip
+    enc = load_encoder(enc_src)
+    audio = read_audio(tmp_path / "sp", read_manifest(tmp_path / "sp"))
+    with torch.no_grad():  # the hidden state, straight from the encoder
+        ref = [enc(normalize_audio(torch.as_tensor(a)[None]), output_hidden_states=True)
+               .hidden_states[model.encoder_layer][0] for a in audio]  # fmt: skip
     for a, b in zip(read_features(str(out)), ref, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -185,7 +185,9 @@ class CacheFile:
             uniq = np.unique(idx)
             runs, count = _runs(uniq), len(uniq)
         out = np.empty((count, *t.row_shape), dtype=t.dtype)
-        flat = out.reshape(count, -1).view(np.uint8).reshape(-1)
+        if out.size == 0:  # no rows (or empty rows): nothing to read
+            return out if idx is None else out[np.searchsorted(uniq, idx)]
+        flat = out.reshape(-1).view(np.uint8)
         fd, pos = os.open(self.path, os.O_RDONLY), 0
         try:
             for a, b in runs:

@@ -5,10 +5,10 @@ features job nor SpeechLLM training holds a split's audio or features in memory.
 Layout (any safetensors reader opens it): ``features`` (F, D) float32, the frames of all
 utterances in manifest order, and ``lengths`` (N,) int64, each utterance's frame count.
 
-The total frame count is known only when the last utterance is encoded, so the writer appends frames
-to a temporary data file and, on ``close()``, writes the header and copies the data after it in 8
-MiB chunks; the file is renamed into place only then (a killed job leaves none). :class:`Features`
-reads an utterance's frames with ``os.pread``: memory proportional to the utterances asked for (a
+The total frame count is known only when the last utterance is encoded, so the writer appends
+frames after a header slot sized for any shape and writes the header into it at the end
+(:class:`FeatureWriter`); the file is renamed into place only then. :class:`Features` reads an
+utterance's frames with ``os.pread``: memory proportional to the utterances asked for (a
 mini-batch), never to the file. Disk: 4 bytes x frames x D (the shipped encoders, 50 frames/s, D =
 128: 25.6 KB per second of speech; a 768-wide base encoder: 154 KB per second, so 960 h of speech
 take 530 GB; see docs/scaling.md).
@@ -17,6 +17,7 @@ take 530 GB; see docs/scaling.md).
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,23 +26,40 @@ import torch
 
 from workflow_scripts.backbones.cachefile import CacheFile, _header, apply_umask
 
-_CHUNK = 8 << 20
+_BIG = (10**13, 10**5, 10**12)  # frames, D, utterances: bounds that size the header slot
 
 
 class FeatureWriter:
-    """Append utterances' (frames, D) features; ``close()`` writes the feature file at ``path``
-    atomically, ``abort()`` (or an exception inside ``with``) leaves nothing. ``metadata`` goes
-    into the safetensors header (strings)."""
+    """Append utterances' (frames, D) features; ``close()`` puts the feature file at ``path``
+    (atomic rename), ``abort()`` (or an exception inside ``with``) removes the partial file.
+    ``metadata`` goes into the safetensors header (strings).
+
+    The frames go straight into ``.<name>.tmp`` after a header slot sized for any shape (a
+    safetensors header may end in spaces), so the data is written once and the disk holds one
+    copy; ``close()`` appends the lengths and writes the header into its slot. A job killed
+    mid-way leaves that ``.tmp``; the rerun truncates it."""
 
     def __init__(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.data = self.path.with_name(f".{self.path.name}.{os.getpid()}.data")
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.fd = os.open(self.data, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.metadata = dict(metadata or {})
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+        self.slot = len(self._header(*_BIG)) + 64
+        self.fd: int | None = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.pos = self.slot
         self.lengths: list[int] = []
         self.dim: int | None = None
+
+    def _header(self, frames: int, dim: int, n: int) -> bytes:
+        return _header({"features": (np.float32, (frames, dim)), "lengths": (np.int64, (n,))},
+                       self.metadata)  # fmt: skip
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self.fd, view, self.pos)
+            self.pos += done
+            view = view[done:]
 
     def add(self, frames) -> None:
         """One utterance's features (frames, D), stored as float32."""
@@ -52,35 +70,32 @@ class FeatureWriter:
             want = f"(frames, {self.dim})"
             raise ValueError(f"utterance features of shape {a.shape}; expected {want}")
         self.dim = a.shape[1]
-        os.write(self.fd, a.tobytes())
+        self._write(a.tobytes())
         self.lengths.append(a.shape[0])
 
     def close(self) -> int:
-        """Write the file; returns the number of utterances."""
-        frames, dim = sum(self.lengths), self.dim or 0
-        lengths = np.asarray(self.lengths, np.int64)
-        head = _header({"features": (np.float32, (frames, dim)),
-                        "lengths": (np.int64, lengths.shape)}, self.metadata)  # fmt: skip
-        size = frames * dim * 4
+        """Finish the file and rename it into place; returns the number of utterances."""
         try:
-            with open(self.tmp, "wb") as out:
-                out.write(head)
-                out.flush()
-                _copy(self.fd, out.fileno(), size)
-                out.write(lengths.tobytes())
-                out.flush()
-                os.fsync(out.fileno())
+            self._write(np.asarray(self.lengths, np.int64).tobytes())
+            head = self._header(sum(self.lengths), self.dim or 0, len(self.lengths))
+            if len(head) > self.slot:
+                raise ValueError(f"{self.path}: header of {len(head)} bytes > slot {self.slot}")
+            text = head[8:] + b" " * (self.slot - len(head))
+            os.pwrite(self.fd, struct.pack("<Q", len(text)) + text, 0)
+            os.fsync(self.fd)
             apply_umask(self.tmp)
             os.replace(self.tmp, self.path)
-        finally:
-            os.close(self.fd)
-            self.data.unlink(missing_ok=True)
-            self.tmp.unlink(missing_ok=True)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self.fd)
+        self.fd = None
         return len(self.lengths)
 
     def abort(self) -> None:
-        os.close(self.fd)
-        self.data.unlink(missing_ok=True)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
@@ -89,20 +104,8 @@ class FeatureWriter:
     def __exit__(self, exc_type, *_):
         if exc_type:
             self.abort()
-        else:
+        elif self.fd is not None:
             self.close()
-
-
-def _copy(src: int, dst: int, size: int) -> None:
-    """``size`` bytes of ``src`` from offset 0 appended to ``dst`` in bounded chunks."""
-    pos = 0
-    while pos < size:
-        n = min(_CHUNK, size - pos)
-        chunk = os.pread(src, n, pos)
-        if not chunk:
-            raise OSError(f"short read of the feature data ({pos} of {size} bytes)")
-        os.write(dst, chunk)
-        pos += len(chunk)
 
 
 def write_features(path: str | os.PathLike, feats: Iterable, metadata: dict | None = None) -> int:
