@@ -26,6 +26,8 @@ def test_written_utterances_read_back_one_by_one_and_as_safetensors(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(back[-1], feats[-1], rtol=0, atol=0)
     assert [t.shape for t in back[1:4]] == [t.shape for t in feats[1:4]]
+    for a, b in zip(back[1:4] + back[::2], feats[1:4] + feats[::2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # one read, or one per utterance
     with pytest.raises(IndexError):
         back[5]
     assert len(Features(path, limit=2)) == 2 and len(Features(path, limit=2)[0:9]) == 2

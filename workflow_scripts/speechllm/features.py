@@ -117,6 +117,22 @@ def write_features(path: str | os.PathLike, feats: Iterable, metadata: dict | No
     return len(w.lengths)
 
 
+def encode_split(encoder, speech_dir: str | os.PathLike, rows, layer: int,
+                 out: str | os.PathLike, metadata: dict | None = None, progress: bool = True,
+                 desc: str = "encode") -> int:  # fmt: skip
+    """Encode the utterances of manifest ``rows`` of ``speech_dir`` (hidden state ``layer``) into
+    the feature file ``out``, one utterance in memory at a time, with a tqdm bar; returns the
+    number of utterances."""
+    from tqdm import tqdm
+
+    from workflow_scripts.speechllm.model import iter_encode
+    from workflow_scripts.speechllm.speech import iter_audio
+
+    audio = tqdm(iter_audio(speech_dir, rows), total=len(rows), desc=desc, mininterval=10,
+                 disable=not progress)  # fmt: skip
+    return write_features(out, iter_encode(encoder, audio, layer), metadata)
+
+
 class Features(Sequence):
     """A feature file opened for reading, as a sequence of (frames, D) float32 tensors (its first
     ``limit`` utterances): ``feats[i]`` and ``feats[a:b]`` (a list) read only those frames."""
@@ -142,7 +158,13 @@ class Features(Sequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self._one(k) for k in range(*i.indices(len(self)))]
+            start, stop, step = i.indices(len(self))
+            if step != 1 or start >= stop:
+                return [self._one(k) for k in range(start, stop, step)]
+            # consecutive utterances (an evaluation batch): their frames in one read
+            frames = self._file.read("features", slice(int(self.offsets[start]),
+                                                       int(self.offsets[stop])))  # fmt: skip
+            return list(torch.split(torch.from_numpy(frames), self.lengths[start:stop].tolist()))
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"utterance {i} of {n}")

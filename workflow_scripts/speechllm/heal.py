@@ -5,6 +5,8 @@ healing changes only the new adapters."""
 
 from __future__ import annotations
 
+import torch
+
 from workflow_scripts.speechllm.model import SpeechLLM, add_lora
 from workflow_scripts.speechllm.pruning import remove_layers
 from workflow_scripts.speechllm.train import fit
@@ -18,6 +20,7 @@ def heal(model: SpeechLLM, removed: list[int], task: str, feats, texts: list[str
     returned model's decoder is the peft model (adapters not merged, so what changed can be
     inspected); ``model`` is not modified."""
     decoder = remove_layers(model.decoder, removed).requires_grad_(False)
+    torch.manual_seed(heal_cfg["seed"])  # the adapters' initialisation
     decoder = add_lora(decoder, {"r": heal_cfg["r"], "alpha": heal_cfg["alpha"],
                                  "targets": heal_cfg["targets"]})  # fmt: skip
     healed = SpeechLLM(decoder, model.tokenizer, model.projector, {task: model.prompts[task]},

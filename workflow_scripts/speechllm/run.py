@@ -45,17 +45,8 @@ def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet,
     returns the number of utterances."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from workflow_scripts.speechllm import features as F
-    from workflow_scripts.speechllm.model import (
-        iter_encode,
-        load_encoder,
-        read_config,
-        resolve,
-        weights_sha256,
-    )
-    from workflow_scripts.speechllm.speech import iter_audio
+    from workflow_scripts.speechllm.features import encode_split
+    from workflow_scripts.speechllm.model import load_encoder, read_config, resolve, weights_sha256
 
     cfg = read_config(model_dir)
     for k in ("encoder", "decoder"):  # the weights the SpeechLLM was trained on, unchanged?
@@ -65,10 +56,8 @@ def write_features(model_dir: str, speech_dir: str, out: str, log: Log = _quiet,
     enc = load_encoder(resolve(cfg["encoder"], model_dir))
     rows = read_manifest(speech_dir)
     t0 = time.time()
-    audio = tqdm(iter_audio(speech_dir, rows), total=len(rows), desc="encode", mininterval=10,
-                 disable=not progress)  # fmt: skip
-    n = F.write_features(out, iter_encode(enc, audio, cfg["encoder_layer"]),
-                         {"encoder_layer": cfg["encoder_layer"]})  # fmt: skip
+    n = encode_split(enc, speech_dir, rows, cfg["encoder_layer"], out,
+                     {"encoder_layer": cfg["encoder_layer"]}, progress)  # fmt: skip
     log(f"{n} utterances encoded in {time.time() - t0:.1f} s")
     return n
 

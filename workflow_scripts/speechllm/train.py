@@ -103,19 +103,16 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
     import tempfile
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from workflow_scripts.speechllm.features import Features, write_features
+    from workflow_scripts.speechllm.features import Features, encode_split
     from workflow_scripts.speechllm.metrics import scores
     from workflow_scripts.speechllm.model import (
-        iter_encode,
         load_decoder,
         load_encoder,
         save_speechllm,
         weights_sha256,
     )
     from workflow_scripts.speechllm.settings import DEFAULT_PROMPTS
-    from workflow_scripts.speechllm.speech import iter_audio, read_manifest
+    from workflow_scripts.speechllm.speech import read_manifest
     from workflow_scripts.speechllm.tokenizer import load_tokenizer
 
     spec = resolve_train(spec)
@@ -125,10 +122,9 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
     val = read_manifest(val_dir)
     with tempfile.TemporaryDirectory(prefix="speechllm-features-") as scratch:
         for name, folder, r in (("training", train_dir, rows), ("validation", val_dir, val)):
-            audio = tqdm(iter_audio(folder, r), total=len(r), desc=f"encode {name}",
-                         mininterval=10, disable=not progress)  # fmt: skip
-            write_features(Path(scratch) / f"{name}.safetensors",
-                           iter_encode(enc, audio, spec["encoder_layer"]))  # fmt: skip
+            encode_split(enc, folder, r, spec["encoder_layer"],
+                         Path(scratch) / f"{name}.safetensors", progress=progress,
+                         desc=f"encode {name}")  # fmt: skip
         feats = Features(Path(scratch) / "training.safetensors")
         val_feats = Features(Path(scratch) / "validation.safetensors")
         t_feat = time.time() - t0
