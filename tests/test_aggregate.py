@@ -200,6 +200,85 @@ def test_charts_save_as_offline_html_and_png(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left
 
 
+def chart_overview():
+    """An overview of three models (one row without an accuracy retained, one past 110%)."""
+    rows = []
+    for model, (kept, other) in {"m-a": (84.8, 96.0), "m-b": (80.4, 118.0),
+                                 "m-c": (0.0, 97.0)}.items():  # fmt: skip
+        rows += [
+            {"model": model, "finding": "fine-tuned model (test accuracy)", "method": "unpruned",
+             "retained_pct": 100.0, "meets_threshold": None},
+            {"model": model, "finding": "groups of similar layers", "method": "cosine",
+             "retained_pct": np.nan, "meets_threshold": None},
+            {"model": model, "finding": "structured pruning (highest target tried)",
+             "method": "target 60%", "retained_pct": kept, "meets_threshold": False},
+            {"model": model, "finding": "best mimicker (replaces the stack)",
+             "method": "linear-1", "retained_pct": other, "meets_threshold": True},
+        ]  # fmt: skip
+    ov = pd.DataFrame(rows).assign(result="r", accuracy_pct=50.0, ci_pct="", also="")
+    ov["eval_clips"] = pd.array([50] * len(ov), dtype="Int64")
+    return ov
+
+
+def svg_panels(svg: str) -> list[list[dict]]:
+    """The bars of a rendered faceted bar chart, panel by panel: each bar's aria label
+    fields, its left and right end (px from the panel's left) and its fill."""
+    panels = []
+    for part in svg.split('child_layer_0_marks"')[1:]:
+        bars = []
+        for attrs in re.findall(r"<path ([^>]*)/>", part.split("</g>")[0]):
+            label = re.search(r'aria-label="([^"]*)"', attrs).group(1)
+            fields = dict(f.split(": ", 1) for f in label.split("; "))
+            x0, w = map(float, re.search(r'd="M([-\d.e]+),[-\d.e]+h([-\d.e]+)', attrs).groups())
+            fill = re.search(r'fill="([^"]*)"', attrs).group(1)
+            bars.append({**fields, "x0": x0, "x1": x0 + w, "fill": fill})
+        panels.append(bars)
+    return panels
+
+
+def test_overview_chart_has_one_panel_per_model_within_its_axis(tmp_path):
+    """The overview chart (results/charts/overview.png): one data source at the top level
+    that the facet splits, so each model's panel shows its own bars only (the layers used to
+    carry their own data, so every panel stacked all models' bars end to end, past the axis);
+    the x axis reaches past every value; meets the threshold reads as good (blue), below as
+    a warning (orange), no verdict grey. Checked on the spec and on the rendered SVG."""
+    import vl_convert as vlc
+
+    from workflow_scripts.report.charts import save_chart
+    from workflow_scripts.report.overview import CHART_COLORS
+
+    ov = chart_overview()
+    chart = overview_chart(ov, 0.95)
+    spec = chart.to_dict()
+    assert "data" in spec and all("data" not in layer for layer in spec["spec"]["layer"])
+    assert len(spec["datasets"]) == 1
+    row = spec["facet"]["row"]
+    assert row["field"] == "model" and row["sort"] == ["m-a", "m-b", "m-c"]
+    (values,) = spec["datasets"].values()
+    assert len(values) == 9  # the rows with an accuracy retained
+    x_max = {layer["encoding"]["x"]["scale"]["domain"][1] for layer in spec["spec"]["layer"]}
+    assert len(x_max) == 1 and max(v["value"] for v in values) <= x_max.pop()
+    assert {v["threshold_pct"] for v in values} == {95.0}
+    color = spec["spec"]["layer"][0]["encoding"]["color"]["scale"]
+    assert dict(zip(color["domain"], color["range"], strict=True)) == CHART_COLORS
+
+    panels = svg_panels(vlc.vegalite_to_svg(spec))
+    width = spec["spec"]["width"]
+    assert [sorted({b["model"] for b in p}) for p in panels] == [["m-a"], ["m-b"], ["m-c"]]
+    for panel in panels:
+        assert [b["label"] for b in panel] == [
+            "fine-tuned model: unpruned", "structured pruning: target 60%",
+            "best mimicker: linear-1"]  # fmt: skip
+        for b in panel:
+            assert b["x0"] == 0 and b["x1"] <= width + 1e-6  # from 0, within the axis
+            assert b["fill"] == CHART_COLORS[b["verdict"]]
+    verdicts = {(b["model"], b["method"]): b["verdict"] for p in panels for b in p}
+    assert verdicts[("m-b", "linear-1")] == "meets" and verdicts[("m-a", "target 60%")] == "below"
+    assert verdicts[("m-c", "unpruned")] == "no verdict"
+    save_chart(chart, tmp_path / "o.html", tmp_path / "o.png")
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_overview_has_the_speechllm_decoders_headline():
     """The SpeechLLM section: per SpeechLLM x task x strategy the prefix count of removable
     decoder layers within the WER threshold, and one overlap row per factor."""

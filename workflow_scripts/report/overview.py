@@ -227,27 +227,70 @@ def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str
     return "\n".join(intro + body)
 
 
+#: Short names of the findings on the chart's rows (the overview's finding, else its part
+#: before " (").
+_CHART_FINDING = {
+    "fine-tuned model (test accuracy)": "fine-tuned model",
+    "smallest model keeping the threshold (Pareto frontier)": "Pareto pick",
+}
+#: Bar colours: meets the threshold (blue, good), below it (orange), no verdict (grey: the
+#: unpruned reference, or nothing removable).
+CHART_COLORS = {"meets": "#2166ac", "below": "#e66101", "no verdict": "#b0b0b0"}
+
+
+def overview_chart_data(overview: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
+    """The chart's rows: one per overview row with an accuracy retained, a row ``label``
+    unique within its model, the ``verdict`` (a :data:`CHART_COLORS` key) and the threshold
+    in percent."""
+    d = overview.dropna(subset=["retained_pct"]).copy()
+    finding = d.finding.map(_CHART_FINDING).fillna(d.finding.str.split(" \\(").str[0])
+    d["label"] = finding + ": " + d.method.astype(str)
+    repeat = d.groupby(["model", "label"], sort=False).cumcount()
+    d["label"] = d.label.where(repeat == 0, d.label + " #" + (repeat + 1).astype(str))
+    d["value"] = d.retained_pct.astype(float).round(1)
+    d["verdict"] = [
+        "no verdict" if m is None or pd.isna(m) else "meets" if m else "below"
+        for m in d.meets_threshold
+    ]
+    d["threshold_pct"] = 100.0 * threshold
+    return d.reset_index(drop=True)
+
+
 def overview_chart(overview: pd.DataFrame, threshold: float = 0.95):
-    """Accuracy retained (%) of each headline method per model, with the threshold as a
-    rule; values are written next to the marks, so a zero is visible."""
+    """Accuracy retained (%) of each headline method, one panel per model (its own rows
+    only), bars coloured by the verdict (blue: meets the threshold, orange: below, grey: no
+    verdict), the threshold as a dashed rule, each value written after its bar (so a zero is
+    visible). One data source at the top level, which the facet splits; the x axis reaches
+    past the largest value and its label."""
     import altair as alt
 
-    d = overview.dropna(subset=["retained_pct"]).copy()
-    d["label"] = d.finding.str.split(" \\(").str[0] + ": " + d.method.astype(str)
-    d["value"] = d.retained_pct.round(1)
-    base = alt.Chart(d).encode(
-        y=alt.Y("label:N", title=None, sort=None),
-        x=alt.X("value:Q", title="accuracy retained (%)", scale=alt.Scale(domain=[0, 110])),
-        tooltip=["model", "finding", "method", "result", alt.Tooltip("value:Q", format=".1f"),
-                 "eval_clips"],
+    d = overview_chart_data(overview, threshold)
+    models = list(dict.fromkeys(d.model))
+    top = max(110.0, float(d.value.max()) + 12.0) if len(d) else 110.0
+    x_max = 10.0 * math.ceil(top / 10.0)
+    pct = f"{100 * threshold:g}%"
+    scale = alt.Scale(domain=[0, x_max], nice=False)
+    x = alt.X("value:Q", title="accuracy retained (% of the unpruned model)", stack=None,
+              scale=scale)  # fmt: skip
+    y = alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=360))
+    color = alt.Color(
+        "verdict:N", title=None,
+        scale=alt.Scale(domain=list(CHART_COLORS), range=list(CHART_COLORS.values())),
+        legend=alt.Legend(labelExpr=f"datum.label == 'meets' ? 'meets {pct}' : "
+                                    f"datum.label == 'below' ? 'below {pct}' : datum.label"),
     )  # fmt: skip
-    bars = base.mark_bar().encode(color=alt.Color("meets_threshold:N", title="meets"))
-    text = base.mark_text(align="left", dx=3).encode(text=alt.Text("value:Q", format=".1f"))
-    rule = alt.Chart(pd.DataFrame({"x": [100 * threshold]})).mark_rule(
-        strokeDash=[4, 3], color="black").encode(x="x:Q")  # fmt: skip
+    tooltip = ["model", "finding", "method", "result", alt.Tooltip("value:Q", format=".1f"),
+               "eval_clips", "verdict"]  # fmt: skip
+    bars = alt.Chart().mark_bar(clip=True).encode(x=x, y=y, color=color, tooltip=tooltip)
+    text = alt.Chart().mark_text(align="left", dx=3, clip=True).encode(
+        x=x, y=y, text=alt.Text("value:Q", format=".1f"))  # fmt: skip
+    rule = alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(
+        x=alt.X("min(threshold_pct):Q", scale=scale))  # fmt: skip
+    header = alt.Header(labelAngle=0, labelAlign="left", labelFontWeight="bold")
     return (
-        alt.layer(bars, text, rule, data=d)
-        .properties(width=320)
-        .facet(row=alt.Row("model:N", title=None))
+        alt.layer(bars, rule, text, data=d)
+        .properties(width=320, height=alt.Step(20))
+        .facet(row=alt.Row("model:N", title=None, sort=models, header=header))
         .resolve_scale(y="independent")
+        .properties(title=f"accuracy retained per model (dashed: the {pct} threshold)")
     )
