@@ -87,12 +87,15 @@ def pruning_rows(model, rel, layers):
     return df
 
 
-def mimic_rows(model, accs, backbone=0.8):
+def mimic_rows(model, accs, backbone=0.8, val_accs=None):
+    """linear-1, transformer-1 and no_mimic cells with test accuracies ``accs`` and validation
+    accuracies ``val_accs`` (default: the test accuracies + 0.01)."""
     rows = []
-    for (kind, depth), acc in zip([("linear", 1), ("transformer", 1), ("no_mimic", 0)], accs,
-                                  strict=True):  # fmt: skip
+    val_accs = val_accs or [a + 0.01 for a in accs]
+    for (kind, depth), acc, val in zip([("linear", 1), ("transformer", 1), ("no_mimic", 0)],
+                                       accs, val_accs, strict=True):  # fmt: skip
         rows.append({"model": model, "kind": kind, "depth": depth, "target_layers": [3],
-                     "accuracy": acc, "ci_lo": acc - 0.1, "ci_hi": acc + 0.1,
+                     "accuracy": acc, "ci_lo": acc - 0.1, "ci_hi": acc + 0.1, "val_accuracy": val,
                      "backbone_accuracy": backbone, "stack_params": 1000,
                      "mimicker_params": 100 * (depth + 1), "model_params": 2000,
                      "mimicked_model_params": 1000 + 100 * (depth + 1), "stack_ms": 10.0,
@@ -178,6 +181,61 @@ def test_pareto_frontier_on_a_constructed_example():
     best = smallest_meeting(pareto)
     assert set(best.model) <= {"m-a", "m-b"}
     assert (best.retained_pct >= 95).all() and best.frontier.all()
+
+
+def test_best_mimicker_is_chosen_on_validation_accuracy():
+    """Validation and test disagree on the best mimicker: the overview names the one the
+    validation split picks (linear-1 for m-a, transformer-1 for m-b) and reports its test
+    accuracy; picking on the test set would name the other."""
+    mimic = pd.concat([
+        mimic_rows("m-a", [0.70, 0.78, 0.79], val_accs=[0.80, 0.75, 0.90]),
+        mimic_rows("m-b", [0.80, 0.60, 0.20], val_accs=[0.70, 0.72, 0.10]),
+    ])  # fmt: skip
+    ov = overview_table(aggregate.baseline_table(baseline_cells()), mimic=mimic)
+    best = ov[ov.finding.str.startswith("best mimicker")].set_index("model")
+    assert best.loc["m-a", "method"] == "linear-1" and best.loc["m-b", "method"] == "transformer-1"
+    assert best.loc["m-a", "accuracy_pct"] == pytest.approx(70.0)  # its test accuracy
+    assert best.loc["m-a", "retained_pct"] == pytest.approx(87.5)
+    assert best.loc["m-a", "also"] == "chosen on validation accuracy (80.0%)"
+    # a tie on validation: the smaller mimicked model
+    tie = mimic_rows("m-a", [0.70, 0.78, 0.79], val_accs=[0.75, 0.75, 0.75])
+    ov = overview_table(aggregate.baseline_table(baseline_cells()), mimic=tie)
+    assert ov[ov.finding.str.startswith("best mimicker")].method.tolist() == ["linear-1"]
+    with pytest.raises(KeyError, match="val_accuracy"):
+        overview_table(aggregate.baseline_table(baseline_cells()),
+                       mimic=tie.drop(columns="val_accuracy"))  # fmt: skip
+
+
+def test_pareto_params_pct_is_of_the_unpruned_model_without_the_pruning_stage():
+    """Without layer pruning no point is the unpruned model: ``params_pct`` is still in % of
+    the unpruned model's parameters (the mimic cells' ``model_params``, the structured
+    cells' ``base_total_params``), not of the largest compressed model."""
+    mimic = mimic_rows("m-a", [0.7, 0.76, 0.79])  # model 2000, mimicked 1200 / 1200 / 1100
+    t = pareto_table(mimic=mimic)
+    pct = dict(zip(t.method, t.params_pct, strict=True))
+    assert pct == pytest.approx({"no_mimic-0": 55.0, "linear-1": 60.0, "transformer-1": 60.0})
+    structured = structured_rows().assign(base_total_params=[100, 100, 120])
+    t = pareto_table(structured=structured)
+    assert t.params_pct.tolist() == pytest.approx([60.0, 80.0, 75.0])  # m-a by size, then m-b
+    # with the pruning stage its n = 0 row is the reference, as before
+    pr = pruning_rows("m-a", [1.0, 0.99, 0.97], 3)  # unpruned 100 parameters
+    t = pareto_table(pruning=pr, structured=structured[structured.model == "m-a"])
+    assert t.loc[t.family == "unpruned", "params_pct"].tolist() == [100.0]
+    assert t.loc[t.family == "structured pruning", "params_pct"].tolist() == [60.0, 80.0]
+    # no stage knows the count: no percentage rather than a wrong one
+    assert pareto_table(structured=structured_rows()).params_pct.isna().all()
+
+
+def test_pareto_has_every_pruning_setting_once():
+    """Each (model, strategy, layers removed) is one point, the unpruned model one point per
+    model, even when the pruning table repeats rows (a cell stacked twice)."""
+    pr = pd.concat([pruning_rows("m-a", [1.0, 0.99, 0.97], 3)] * 2, ignore_index=True)
+    t = pareto_table(pruning=pr)
+    assert (t.family == "unpruned").sum() == 1
+    pruned = t[t.family == "layer pruning"]
+    assert not pruned.duplicated(["model", "method", "setting"]).any()
+    assert sorted(zip(pruned.method, pruned.setting, strict=True)) == [
+        (s, f"{n} of 3 layers removed") for s in ("forward", "random") for n in (1, 2)]  # fmt: skip
 
 
 def test_overview_with_baseline_only():

@@ -68,8 +68,10 @@ def test_cells_paths_and_the_tables_inputs_follow_the_grid():
     ins = plan.tables_inputs(cfg, "R")
     assert ins["cells"] == plan.cell_paths(cfg, "R")
     assert ins["curves"] == [p.replace(".parquet", ".curves.parquet") for p in ins["cells"]]
-    # the slice is the list of cells the tables stack (rule params: its canonical JSON)
-    assert plan.tables_slice(cfg) == {"cells": plan.grid(cfg)}
+    # the slice is the list of cells the tables stack and the accuracy threshold of
+    # meets_threshold, the overview's (rule params: its canonical JSON)
+    assert plan.tables_slice(cfg) == {"cells": plan.grid(cfg), "threshold": 0.95}
+    assert plan.tables_slice({**cfg, "pruning": {"threshold": 0.9}})["threshold"] == 0.9
     assert json.loads(cell_json(plan.tables_slice(cfg)))["cells"][0] == ["a", "linear", 2]
 
 
@@ -273,7 +275,13 @@ def test_summary_table_known_answer():
     r = s.set_index(["model", "mimicker"])
     assert r.loc[("m1", "linear-2"), "accuracy_retained_pct"] == pytest.approx(95.0)
     assert r.loc[("m1", "no_mimic-0"), "accuracy_retained_pct"] == pytest.approx(50.0)
-    assert list(s.retains_95pct) == [True, True, True, False]
+    assert list(s.meets_threshold) == [True, True, True, False]
+    # the configured threshold, not a fixed 95%: m1's linear-2 keeps 95.0%, no_mimic 50%
+    strict = summary_table(cells, threshold=0.96).set_index(["model", "mimicker"])
+    assert strict.meets_threshold.to_dict() == {
+        ("m2", "linear-1"): True, ("m1", "linear-2"): False, ("m1", "transformer-1"): True,
+        ("m1", "no_mimic-0"): False}  # fmt: skip
+    assert summary_table(cells, threshold=0.5).meets_threshold.all()
     assert r.loc[("m1", "linear-2"), "stack_param_reduction_pct"] == pytest.approx(95.0)
     assert r.loc[("m1", "transformer-1"), "model_param_reduction_pct"] == pytest.approx(
         100 * 8 / 15
@@ -309,6 +317,8 @@ def test_tradeoff_and_curve_charts_are_offline_html_and_png(tmp_path):
     curves = pd.DataFrame({"model": "m1", "kind": "linear", "depth": 1, "stage": [1, 1, 2],
                            "epoch": [1, 2, 1], "train_loss": [1.0, 0.5, 2.0],
                            "val_loss": [1.1, 0.6, 2.1]})  # fmt: skip
+    rule = mimic_tradeoff_chart(long, threshold=0.9).to_dict()["spec"]["layer"][1]
+    assert rule["mark"]["type"] == "rule" and rule["encoding"]["y"]["datum"] == 90
     for name, chart in (("t", mimic_tradeoff_chart(long)), ("c", mimic_curves_chart(curves))):
         save_chart(chart, tmp_path / f"{name}.html", tmp_path / f"{name}.png")
         html = (tmp_path / f"{name}.html").read_text()

@@ -15,6 +15,7 @@ import re
 from workflow_scripts.core import paths
 from workflow_scripts.core.config import model_hidden_size, model_num_layers
 from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.report.plan import accuracy_threshold
 
 KINDS = ("linear", "transformer")
 NO_MIMIC = "no_mimic"
@@ -61,8 +62,9 @@ def wildcard_constraints(config: dict) -> dict[str, str]:
 
 
 def tables_slice(config: dict) -> dict:
-    """The aggregation rule's slice: the list of cells it stacks."""
-    return {"cells": grid(config)}
+    """The aggregation rule's slice: the list of cells it stacks and the accuracy threshold
+    of the summary's ``meets_threshold`` (the overview's)."""
+    return {"cells": grid(config), "threshold": accuracy_threshold(config)}
 
 
 def tables_inputs(config: dict, results: str = RESULTS) -> dict[str, list[str]]:

@@ -81,10 +81,10 @@ def similarity_heatmaps(sim: pd.DataFrame, blocks: pd.DataFrame, knn_k: int):
     )
 
 
-def mimic_tradeoff_chart(long: pd.DataFrame):
+def mimic_tradeoff_chart(long: pd.DataFrame, threshold: float = 0.95):
     """Accuracy retained (% of the backbone) vs cost reduction (%), one point per mimic cell,
     rows = models, columns = cost axes; ``long`` from ``mimic.report.tradeoff_long``. A dashed
-    line marks 95% retained."""
+    line marks the ``threshold`` (as a share of the backbone's accuracy)."""
     import altair as alt
 
     points = alt.Chart().mark_point(filled=True, size=90).encode(
@@ -99,7 +99,8 @@ def mimic_tradeoff_chart(long: pd.DataFrame):
                  alt.Tooltip("accuracy_retained_pct:Q", format=".1f")],
     )  # fmt: skip
     costs = list(dict.fromkeys(long.cost))
-    line = alt.Chart().mark_rule(color="gray", strokeDash=[4, 4]).encode(y=alt.datum(95))
+    rule = alt.Chart().mark_rule(color="gray", strokeDash=[4, 4])
+    line = rule.encode(y=alt.datum(100 * threshold))
     return (
         alt.layer(points, line, data=long)
         .properties(width=180, height=160)

@@ -32,11 +32,32 @@ def _speedup(df: pd.DataFrame, base: str, method: str) -> pd.Series:
     return _col(df, base).astype(float) / _col(df, method).astype(float)
 
 
-def _keep_unpruned_once(_first: pd.DataFrame, p: pd.DataFrame) -> pd.DataFrame:
-    """Every strategy's rows, but the unpruned model (n = 0, the same in every strategy's
-    curve) once per model."""
+def _pruning_points(pruning: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the pruning table that are points: the curves (per-seed random rows
+    dropped), each (model, strategy, layers removed) once, and the unpruned model (n = 0, the
+    same in every strategy's curve) once per model."""
+    p = pruning[pruning["seed"].isna()] if "seed" in pruning else pruning
+    p = p.drop_duplicates(["model", "strategy", "n_removed"])
     zero = p[p.n_removed == 0].drop_duplicates("model")
     return pd.concat([zero, p[p.n_removed > 0]], ignore_index=True)
+
+
+def unpruned_params(pruning=None, mimic=None, structured=None) -> dict:
+    """Per model the unpruned fine-tuned model's parameter count, from whichever stage has
+    it: the pruning curve's n = 0 row, the mimic cells' ``model_params`` or the structured
+    cells' ``base_total_params`` (all ``count_parameters`` of the whole classifier)."""
+    out: dict = {}
+    sources = (
+        (pruning, lambda t: t[t.n_removed == 0], "total_params"),
+        (mimic, lambda t: t, "model_params"),
+        (structured, lambda t: t, "base_total_params"),
+    )
+    for table, rows, col in sources:
+        if table is None or not len(table) or col not in table:
+            continue
+        for model, value in rows(table).groupby("model", sort=False)[col].first().items():
+            out.setdefault(model, float(value))
+    return out
 
 
 def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = None,
@@ -45,8 +66,7 @@ def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = Non
     eval_clips) of every setting of the stages given (accuracies as fractions here)."""
     rows = []
     if pruning is not None and len(pruning):
-        p = pruning[pruning["seed"].isna()] if "seed" in pruning else pruning
-        p = p.drop_duplicates(["model", "n_removed"]).pipe(_keep_unpruned_once, p)
+        p = _pruning_points(pruning)
         speed = _speedup(p, "base_latency_ms", "latency_ms")
         for r, s in zip(p.itertuples(index=False), speed, strict=True):
             unpruned = int(r.n_removed) == 0
@@ -93,16 +113,16 @@ def frontier(params: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 def pareto_table(pruning=None, mimic=None, structured=None, threshold: float = 0.95):
     """The Pareto table (see the module docstring); percentages, models in order of
-    appearance, each model's points by parameters."""
+    appearance, each model's points by parameters. ``params_pct`` is in % of the unpruned
+    model's parameters (:func:`unpruned_params`; NaN where no stage has that count)."""
     d = points(pruning, mimic, structured)
     if d.empty:
         return pd.DataFrame(columns=COLUMNS)
+    full = unpruned_params(pruning, mimic, structured)
     out = []
-    for _, g in d.groupby("model", sort=False):
+    for model, g in d.groupby("model", sort=False):
         g = g.copy()
-        full = g.loc[g.family == "unpruned", "total_params"]
-        ref = float(full.iloc[0]) if len(full) else float(g.total_params.max())
-        g["params_pct"] = 100.0 * g.total_params.astype(float) / ref
+        g["params_pct"] = 100.0 * g.total_params.astype(float) / full.get(model, math.nan)
         g["frontier"] = frontier(g.total_params.to_numpy(), g.accuracy.to_numpy())
         out.append(g.sort_values(["total_params", "accuracy"], ascending=[True, False]))
     d = pd.concat(out, ignore_index=True)

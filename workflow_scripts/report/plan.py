@@ -40,11 +40,16 @@ def overview_inputs(config: dict, results: str = RESULTS) -> dict[str, str]:
     return inputs
 
 
+def accuracy_threshold(config: dict) -> float:
+    """The share of the unpruned model's accuracy a compressed model must keep to count as
+    keeping it, in every stage's tables: ``pruning.threshold``, 0.95 when pruning is off."""
+    return (config.get("pruning") or {}).get("threshold", 0.95)
+
+
 def overview_slice(config: dict) -> dict:
     """The overview's slice: which stages it combines and the accuracy threshold of the
-    headline numbers (``pruning.threshold``, 0.95 when pruning is off)."""
-    pruning = config.get("pruning") or {}
-    return {"stages": enabled_stages(config), "threshold": pruning.get("threshold", 0.95)}
+    headline numbers (:func:`accuracy_threshold`)."""
+    return {"stages": enabled_stages(config), "threshold": accuracy_threshold(config)}
 
 
 def targets(config: dict, results: str = RESULTS) -> list[str]:
