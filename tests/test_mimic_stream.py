@@ -96,6 +96,25 @@ def test_row_views_read_the_rows_asked_for(two_caches):
         both[[48]]
 
 
+def test_row_views_take_boolean_masks_as_numpy_does(two_caches):
+    """A boolean mask selects the rows where it is true (it used to be read as the indices
+    0 and 1); a mask of another length is an error, not a silent selection."""
+    tr, va, (a_tr, _), (a_va, _) = two_caches
+    fp = CachedRows(tr, "feature_projection")
+    mask = np.zeros(37, dtype=bool)
+    mask[[3, 20, 36]] = True
+    np.testing.assert_array_equal(fp[mask], a_tr["feature_projection"][mask])
+    assert fp[mask].shape == (3, T, D) and fp[~mask].shape == (34, T, D)
+    np.testing.assert_array_equal(fp[list(mask)], a_tr["feature_projection"][mask])
+    assert fp[np.zeros(37, dtype=bool)].shape == (0, T, D)
+    with pytest.raises(IndexError, match="boolean mask"):
+        fp[mask[:10]]
+    both = StackedRows([fp, CachedRows(va, "feature_projection")])
+    whole = np.concatenate([a_tr["feature_projection"], a_va["feature_projection"]])
+    across = np.arange(48) % 5 == 0
+    np.testing.assert_array_equal(both[across], whole[across])
+
+
 def views_and_arrays(two_caches):
     """(inputs, [target], labels) as cache views and as the same arrays in memory."""
     tr, va, (a_tr, y_tr), (a_va, y_va) = two_caches

@@ -4,8 +4,8 @@ and reads only the mini-batch it asks for.
 * :class:`CachedRows`: one per-clip tensor (``feature_projection``, ``labels``, ``final``) or
   one hidden state (an index, or ``"final"`` = what the classifier head reads) of a
   :class:`~workflow_scripts.backbones.cachefile.CacheFile`, optionally its first ``limit``
-  rows. ``rows[idx]`` reads rows ``idx`` (an index array in any order, or a slice) with
-  ``os.pread``; nothing else is held.
+  rows. ``rows[idx]`` reads rows ``idx`` (an index array in any order, a boolean mask of
+  every row, or a slice) with ``os.pread``; nothing else is held.
 * :class:`StackedRows`: several of those (or arrays) one after the other, as one row space
   (the mimic cell's training rows, then its validation rows).
 
@@ -25,11 +25,17 @@ from workflow_scripts.backbones.cachefile import CacheFile
 
 
 def _rows(idx, n: int) -> np.ndarray | slice:
-    """A slice stays a slice (one contiguous read); anything else becomes an int64 array,
+    """A slice stays a slice (one contiguous read); a boolean mask of ``n`` rows selects the
+    rows where it is true (as numpy does); anything else becomes an int64 array,
     bounds-checked against ``n``."""
     if isinstance(idx, slice):
         return idx
-    a = np.asarray(idx, dtype=np.int64).reshape(-1)
+    a = np.asarray(idx)
+    if a.dtype == np.bool_:
+        if a.shape != (n,):
+            raise IndexError(f"a boolean mask of shape {a.shape} for {n} rows")
+        return np.flatnonzero(a)
+    a = a.astype(np.int64).reshape(-1)
     if a.size and (a.min() < 0 or a.max() >= n):
         raise IndexError(f"rows out of range 0..{n - 1}")
     return a
