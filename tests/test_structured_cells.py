@@ -69,6 +69,20 @@ def test_cells_paths_and_inputs_come_from_the_path_templates():
     assert plan.wildcard_constraints(config(targets=[1e-05]))["sparsity"] == re.escape("1e-05")
 
 
+def test_fractional_layers_are_rounded_once_for_caches_and_stages():
+    """The caches' state tokens (L/3, L/2, 2L/3), the distilled layers and the mimickers'
+    evenly spaced targets share one rounding, so a cache stores the very state a stage asks
+    for: at every depth, also where L/2 or L/3 rounds to 0 (L = 1)."""
+    from workflow_scripts.backbones.plan import layer_fraction, resolve_states
+    from workflow_scripts.mimic.targets import choose_targets
+
+    for L in range(1, 49):
+        assert plan.default_distill_layers(L) == resolve_states(["L/3", "2L/3", "L"], L)
+        assert choose_targets(2, L) == [*resolve_states(["L/2"], L), L]
+    assert [layer_fraction(1, 3, L) for L in (1, 2, 12, 24)] == [1, 1, 4, 8]
+    assert [layer_fraction(1, 2, L) for L in (1, 3, 5, 12)] == [1, 2, 2, 6]  # half to even
+
+
 def test_distill_layers_default_and_range():
     cell = {"distill": {"layers": None}}
     assert plan.distill_layers(cell, 12) == [4, 8, 12] == plan.default_distill_layers(12)

@@ -93,8 +93,17 @@ def finetune_inputs(config: dict, model: str, results: str = RESULTS) -> dict[st
 
 
 # Hidden-state indices relative to a model's depth L, as stages ask for them before the model
-# is loaded: token -> (k, d) meaning round(k * L / d), at least 1.
+# is loaded: token -> (k, d) meaning layer_fraction(k, d, L).
 STATE_TOKENS = {"L": (1, 1), "L/2": (1, 2), "L/3": (1, 3), "2L/3": (2, 3)}
+
+
+def layer_fraction(k: int, d: int, n_layers: int) -> int:
+    """The hidden-state index about ``k/d`` of the way up a stack of ``n_layers`` blocks:
+    ``round(k * n_layers / d)`` (Python's rounding, half to even), at least 1 (never the
+    stack's input). The one rounding of every "L/3, L/2, 2L/3" target: the caches' state
+    tokens, the structured stage's distilled layers and the mimickers' evenly spaced
+    targets, so that a cache stores the very state a stage reads."""
+    return max(1, int(round(k * n_layers / d)))
 
 
 def resolve_states(states, n_layers: int) -> list[int]:
@@ -105,8 +114,7 @@ def resolve_states(states, n_layers: int) -> list[int]:
     out = set()
     for s in states:
         if isinstance(s, str):
-            k, d = STATE_TOKENS[s]
-            s = max(1, int(round(k * n_layers / d)))
+            s = layer_fraction(*STATE_TOKENS[s], n_layers)
         out.add(int(s))
     return sorted(out)
 

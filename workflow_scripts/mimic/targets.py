@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from workflow_scripts.backbones.plan import layer_fraction
+
 
 def choose_targets(
     depth: int,
@@ -30,7 +32,8 @@ def choose_targets(
       before the last layer (``pick``: the block's "last" (default), "first" or "middle"
       layer; index 0, the stack input, is never chosen), then ``n_layers``. A detector that
       found too few blocks raises a ``ValueError`` (use a smaller depth or ``explicit``).
-    * depth >= 2 without ``blocks``: evenly spaced, ``round(k * n_layers / depth)`` for
+    * depth >= 2 without ``blocks``: evenly spaced,
+      :func:`~workflow_scripts.backbones.plan.layer_fraction` ``(k, depth, n_layers)`` for
       k = 1..depth-1, then ``n_layers``.
     """
     if n_layers < 1:
@@ -56,7 +59,7 @@ def choose_targets(
     if depth <= 1:
         return [n_layers]
     if blocks is None:
-        return [int(round(k * n_layers / depth)) for k in range(1, depth)] + [n_layers]
+        return [layer_fraction(k, depth, n_layers) for k in range(1, depth)] + [n_layers]
     if pick not in ("last", "first", "middle"):
         raise ValueError(f"pick must be 'last', 'first' or 'middle', got {pick!r}")
     spans = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from workflow_scripts.backbones.plan import test_clips
+from workflow_scripts.backbones.plan import layer_fraction, test_clips
 from workflow_scripts.core import paths
 from workflow_scripts.core.config import model_num_layers
 from workflow_scripts.core.paths import RESULTS
@@ -107,7 +107,7 @@ def cell_inputs(
 
 def default_distill_layers(n_layers: int) -> list[int]:
     """Hidden-state indices distilled by default: about L/3, 2L/3 and L (DPHuBERT: 4, 8, 12)."""
-    return sorted({max(1, round(n_layers / 3)), max(1, round(2 * n_layers / 3)), n_layers})
+    return sorted({layer_fraction(1, 3, n_layers), layer_fraction(2, 3, n_layers), n_layers})
 
 
 def distill_layers(cell: dict, n_layers: int) -> list[int]:
