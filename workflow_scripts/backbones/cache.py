@@ -17,13 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from workflow_scripts.backbones.cachefile import (  # noqa: F401  TEMPORARY: callers move to cachefile
-    CacheWriter,
-    cache_info,
-    read_array,
-    read_layers,
-    write_cache,
-)
+from workflow_scripts.backbones.cachefile import CacheWriter
 from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 
