@@ -5,7 +5,8 @@ Resumable: a checkpoint (safetensors weights, optimizer state read with ``weight
 step, RNG state) is written every ``checkpoint_every`` steps; a finished model folder gets a
 ``DONE`` marker last, so a killed save is never taken for a finished one.
 
-Bounded memory: the training clips are a :class:`ClipSet` (audio files read when a batch asks
+Bounded memory: the training clips are a
+:class:`~workflow_scripts.backbones.clips.ClipSet` (audio files read when a batch asks
 for them, or a small in-memory array); each step's random batch is read through a
 ``torch.utils.data.DataLoader`` (``finetune.workers`` processes decode ahead) whose batch
 sampler (:class:`DrawnBatches`) replays the training loop's own seeded draws. With
@@ -21,15 +22,15 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from workflow_scripts.backbones.cachefile import CacheFile, CacheWriter
+from workflow_scripts.backbones.clips import ClipSet, as_clips
 from workflow_scripts.backbones.evaluate import autocast
 from workflow_scripts.backbones.registry import encoder_of, normalize_audio
 from workflow_scripts.core.checkpoint import resume_checkpoint, save_checkpoint
@@ -52,76 +53,8 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------
-# Clips by index, and the loader of a training loop's random batches
+# The loader of a training loop's random batches (of a ClipSet: backbones.clips)
 # ----------------------------------------------------------------------------------------
-def _read_files(root: str, paths: list[str], idx: np.ndarray) -> np.ndarray:
-    from workflow_scripts.data.loader import read_clips
-
-    return read_clips(root, [paths[i] for i in idx])
-
-
-class ClipSet:
-    """Clips addressed by index and read when asked: float32 (b, samples) audio of index
-    arrays, in the order given, with their int64 ``labels`` (held in memory). From a
-    manifest's rows (:meth:`from_rows`: the files, decoded per batch) or an in-memory array
-    (:meth:`from_array`, small sets). A map-style dataset for ``torch.utils.data.DataLoader``:
-    ``__getitems__`` reads a whole batch as (audio, labels, indices)."""
-
-    def __init__(self, labels, read: Callable[[np.ndarray], np.ndarray], in_memory: bool,
-                 identity: str):  # fmt: skip
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self._read = read
-        self.in_memory = in_memory
-        self.identity = identity  # changes when the clips do (see frozen_features)
-
-    @classmethod
-    def from_array(cls, audio, labels) -> ClipSet:
-        audio = np.asarray(audio, dtype=np.float32)
-        digest = hashlib.sha256(np.ascontiguousarray(audio).data).hexdigest()
-        return cls(labels, audio.__getitem__, True, digest)
-
-    @classmethod
-    def from_rows(cls, root, rows, in_memory: bool = False) -> ClipSet:
-        """The clips of manifest ``rows`` (``data.loader.split_rows``) under ``root``; with
-        ``in_memory`` read now (a set bounded by a setting)."""
-        paths, labels = list(rows.path), rows.label_idx.to_numpy(np.int64)
-        if in_memory:
-            return cls.from_array(_read_files(str(root), paths, np.arange(len(paths))), labels)
-        files = rows.sha256 if "sha256" in rows else rows.path
-        digest = hashlib.sha256("\n".join([str(root), *map(str, files)]).encode()).hexdigest()
-        return cls(labels, partial(_read_files, str(root), paths), False, digest)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def read(self, idx) -> np.ndarray:
-        return self._read(np.asarray(idx, dtype=np.int64))
-
-    def __getitems__(self, idx):
-        idx = np.asarray(idx, dtype=np.int64)
-        return self.read(idx), self.labels[idx], idx
-
-    def __getitem__(self, i):
-        audio, labels, _ = self.__getitems__([i])
-        return audio[0], labels[0]
-
-    def head(self, k: int) -> ClipSet:
-        """The first ``k`` clips, in memory."""
-        idx = np.arange(min(k, len(self)))
-        return ClipSet.from_array(self.read(idx), self.labels[idx])
-
-    def batches(self, batch_size: int):
-        """(audio, labels) of consecutive clips, ``batch_size`` at a time."""
-        for start in range(0, len(self), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(self)))
-            yield self.read(idx), self.labels[idx]
-
-
-def as_clips(audio, labels=None) -> ClipSet:
-    """``audio`` if it is a :class:`ClipSet`, else the in-memory clips (audio, labels)."""
-    return audio if isinstance(audio, ClipSet) else ClipSet.from_array(audio, labels)
-
-
 class DrawnBatches:
     """Batch sampler: ``steps`` index arrays ``rng.choice(n, size=batch_size, replace=False)``
     drawn from a copy of ``rng`` as it is now, i.e. exactly the batches of a loop that makes

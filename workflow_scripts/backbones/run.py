@@ -10,13 +10,9 @@ import pandas as pd
 import torch
 
 from workflow_scripts.backbones.cache import extract_to_cache
+from workflow_scripts.backbones.clips import ClipSet
 from workflow_scripts.backbones.evaluate import EVAL_BATCH_SIZE, accuracy_report, predict_batches
-from workflow_scripts.backbones.finetune import (
-    ClipSet,
-    release_features,
-    save_model,
-    train_classifier,
-)
+from workflow_scripts.backbones.finetune import release_features, save_model, train_classifier
 from workflow_scripts.backbones.plan import resolve_states
 from workflow_scripts.backbones.registry import (
     count_parameters,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from workflow_scripts.backbones.clips import as_clips
 from workflow_scripts.backbones.evaluate import autocast
-from workflow_scripts.backbones.finetune import as_clips
 from workflow_scripts.backbones.registry import normalize_audio
 from workflow_scripts.pruning.layers import is_wavlm, n_layers
 
@@ -44,7 +44,7 @@ def heal_with_lora(
 
     Trains LoRA adapters (``peft``) on ``target_modules`` (default :func:`lora_target_modules`,
     names relative to each block of ``encoder.layers``) with cross entropy on the given
-    *training-split* clips (a :class:`~workflow_scripts.backbones.finetune.ClipSet` read per
+    *training-split* clips (a :class:`~workflow_scripts.backbones.clips.ClipSet` read per
     step, ``labels`` None, or float32 audio with its ``labels`` in memory) for ``steps`` AdamW
     steps of ``batch_size`` random clips; everything
     else (conv front end, head) stays frozen. The adapters are merged, so the result is a

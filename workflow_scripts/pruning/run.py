@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workflow_scripts.backbones.clips import ClipSet, as_clips
 from workflow_scripts.backbones.evaluate import accuracy_report, predict_batches
-from workflow_scripts.backbones.finetune import ClipSet, as_clips
 from workflow_scripts.pruning.heal import heal_with_lora
 from workflow_scripts.pruning.layers import n_layers, remove_layers
 from workflow_scripts.pruning.report import headline_rows
@@ -155,7 +155,7 @@ def cell_rows(
     """The rows of one pruning cell (see the module docstring) for a fine-tuned ``model``
     (eval mode, on ``device``) and the ``cell`` slice, without the ``model`` and
     ``calibration_clips`` columns :func:`run_cell` adds. The test clips ``test_audio`` are a
-    :class:`~workflow_scripts.backbones.finetune.ClipSet` (``test_labels`` None), read one
+    :class:`~workflow_scripts.backbones.clips.ClipSet` (``test_labels`` None), read one
     batch at a time, or an in-memory array with its labels; ``train_data()`` returns the
     healing clips the same way, as (clips, None) or (audio, labels).
 

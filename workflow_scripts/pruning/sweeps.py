@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from workflow_scripts.backbones.clips import as_clips
 from workflow_scripts.backbones.evaluate import autocast, prediction_report
-from workflow_scripts.backbones.finetune import as_clips
 from workflow_scripts.backbones.registry import count_parameters, encoder_of, normalize_audio
 from workflow_scripts.core.timing import compare_latency
 from workflow_scripts.pruning.layers import (
@@ -318,7 +318,7 @@ def sweep(
 ) -> list[dict]:
     """One row per removal set: accuracy with bootstrap CI, relative accuracy, size.
 
-    ``audio``: the test clips, a :class:`~workflow_scripts.backbones.finetune.ClipSet`
+    ``audio``: the test clips, a :class:`~workflow_scripts.backbones.clips.ClipSet`
     (``labels`` None; read ``batch_size`` clips at a time) or float32 clips (N, samples) in
     memory with their ``labels``. Accuracy comes from :func:`sweep_predictions` (prefix
     resumption; identical to predicting with the physically pruned model); the empty set
