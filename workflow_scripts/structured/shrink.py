@@ -1,17 +1,17 @@
 """Physical pruning of a :class:`~workflow_scripts.structured.layers.StructuredLayer`: gate
 values folded into the weights, removed heads / head dimensions / FFN units / sublayers cut
-out, so the smaller block computes what the masked block computes."""
+out, so the smaller block computes what the masked block computes.
+
+The blocks here are ``StructuredLayer`` modules, annotated ``nn.Module``: this module does
+not import :mod:`~workflow_scripts.structured.layers` (which imports it for
+``StructuredLayer.fold`` / ``shrink_to``), so the two do not import each other."""
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from workflow_scripts.structured.layers import StructuredLayer
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -24,7 +24,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return lin
 
 
-def full_masks(layer: StructuredLayer, masks: dict | None) -> dict:
+def full_masks(layer: nn.Module, masks: dict | None) -> dict:
     """Masks with every entry present (ones where ``masks`` has none)."""
     m = dict(masks or {})
     dev = (layer.layer_norm.weight.device, layer.layer_norm.weight.dtype)
@@ -43,7 +43,7 @@ def full_masks(layer: StructuredLayer, masks: dict | None) -> dict:
     return out
 
 
-def _head_rows(layer: StructuredLayer) -> list[list[int]]:
+def _head_rows(layer: nn.Module) -> list[list[int]]:
     """Row indices into the current q/k/v projections of every kept (head, dim)."""
     rows, start = [], 0
     for d in layer.dims:
@@ -52,13 +52,13 @@ def _head_rows(layer: StructuredLayer) -> list[list[int]]:
     return rows
 
 
-def _drop(new: StructuredLayer, names: tuple[str, ...]) -> None:
+def _drop(new: nn.Module, names: tuple[str, ...]) -> None:
     for name in names:
         new._modules.pop(name, None)
         setattr(new, name, None)
 
 
-def _fold_attention(new: StructuredLayer, layer: StructuredLayer, m: dict) -> None:
+def _fold_attention(new: nn.Module, layer: nn.Module, m: dict) -> None:
     """Cut ``new``'s attention to the kept (head, dim) rows of ``layer``, dimension gates
     folded into q and v, head and sublayer gates into the out-projection."""
     mha = float(m["mha"])
@@ -104,7 +104,7 @@ def _fold_attention(new: StructuredLayer, layer: StructuredLayer, m: dict) -> No
         new.gru_rel_pos_const = nn.Parameter(layer.gru_rel_pos_const[:, pos].clone())
 
 
-def _fold_ffn(new: StructuredLayer, layer: StructuredLayer, m: dict) -> None:
+def _fold_ffn(new: nn.Module, layer: nn.Module, m: dict) -> None:
     """Cut ``new``'s FFN to the kept units of ``layer``, unit and sublayer gates folded into
     the output dense layer."""
     ffn = float(m["ffn"])
@@ -124,7 +124,7 @@ def _fold_ffn(new: StructuredLayer, layer: StructuredLayer, m: dict) -> None:
 
 
 @torch.no_grad()
-def fold_layer(layer: StructuredLayer, masks: dict | None = None) -> StructuredLayer:
+def fold_layer(layer: nn.Module, masks: dict | None = None) -> nn.Module:
     """A physically pruned copy of ``layer``: gates (deterministic values; zeros = removed)
     folded into the weights, so its output equals the masked forward of ``layer``."""
     new = copy.copy(layer)  # shallow: modules replaced below
@@ -137,7 +137,7 @@ def fold_layer(layer: StructuredLayer, masks: dict | None = None) -> StructuredL
 
 
 @torch.no_grad()
-def shrink_layer(layer: StructuredLayer, structure: dict) -> StructuredLayer:
+def shrink_layer(layer: nn.Module, structure: dict) -> nn.Module:
     """A copy of ``layer`` with the shapes of ``structure`` (values copied from the kept rows;
     used to rebuild a saved pruned model before loading its weights)."""
     ones = full_masks(layer, None)
