@@ -51,7 +51,8 @@ compare: $(STAMP)  ## what differs between two result folders: make compare A=re
 	$(BIN)/python -m workflow_scripts.compare $(A) $(B) $(COMPARE_ARGS)
 
 # Before a cluster run: what it will cost, and whether it can start. CONFIG=config/paper.yaml
-# (default: config.yaml alone); PLAN_ARGS/PREFLIGHT_ARGS: more options (--slurm: a test job).
+# (default: config.yaml alone; CONFIG="config/paper.yaml config/speechllm-paper.yaml" plans both
+# grids); PLAN_ARGS/PREFLIGHT_ARGS: more options (--slurm: a test job).
 CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG),)
 plan: $(STAMP)  ## jobs, GPU jobs, GPU hours, disk and peak memory of a run: make plan CONFIG=config/paper.yaml
 	$(BIN)/python -m workflow_scripts.resource_plan $(CONFIGFILE) $(PLAN_ARGS)

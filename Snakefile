@@ -4,12 +4,22 @@ Stages live in rules/*.smk (one file per stage); helpers, the one config validat
 per-cell params in rules/common.smk; each stage's plan in workflow_scripts/<stage>/plan.py.
 """
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9")
 
 
 configfile: "config.yaml"
+
+
+# `--configfile a.yaml b.yaml`: the grids combine, the files' `outputs` lists are united
+# instead of the last one replacing the others (workflow_scripts/grid.py, UNITED_KEYS).
+sys.path.insert(0, workflow.basedir)
+from workflow_scripts.grid import unite_configfiles
+
+unite_configfiles(workflow.config_settings)
 
 
 include: "rules/common.smk"

@@ -50,4 +50,4 @@ def test_hub_checkpoints_must_be_cached_as_safetensors(tmp_path, monkeypatch):
 def test_default_config_passes(capsys):
     assert preflight.main(["--profile", "profiles/local"]) == 0
     out = capsys.readouterr().out
-    assert "OK    config valid" in out and "disk: plan needs" in out
+    assert "OK    config valid" in out and "disk: the" in out and "jobs to run need" in out

@@ -66,6 +66,49 @@ def replace_grid_keys(cfg: dict, overrides: dict) -> None:
             dst[key_path[-1]] = copy.deepcopy(src[key_path[-1]])
 
 
+# Lists that several --configfile files unite instead of the later one replacing the earlier
+# (Snakemake's rule for lists): `--configfile config/paper.yaml config/speechllm-paper.yaml`
+# runs both files' result families, i.e. both grids. The registries (GRID_KEYS) are mappings,
+# which Snakemake already merges across the files.
+UNITED_KEYS = ("outputs",)
+
+
+def command_line_overrides(configfiles, config_args: dict | None = None) -> dict:
+    """The command line's config as the workflow sees it: each of ``configfiles`` merged over
+    the previous ones (Snakemake's ``update_config``), the :data:`UNITED_KEYS` lists united
+    (in order, each value once), then ``config_args`` (``--config``; it replaces)."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    united: dict[str, list] = {}
+    for f in configfiles:
+        loaded = load_configfile(str(f)) or {}
+        update_config(merged, copy.deepcopy(loaded))
+        for key in UNITED_KEYS:
+            if isinstance(loaded.get(key), list):
+                seen = united.setdefault(key, [])
+                seen += [v for v in loaded[key] if v not in seen]
+    merged.update(copy.deepcopy(united))
+    if config_args:
+        update_config(merged, copy.deepcopy(dict(config_args)))
+    return merged
+
+
+def unite_configfiles(config_settings) -> None:
+    """The Snakefile's hook, before the config is assembled: Snakemake's merged command-line
+    config (``workflow.config_settings.overwrite_config``) gets the :data:`UNITED_KEYS` lists
+    of every ``--configfile`` united (:func:`command_line_overrides`)."""
+    files = list(config_settings.configfiles or [])
+    if len(files) < 2:
+        return
+    overrides = config_settings.overwrite_config
+    united = command_line_overrides(files, getattr(config_settings, "config", None))
+    for key in UNITED_KEYS:
+        if key in united:
+            overrides[key] = united[key]
+
+
 def assemble(config: dict, site_config: dict, overrides: dict) -> dict:
     """The run's config, in place: config.yaml (``config``) < config/site.yaml < the command
     line (``overrides``), whose grid registries replace rather than merge."""

@@ -196,6 +196,22 @@ def _inputs(clips: ClipSet, features: CacheFile | None, rng, bs: int, steps: int
         yield torch.from_numpy(audio), idx
 
 
+def accumulate(model, x: torch.Tensor, y: torch.Tensor, parts: int, device) -> torch.Tensor:
+    """Forward and backward passes of the batch ``(x, y)`` in ``parts`` consecutive
+    micro-batches, each loss weighted by its share of the batch, so that the summed gradients
+    are those of the batch's mean loss; returns that mean loss (detached). Peak memory is one
+    micro-batch's."""
+    total, loss = x.shape[0], None
+    for xs, ys in zip(torch.tensor_split(x, parts), torch.tensor_split(y, parts), strict=True):
+        if len(ys) == 0:
+            continue
+        with autocast(device):
+            part = model(xs, labels=ys).loss * (len(ys) / total)
+        part.backward()
+        loss = part.detach() if loss is None else loss + part.detach()
+    return loss
+
+
 def train_classifier(
     model,
     audio,
@@ -248,7 +264,10 @@ def _train(model, clips: ClipSet, spec: dict, device, work: Path, resumable: boo
     swap = features_as_input(model) if cached else nullcontext()
     steps = spec["steps"]
     bar = tqdm(range(start, steps), desc="fine-tune", disable=not progress, mininterval=10)
-    bs = min(spec["batch_size"], len(clips))
+    # gradient accumulation: a step's batch (batch_size x accumulation clips, drawn at once)
+    # runs as `accumulation` micro-batches of batch_size, their gradients summed
+    accumulation = int(spec.get("accumulation", 1))
+    bs = min(spec["batch_size"] * accumulation, len(clips))
     batches = _inputs(clips, features, rng, bs, steps - start, workers)
     with swap:
         for step, (x, idx) in zip(bar, batches, strict=True):
@@ -257,10 +276,14 @@ def _train(model, clips: ClipSet, spec: dict, device, work: Path, resumable: boo
             x = x.to(device) if cached else normalize_audio(x).to(device)
             y = torch.from_numpy(clips.labels[idx]).to(device)
             np.random.seed((spec["seed"] * 1_000_003 + step) % 2**32)
-            with autocast(device):
-                loss = model(x, labels=y).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if accumulation == 1:  # one micro-batch: the step as it always was
+                with autocast(device):
+                    loss = model(x, labels=y).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = accumulate(model, x, y, accumulation, device)
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             if step % 10 == 0 or step == steps - 1:

@@ -49,8 +49,13 @@ def cache_clips(config: dict, split: str) -> int | None:
 
 
 def resolve_finetune(global_spec: dict | None, model_spec: dict | None) -> dict:
-    """Defaults < the config's top-level ``finetune`` < the model's own ``finetune``."""
-    return {**DEFAULT_FINETUNE, **(global_spec or {}), **(model_spec or {})}
+    """Defaults < the config's top-level ``finetune`` < the model's own ``finetune``.
+    ``accumulation`` 1 (the default: one micro-batch per step, the computation from before the
+    key existed) is left out, so the fine-tuning slices and finished models stay current."""
+    spec = {**DEFAULT_FINETUNE, **(global_spec or {}), **(model_spec or {})}
+    if spec.get("accumulation", 1) == 1:
+        spec.pop("accumulation", None)
+    return spec
 
 
 def pretrained(config: dict) -> list[str]:

@@ -3,9 +3,10 @@
 ``config/site.yaml`` (git-ignored, optional; ``config/site.example.yaml`` shows every key) is
 read automatically: by the Snakefile (its ``config`` keys are merged over config.yaml, under
 any ``--configfile``/``--config`` of the command line) and by the SLURM profile (partition,
-account, GPU request style), so a cluster user never edits a tracked file - editing
-``config/paper.yaml`` would mark every result ``git_dirty``. An environment variable, where
-one is named, wins over the file.
+account, GPU request style) and by ``make preflight`` (``gpu_mem_gb``: one GPU's memory,
+which the plan's GPU memory estimates must fit), so a cluster user never edits a tracked
+file - editing ``config/paper.yaml`` would mark every result ``git_dirty``. An environment
+variable, where one is named, wins over the file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from functools import cache
 from pathlib import Path
 
 SITE_FILE = Path(__file__).resolve().parents[2] / "config" / "site.yaml"
-TOP_KEYS = ("config", "slurm", "hf_home")
+TOP_KEYS = ("config", "slurm", "hf_home", "gpu_mem_gb")
+#: Keys whose value must be a positive number.
+NUMBERS = ("gpu_mem_gb",)
 
 
 @cache
@@ -31,6 +34,11 @@ def load(path: str | os.PathLike | None = None) -> dict:
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed keys: {list(TOP_KEYS)}")
+    for key in NUMBERS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value <= 0):  # fmt: skip
+            raise ValueError(f"{path}: {key} must be a positive number (GB), not {value!r}")
     return data
 
 

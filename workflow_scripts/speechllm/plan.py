@@ -328,3 +328,56 @@ def config_problems(config: dict) -> list[str]:
             "training utterances"
         )
     return problems
+
+
+# ----------------------------------------------------------------------------------------
+# Disk: the rules' disk_mb and `make plan` (estimates, like backbones.plan.cache_bytes)
+# ----------------------------------------------------------------------------------------
+#: Mean seconds of a spoken command sentence (2-6 words: about 2 s, docs/speechllm.md), with
+#: a margin; the features are 50 frames per second.
+SPEECH_SECONDS = 2.5
+FRAMES_PER_SECOND = 50
+
+
+def _utterances(config: dict, split: str) -> int:
+    return int((section(config).get("speech") or {}).get("utterances", {}).get(split) or 0)
+
+
+def speech_bytes(config: dict, results: str = RESULTS, *, split: str, **_w) -> int:
+    """A speech split: 16-bit 16-kHz wav files of :data:`SPEECH_SECONDS` each, and its
+    manifest (a few hundred bytes per utterance)."""
+    per = 2 * 16_000 * SPEECH_SECONDS + 44 + 400
+    return int(_utterances(config, split) * per + 100_000)
+
+
+def decoder_bytes(config: dict, results: str = RESULTS, *, decoder: str, **_w) -> int:
+    """A pretrained decoder folder: its weights (``save_dtype``, float16 by default) and
+    tokenizer."""
+    from workflow_scripts.core.gpu_memory import decoder as dims
+
+    spec = section(config)["decoders"][decoder]["pretrain"]
+    per = 2 if spec.get("save_dtype", "float16") == "float16" else 4
+    return int(dims(spec)["params"] * per + 2_000_000)
+
+
+def train_bytes(config: dict, results: str = RESULTS, *, sllm: str, **_w) -> int:
+    """A trained SpeechLLM folder: the projector and the decoder's LoRA adapter, float32 (the
+    encoder and decoder are referenced, not copied). Its scratch feature file is in $TMPDIR
+    on the node, not here (docs/speechllm.md, "On a cluster")."""
+    from workflow_scripts.core.gpu_memory import lora_params, speechllm_parts
+
+    s = speechllm_parts(config, sllm)
+    inner, dec = s["projector_hidden"], s["decoder"]
+    projector = s["encoder"]["hidden"] * s["stack"] * inner + inner * dec["hidden"]
+    return int(4 * (projector + lora_params(dec, s["lora"])) + 2_000_000)
+
+
+def features_bytes(config: dict, results: str = RESULTS, *, sllm: str, split: str,
+                   **_w) -> int:  # fmt: skip
+    """A features file (``speechllm.features``): float32 frames x the encoder's width of
+    every utterance of the split, and their lengths."""
+    from workflow_scripts.core.gpu_memory import speechllm_parts
+
+    hidden = speechllm_parts(config, sllm)["encoder"]["hidden"]
+    n = _utterances(config, split)
+    return int(n * (SPEECH_SECONDS * FRAMES_PER_SECOND * hidden * 4 + 8) + 100_000)
