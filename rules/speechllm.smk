@@ -125,7 +125,8 @@ rule speechllm_pruning:
     input:
         unpack(inputs_of(speechllm.cell_inputs)),
     output:
-        path("speechllm_pruning_cell"),
+        cell=path("speechllm_pruning_cell"),
+        records=path("speechllm_pruning_records"),
     log:
         log("speechllm_pruning_cell"),
     benchmark:

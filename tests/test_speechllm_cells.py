@@ -103,13 +103,14 @@ def test_summary_counts_the_largest_fraction_within_the_threshold():
     rows += _pruning_rows("a", "asr", "random", [0.1, 0.13, 0.3, 0.3, 0.3], seed=1)
     df = pd.DataFrame(rows)
     df["seed"] = df.seed.astype("Int64")
-    s = report.summary_table(df, threshold=0.25, floor=0.01).set_index("strategy")
+    s = report.summary_table(df, threshold=0.25).set_index("strategy")
     assert s.loc["backward", "max_removed"] == 4 and s.loc["backward", "max_removed_prefix"] == 2
     assert s.loc["backward", "max_removed_fraction"] == pytest.approx(0.8)
     assert s.loc["backward", "wer_after_heal"] == "0.1050"
     assert s.loc["random", "max_removed"] == 1  # mean over seeds at n = 1: 0.12, 20% worse
-    d = report.add_degradation(df, 0.25, 0.01)
-    assert d.relative_degradation.iloc[0] == 0.0 and d.within_threshold.iloc[2]
+    d = report.add_degradation(df, 0.25)
+    assert d.delta_wer.iloc[0] == 0.0 and d.within_threshold.iloc[2]
+    assert d.delta_wer.iloc[3] == pytest.approx(1.0)  # 0.2 vs 0.1: twice the WER, ΔWER 1
 
 
 def _sim_rows(model, task, inp, D):
@@ -145,25 +146,31 @@ def test_overlap_table_compares_blocks_across_encoders_tasks_and_inputs():
     assert t.loc["across input", "mean_jaccard"] == 1.0
     assert t.loc["across task", "mean_jaccard"] == pytest.approx(1 / 3)  # {1,2} vs {2,3}
     pairs = report.overlap_pairs(blocks)
-    assert set(pairs.factor) == {"encoder", "task", "input"} and set(pairs.n) == {1, 2, 3, 4}
+    assert set(pairs.factor) == {"encoder", "task", "input", "encoder+task", "encoder+input",
+                                 "task+input"} and set(pairs.n) == {1, 2, 3, 4}  # fmt: skip
+    assert (pairs.compared == "layers").all()
 
 
 def test_cells_on_a_tiny_speechllm(tmp_path):
     from helpers import TINY
-    from test_speechllm import TEXT_CFG, tiny_speechllm
+    from test_speechllm import TEXT_CFG, never_ending, tiny_speechllm
 
     from workflow_scripts.core.config import validate_config
-    from workflow_scripts.speechllm.model import save_speechllm
+    from workflow_scripts.speechllm import metrics
+    from workflow_scripts.speechllm.model import load_speechllm, save_speechllm
+    from workflow_scripts.speechllm.pruning import remove_layers
     from workflow_scripts.speechllm.run import (
         pruning_cell,
         read_features,
         similarity_cell,
         write_features,
     )
-    from workflow_scripts.speechllm.speech import synthesize_split
+    from workflow_scripts.speechllm.speech import read_manifest, synthesize_split
+    from workflow_scripts.speechllm.train import evaluate
 
     model, enc_src, dec_src = tiny_speechllm(tmp_path)
     save_speechllm(model, tmp_path / "sllm", enc_src, dec_src)
+    never_ending(dec_src)  # non-empty hypotheses that differ between the states
     corpus = validate_config({"corpus": TINY["corpus"]})["corpus"]
     data = {}
     for split, n in (("training", 6), ("validation", 4), ("testing", 3)):
@@ -180,13 +187,30 @@ def test_cells_on_a_tiny_speechllm(tmp_path):
     assert len(sim[sim.metric == "angular"]) == 10 and sim.n_layers.iloc[0] == 4
     cell = plan.cell_slice(cfg, task="asr", strategy="angular_block")
     cell["heal"].update(n=[2], steps=2, batch_size=3)
-    df = pruning_cell(cell, sllm="m", task="asr", strategy="angular_block",
-                      model_dir=str(tmp_path / "sllm"), test=data["testing"],
-                      calibration=data["validation"], train=data["training"])  # fmt: skip
-    assert df.n_removed.tolist() == [0, 1, 2, 3] and (df.base_wer == df.wer.iloc[0]).all()
+    cell["max_new_tokens"] = 4  # hypotheses about as long as the references
+    df, rec = pruning_cell(cell, sllm="m", task="asr", strategy="angular_block",
+                           model_dir=str(tmp_path / "sllm"), test=data["testing"],
+                           calibration=data["validation"], train=data["training"])  # fmt: skip
+    assert df.n_removed.tolist() == [0, 1, 2, 3]
+    states = rec[~rec.healed].groupby("n_removed").hypothesis.agg(tuple)
+    assert (rec.hypothesis != "").all() and states.nunique() > 1  # the states differ
+    # every state's hypotheses are those of a freshly loaded model with its set removed by
+    # copy, and the base WER is the fresh unpruned model's (a removal leaking into the next
+    # set, or a base taken from another state, fails here)
+    fresh = load_speechllm(tmp_path / "sllm", with_encoder=False)
+    feats = read_features(data["testing"][0])
+    texts = list(read_manifest(data["testing"][1]).text)
+    for r in df.itertuples():
+        m = type(fresh)(remove_layers(fresh.decoder, r.removed), fresh.tokenizer,
+                        fresh.projector, fresh.prompts)  # fmt: skip
+        refs, hyps = evaluate(m, feats, texts, "asr", cell["batch_size"], cell["max_new_tokens"])
+        got = rec[(rec.n_removed == r.n_removed) & ~rec.healed]
+        assert got.hypothesis.tolist() == hyps and r.wer == metrics.wer(refs, hyps)
+        if r.n_removed == 0:
+            assert (df.base_wer == metrics.wer(refs, hyps)).all()
     assert df.healed.tolist() == [False, False, True, False] and df.healed_wer.notna().sum() == 1
     assert df.scores.iloc[0] and (df.test_utterances == 3).all()
-    back = pruning_cell({**cell, "strategy": "backward"}, sllm="m", task="asr",
+    back, _ = pruning_cell({**cell, "strategy": "backward"}, sllm="m", task="asr",
                         strategy="backward", model_dir=str(tmp_path / "sllm"),
                         test=data["testing"], calibration=data["validation"],
                         train=data["training"])  # fmt: skip

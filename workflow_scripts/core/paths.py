@@ -43,6 +43,7 @@ FILES = {
     "speechllm_features": "speechllm/features/{sllm}/{split}.safetensors",
     "speechllm_similarity_cell": "cells/speechllm_similarity/{sllm}/{task}-{input}.parquet",
     "speechllm_pruning_cell": "cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet",
+    "speechllm_pruning_records": "cells/speechllm_pruning/{sllm}/{task}-{strategy}.records.parquet",
     # the jobs writing into pretrained_dir (their logs and benchmarks are named by these)
     "speechllm_decoder": "speechllm/decoders/{decoder}",
     "speechllm_train": "speechllm/trained/{sllm}",

@@ -1,4 +1,5 @@
-"""Rule adapter: one decoder-pruning cell (workflow_scripts.speechllm.run.pruning_cell)."""
+"""Rule adapter: one decoder-pruning cell and its per-utterance records
+(workflow_scripts.speechllm.run.pruning_cell)."""
 
 import torch
 
@@ -8,7 +9,7 @@ from workflow_scripts.speechllm.run import pruning_cell
 
 ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
-inp, w = snakemake.input, snakemake.wildcards
+inp, w, out = snakemake.input, snakemake.wildcards, snakemake.output
 
 
 def split(name):
@@ -16,21 +17,12 @@ def split(name):
     return (inp[key], inp[f"{name}_speech"]) if key in inp.keys() else None
 
 
-df = pruning_cell(
-    ctx.slice,
-    sllm=w.sllm,
-    task=w.task,
-    strategy=w.strategy,
-    model_dir=inp.model,
-    test=split("testing"),
-    calibration=split("validation"),
-    train=split("training"),
-    log=ctx.log.info,
-)
+df, records = pruning_cell(ctx.slice, sllm=w.sllm, task=w.task, strategy=w.strategy,
+                           model_dir=inp.model, test=split("testing"),
+                           calibration=split("validation"), train=split("training"),
+                           log=ctx.log.info)  # fmt: skip
 heal = ctx.slice["heal"]
-write_parquet(
-    df,
-    snakemake.output[0],
-    ctx.provenance(inputs=dict(inp.items()), seed=heal["seed"] if heal else None),
-)
+meta = ctx.provenance(inputs=dict(inp.items()), seed=heal["seed"] if heal else None)
+write_parquet(df, out.cell, meta)
+write_parquet(records, out.records, meta)
 ctx.log.info("\n%s", df[["seed", "n_removed", "removed", "wer", "bleu", "healed_wer"]].to_string())

@@ -2,22 +2,23 @@
 
 from workflow_scripts.core.provenance import write_parquet, write_text_atomic
 from workflow_scripts.core.rule import RuleContext
-from workflow_scripts.core.tables import concat_cells, markdown_table
+from workflow_scripts.core.tables import concat_cells
 from workflow_scripts.report.charts import save_chart
 from workflow_scripts.speechllm import report
 
 ctx = RuleContext(snakemake)
 inp, out, s = snakemake.input, snakemake.output, ctx.slice
 sim, prun = concat_cells(list(inp.similarity)), concat_cells(list(inp.pruning))
-tables = report.build_tables(sim, prun, s["threshold"], s["wer_floor"], s["overlap_n"])
-files = {"similarity": inp.similarity, "pruning": inp.pruning}
+records = concat_cells(list(inp.records))
+tables = report.build_tables(sim, prun, records, s["threshold"], s["bootstrap"], s["overlap_n"])
+files = {"similarity": inp.similarity, "pruning": inp.pruning, "records": inp.records}
 meta = ctx.provenance(inputs={f"{k}{i}": p for k, v in files.items() for i, p in enumerate(v)})
 write_parquet(sim, out.similarity, meta)
 write_parquet(prun, out.pruning, meta)
 for name in ("summary", "overlap", "pairs"):
     write_text_atomic(out[f"{name}_csv"], tables[name].to_csv(index=False))
-    write_text_atomic(out[f"{name}_md"], markdown_table(tables[name]))
+    write_text_atomic(out[f"{name}_md"], report.markdown(name, tables[name]))
     ctx.log.info("%s:\n%s", name, tables[name].to_string())
-charts = report.charts(sim, prun, s["threshold"], s["wer_floor"])
+charts = report.charts(sim, prun, s["threshold"])
 for name, chart in charts.items():
     save_chart(chart, out[f"{name}_html"], out[f"{name}_png"])

@@ -154,8 +154,16 @@ class SpeechLLM(nn.Module):
             if task not in self.prompts:
                 raise ValueError(f"task {task!r} has no prompt; tasks: {list(self.prompts)}")
             before, after = self.prompts[task].split("{speech}")
-            self._prompt_cache[task] = (self._ids(before), self._ids(after))
+            self._prompt_cache[task] = (self.with_bos(self._ids(before)), self._ids(after))
         return self._prompt_cache[task]
+
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """``ids`` after the tokenizer's begin-of-sequence token, once: added when the
+        tokenizer has one and ``ids`` do not already start with it (a prompt that writes
+        ``<bos>``). The one BOS rule of every decoder input: the speech prompt and the
+        text-only input of the similarity cells."""
+        bos = self.tokenizer.bos_token_id
+        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
 
     def _ids(self, text: str) -> list[int]:
         text = text.strip()

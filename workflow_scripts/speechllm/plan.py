@@ -280,20 +280,28 @@ def resource(config: dict, key: str, scale: int = 1):
 
 
 def tables_slice(config: dict) -> dict:
-    """The tables' slice: the threshold, the WER floor and the overlap table's n."""
+    """The tables' slice: the ΔWER threshold, the bootstrap's settings and the overlap
+    table's n."""
     p = section(config)["pruning"]
-    return {"threshold": p["threshold"], "wer_floor": p["wer_floor"],
+    return {"threshold": p["threshold"], "bootstrap": p["bootstrap"],
             "overlap_n": section(config)["overlap_n"]}  # fmt: skip
+
+
+def records_path(results: str = RESULTS, **w) -> str:
+    """The per-utterance records beside a pruning cell."""
+    return paths.path("speechllm_pruning_records", results, **w)
 
 
 def tables_inputs(config: dict, results: str = RESULTS) -> dict[str, list[str]]:
     return {"similarity": [cell_path(results, **w) for w in similarity_cells(config)],
-            "pruning": [cell_path(results, **w) for w in pruning_cells(config)]}  # fmt: skip
+            "pruning": [cell_path(results, **w) for w in pruning_cells(config)],
+            "records": [records_path(results, **w) for w in pruning_cells(config)]}  # fmt: skip
 
 
 def targets(config: dict, results: str = RESULTS) -> list[str]:
     """The family ``speechllm``: every cell and the tables and charts."""
-    return cell_paths(config, results) + list(paths.tables("speechllm", results).values())
+    records = [records_path(results, **w) for w in pruning_cells(config)]
+    return cell_paths(config, results) + records + list(paths.tables("speechllm", results).values())
 
 
 def config_problems(config: dict) -> list[str]:

@@ -11,8 +11,8 @@ scores from :func:`workflow_scripts.speechllm.similarity.decoder_similarity` on 
 utterances of the validation split.
 
 The quality of a pruned model is the WER of the task's target text on the test utterances,
-greedy decoding; the relative degradation (WER_n - WER_0) / max(WER_0, floor) is compared with
-the paper's 0.25 threshold (:func:`workflow_scripts.speechllm.metrics.relative_degradation`).
+greedy decoding; ΔWER = (WER_n - WER_0) / WER_0 is compared with the paper's 0.25 threshold
+(:func:`workflow_scripts.speechllm.metrics.delta_wer`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""The SpeechLLM stage's tables and charts (torch-free): the pruning summary (largest fraction
-of decoder layers removed within the relative-degradation threshold), the block-overlap table
-(which contiguous block of n decoder layers the angular distance calls redundant, per
-SpeechLLM x task x input type, and the Jaccard overlap of those blocks between pairs that
-differ in encoder, task or input type), the decoder-similarity heatmaps and the ΔWER curves.
-The markdown is :func:`workflow_scripts.core.tables.markdown_table`."""
+"""The SpeechLLM stage's tables and charts (torch-free): the pruning summary (how many decoder
+layers can be removed within the ΔWER threshold, on the point estimate and with confidence),
+the block-overlap table (which contiguous block of n decoder layers the angular distance calls
+redundant, per SpeechLLM x task x input type, and the Jaccard overlap of those blocks between
+pairs labelled by what differs: encoder, decoder, both, task, input or language), the
+decoder-similarity heatmaps and the ΔWER curves. The markdown is :func:`markdown`.
+
+ΔWER is :func:`workflow_scripts.speechllm.metrics.delta_wer`, (WER_n - WER_0) / WER_0. Intervals
+come from :func:`bootstrap`: the test *sentences* are resampled with replacement (every
+utterance of a drawn sentence comes along), the corpus WER of every state recomputed from the
+per-utterance records, ΔWER paired (the same resample for WER_n and WER_0).
+"""
 
 from __future__ import annotations
 
@@ -13,18 +19,39 @@ import numpy as np
 import pandas as pd
 
 from workflow_scripts.pruning.strategies import STRATEGIES
-from workflow_scripts.speechllm.metrics import relative_degradation
+from workflow_scripts.speechllm.metrics import delta_wer
+
+#: What the overlap table compares, in its order (``both`` = encoder and decoder).
+FACTORS = ("encoder", "decoder", "task", "input", "language")
+LABELS = ("encoder", "decoder", "both", "task", "input", "language")
+
+#: The note above each markdown table.
+NOTES = {
+    "summary": (
+        "ΔWER = (WER_n - WER_0) / WER_0. Counts of removable decoder layers: `max_removed` = "
+        "the largest n whose point ΔWER is within the threshold (smaller n may fail); "
+        "`max_removed_prefix` = the largest n such that every n' <= n is within on the point "
+        "estimate; `max_removed_prefix_ci` = the same with the upper end of ΔWER's bootstrap "
+        "interval (sentences resampled) within the threshold, i.e. removable with confidence. "
+        "`_lo` / `_hi`: the interval's ends. `random`: the mean over its seeds."
+    ),
+    "overlap": (
+        "Pairs are labelled by what differs between them (encoder, decoder, both = encoder and "
+        "decoder, task, input, language; from each SpeechLLM's config). Blocks of decoders of "
+        "equal depth are compared as layer sets; of unequal depth as intervals of the fraction "
+        "of depth (`compared`). `runner_up_margin`: the angular distance of the second-best "
+        "block minus the best's (small = a near tie)."
+    ),
+}
 
 
-def add_degradation(df: pd.DataFrame, threshold: float, floor: float) -> pd.DataFrame:
-    """The pruning table with the paper's ``delta_wer`` = WER / WER_0 (null when WER_0 = 0),
-    ``relative_degradation`` = (WER - WER_0) / max(WER_0, floor), ``within_threshold`` (<=
-    ``threshold``) and the relative degradation of the healed WER."""
+def add_degradation(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The pruning table with ``delta_wer`` = (WER - WER_0) / WER_0, ``within_threshold``
+    (ΔWER <= ``threshold``) and ``healed_delta_wer`` of the healed WER."""
     d = df.copy()
-    d["delta_wer"] = (d.wer / d.base_wer).where(d.base_wer > 0)
-    d["relative_degradation"] = relative_degradation(d.wer, d.base_wer, floor)
-    d["within_threshold"] = d.relative_degradation <= threshold
-    d["healed_relative_degradation"] = relative_degradation(d.healed_wer, d.base_wer, floor)
+    d["delta_wer"] = delta_wer(d.wer.to_numpy(float), d.base_wer.to_numpy(float))
+    d["within_threshold"] = d.delta_wer <= threshold
+    d["healed_delta_wer"] = delta_wer(d.healed_wer.to_numpy(float), d.base_wer.to_numpy(float))
     return d
 
 
@@ -43,25 +70,96 @@ def mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df[~seeded], merged[df.columns]], ignore_index=True)
 
 
-def summary_table(df: pd.DataFrame, threshold: float, floor: float) -> pd.DataFrame:
-    """Per SpeechLLM, task and strategy (random: mean over seeds): the unpruned WER and BLEU,
-    ``max_removed`` = the largest n whose relative degradation is <= ``threshold`` and its
-    fraction of the L decoder layers, ``max_removed_prefix`` (every n' <= n within), the
-    removed blocks there, and the healed WER at each healed n."""
-    d = add_degradation(mean_over_seeds(df), threshold, floor)
+# ----------------------------------------------------------------------------------------
+# Bootstrap over sentences
+# ----------------------------------------------------------------------------------------
+def _quantiles(x: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval (order statistics: no interpolation, so +inf stays +inf)."""
+    a = (1 - level) / 2
+    lo, hi = np.quantile(x, [a, 1 - a], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def bootstrap(records: pd.DataFrame, resamples: int = 1000, level: float = 0.95,
+              seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Per SpeechLLM x task x strategy x n x healed: the point WER recomputed from the records
+    and the percentile intervals of WER and ΔWER, resampling the cell's test sentence ids with
+    replacement (``resamples`` times, ``np.random.default_rng(seed)`` per cell). Seeded
+    strategies: the WER of each resample averaged over the seeds, as the summary's mean."""
+    rows = []
+    for (model, task, strategy), g in records.groupby(["model", "task", "strategy"], sort=False):
+        sents = pd.Index(sorted(g.sentence_id.unique()))
+        S = len(sents)
+        draw = np.random.default_rng(seed).integers(S, size=(resamples, S))
+        C = np.zeros((resamples, S))
+        np.add.at(C, (np.arange(resamples)[:, None], draw), 1.0)
+        s = sents.get_indexer(g.sentence_id)
+        per_n: dict[tuple[int, bool], list[tuple[np.ndarray, float]]] = {}
+        for (n, healed, _sd), h in g.assign(_s=s).groupby(
+            ["n_removed", "healed", "seed"], dropna=False, sort=True
+        ):
+            E = np.bincount(h._s, weights=h.errors.astype(float), minlength=S)
+            W = np.bincount(h._s, weights=h.words.astype(float), minlength=S)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = (C @ E) / (C @ W)
+            per_n.setdefault((int(n), bool(healed)), []).append((boot, E.sum() / W.sum()))
+        base = per_n.get((0, False))
+        if base is None:
+            continue
+        base_boot = np.mean([b for b, _ in base], axis=0)
+        for (n, healed), states in sorted(per_n.items()):
+            boot = np.mean([b for b, _ in states], axis=0)
+            lo, hi = _quantiles(boot, level)
+            dlo, dhi = _quantiles(delta_wer(boot, base_boot), level)
+            rows.append({"model": model, "task": task, "strategy": strategy, "n_removed": n,
+                         "healed": healed, "wer_records": float(np.mean([p for _, p in states])),
+                         "wer_lo": lo, "wer_hi": hi, "delta_wer_lo": dlo, "delta_wer_hi": dhi,
+                         "sentences": S})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _prefix(ok: np.ndarray, n: np.ndarray) -> int:
+    """The largest n such that every n' <= n is ok (``ok`` sorted by n; n = 0 is ok)."""
+    return int(n[np.cumprod(ok).astype(bool)].max())
+
+
+def summary_table(df: pd.DataFrame, threshold: float,
+                  intervals: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+    """Per SpeechLLM, task and strategy (random: mean over seeds): the unpruned WER (and its
+    interval) and BLEU, the removable counts of :data:`NOTES` (``max_removed``,
+    ``max_removed_prefix``, ``max_removed_prefix_ci``), ΔWER at the prefix count with its
+    interval, the removed blocks at ``max_removed``, and the healed WER at each healed n.
+    ``intervals`` is :func:`bootstrap`'s table (without it the interval columns are null and
+    ``max_removed_prefix_ci`` is null)."""
+    d = add_degradation(mean_over_seeds(df), threshold)
+    iv = intervals[~intervals.healed] if intervals is not None and len(intervals) else None
+    cols = ["wer_lo", "wer_hi", "delta_wer_lo", "delta_wer_hi"]
+    if iv is not None:
+        d = d.merge(iv[["model", "task", "strategy", "n_removed", *cols]],
+                    on=["model", "task", "strategy", "n_removed"], how="left")  # fmt: skip
+    else:
+        d = d.assign(**{c: np.nan for c in cols})
     out = []
     for (model, task, strategy), g in d.groupby(["model", "task", "strategy"], sort=False):
         g = g.sort_values("n_removed")
-        ok = g.within_threshold.to_numpy() | (g.n_removed.to_numpy() == 0)
         n = g.n_removed.to_numpy(int)
-        best, prefix = int(n[ok].max()), int(n[np.cumprod(ok).astype(bool)].max())
-        at = g[g.n_removed == best].iloc[0]
+        ok = g.within_threshold.to_numpy(bool) | (n == 0)
+        best, prefix = int(n[ok].max()), _prefix(ok, n)
+        ok_ci = (g.delta_wer_hi.to_numpy(float) <= threshold) | (n == 0)
+        prefix_ci = _prefix(ok_ci, n) if g.delta_wer_hi.notna().any() else None
+        at, base = g[g.n_removed == best].iloc[0], g[g.n_removed == 0].iloc[0]
+        at_p = g[g.n_removed == prefix].iloc[0]
         healed = g[g.healed.astype(bool)]
         out.append({
             "model": model, "task": task, "strategy": strategy, "n_layers": int(at.n_layers),
-            "base_wer": float(at.base_wer), "base_bleu": float(at.base_bleu),
+            "base_wer": float(at.base_wer), "base_wer_lo": float(base.wer_lo),
+            "base_wer_hi": float(base.wer_hi), "base_bleu": float(at.base_bleu),
             "threshold": threshold, "max_removed": best,
             "max_removed_fraction": best / int(at.n_layers), "max_removed_prefix": prefix,
+            "max_removed_prefix_ci": prefix_ci,
+            "delta_wer_at_prefix": float(at_p.delta_wer),
+            "delta_wer_at_prefix_lo": float(at_p.delta_wer_lo),
+            "delta_wer_at_prefix_hi": float(at_p.delta_wer_hi),
             "wer_at_max": float(at.wer), "removed_at_max": at.removed,
             "healed_n": ",".join(map(str, healed.n_removed)) or None,
             "wer_before_heal": ",".join(f"{w:.4f}" for w in healed.wer) or None,
@@ -70,23 +168,35 @@ def summary_table(df: pd.DataFrame, threshold: float, floor: float) -> pd.DataFr
     res = pd.DataFrame(out)
     if res.empty:
         return res
+    res["max_removed_prefix_ci"] = res.max_removed_prefix_ci.astype("Int64")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     res["_o"] = res.strategy.map(order)
     return res.sort_values(["model", "task", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 
+# ----------------------------------------------------------------------------------------
+# Redundant blocks and their overlap
+# ----------------------------------------------------------------------------------------
 def redundant_blocks(sim: pd.DataFrame) -> pd.DataFrame:
     """Per SpeechLLM, task, input type and n: the contiguous block l*..l*+n-1 with the smallest
-    angular distance d(h_l*, h_l*+n) (lowest l* on ties), i.e. what ``angular_block`` removes."""
+    angular distance d(h_l*, h_l*+n) (lowest l* on ties), i.e. what ``angular_block`` removes,
+    the runner-up margin (second-smallest distance minus the smallest; null with one
+    candidate) and the SpeechLLM's factors (``encoder``, ``decoder``, ``language`` of the
+    cells; the model's name, "" and "en" when a cell lacks them)."""
     a = sim[sim.metric == "angular"]
     rows = []
     for (model, task, inp, n), g in a.groupby(["model", "task", "input", "n"], sort=False):
         g = g.sort_values("layer")
-        best = g.iloc[int(np.argmin(g.value.to_numpy()))]
+        v = g.value.to_numpy(float)
+        best = g.iloc[int(np.argmin(v))]
         start = int(best.layer)
+        margin = float(np.sort(v)[1] - np.sort(v)[0]) if len(v) > 1 else np.nan
         rows.append({"model": model, "task": task, "input": inp, "n": int(n), "start": start,
                      "blocks": list(range(start, start + int(n))), "distance": float(best.value),
-                     "n_layers": int(best.n_layers)})  # fmt: skip
+                     "runner_up_margin": margin, "n_layers": int(best.n_layers),
+                     "encoder": str(best.get("encoder", model)),
+                     "decoder": str(best.get("decoder", "")),
+                     "language": str(best.get("language", "en"))})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -95,55 +205,77 @@ def _jaccard(a, b) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def overlap_pairs(blocks: pd.DataFrame, encoders: dict[str, str] | None = None) -> pd.DataFrame:
-    """Every pair of (SpeechLLM, task, input) block choices at the same n that differ in exactly
-    one factor (``encoder``: the SpeechLLMs, ``task``, ``input``), with the Jaccard overlap of
-    their blocks."""
+def _interval_jaccard(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else 1.0
+
+
+def pair_label(x: dict, y: dict) -> str:
+    """What differs between two block choices, from :data:`FACTORS`: one factor's name,
+    ``both`` for encoder and decoder together, ``+``-joined otherwise, ``none`` when nothing
+    does (e.g. two SpeechLLMs of the same parts trained differently)."""
+    diff = [k for k in FACTORS if x[k] != y[k]]
+    if diff == ["encoder", "decoder"]:
+        return "both"
+    return "+".join(diff) or "none"
+
+
+def overlap_pairs(blocks: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of (SpeechLLM, task, input) block choices at the same n, labelled by
+    :func:`pair_label`, with the overlap of their blocks: the Jaccard index of the layer sets
+    when both decoders have the same depth (``compared = layers``), else of the blocks as
+    intervals of the fraction of depth [l*/L, (l*+n)/L) (``compared = fraction of depth``)."""
     rows = []
     for n, g in blocks.groupby("n", sort=True):
-        recs = g.to_dict("records")
-        for x, y in itertools.combinations(recs, 2):
-            diff = [k for k in ("model", "task", "input") if x[k] != y[k]]
-            if len(diff) != 1:
+        for x, y in itertools.combinations(g.to_dict("records"), 2):
+            if (x["model"], x["task"], x["input"]) == (y["model"], y["task"], y["input"]):
                 continue
-            factor = "encoder" if diff[0] == "model" else diff[0]
-            rows.append(
-                {
-                    "n": int(n),
-                    "factor": factor,
-                    "a": f"{x['model']}/{x['task']}/{x['input']}",
-                    "b": f"{y['model']}/{y['task']}/{y['input']}",
-                    "blocks_a": x["blocks"],
-                    "blocks_b": y["blocks"],
-                    "jaccard": _jaccard(x["blocks"], y["blocks"]),
-                }
-            )
+            same = x["n_layers"] == y["n_layers"]
+            if same:
+                j = _jaccard(x["blocks"], y["blocks"])
+            else:
+                fx = (x["start"] / x["n_layers"], (x["start"] + n) / x["n_layers"])
+                fy = (y["start"] / y["n_layers"], (y["start"] + n) / y["n_layers"])
+                j = _interval_jaccard(fx, fy)
+            rows.append({"n": int(n), "factor": pair_label(x, y),
+                         "a": f"{x['model']}/{x['task']}/{x['input']}",
+                         "b": f"{y['model']}/{y['task']}/{y['input']}",
+                         "blocks_a": x["blocks"], "blocks_b": y["blocks"],
+                         "depth_a": x["n_layers"], "depth_b": y["n_layers"],
+                         "compared": "layers" if same else "fraction of depth",
+                         "jaccard": j})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def overlap_table(blocks: pd.DataFrame, n: int) -> pd.DataFrame:
     """The headline table at ``n``: one row per SpeechLLM x task x input type with its
-    redundant block, plus one row per factor (encoder, task, input) with the mean Jaccard
-    overlap of the pairs differing in it and the share of pairs choosing the same block."""
+    redundant block and runner-up margin, plus one row per label of :data:`LABELS` that has
+    pairs (those differing in that one factor, or in encoder and decoder for ``both``) with
+    the mean Jaccard overlap, the share of identical choices and how the blocks were
+    compared."""
     at = blocks[blocks.n == n]
-    rows = [{"model": r.model, "task": r.task, "input": r.input, "n": n, "blocks": r.blocks,
-             "distance": r.distance} for r in at.itertuples()]  # fmt: skip
+    rows = [{"model": r.model, "task": r.task, "input": r.input, "encoder": r.encoder,
+             "decoder": r.decoder, "n": n, "blocks": r.blocks, "distance": r.distance,
+             "runner_up_margin": r.runner_up_margin} for r in at.itertuples()]  # fmt: skip
     pairs = overlap_pairs(at)
-    for factor in ("encoder", "task", "input"):
-        p = pairs[pairs.factor == factor] if len(pairs) else pairs
+    for label in LABELS:
+        p = pairs[pairs.factor == label] if len(pairs) else pairs
         if len(p):
-            rows.append(
-                {
-                    "model": f"across {factor}",
-                    "task": "",
-                    "input": "",
-                    "n": n,
-                    "mean_jaccard": float(p.jaccard.mean()),
-                    "identical_share": float((p.jaccard == 1.0).mean()),
-                    "pairs": len(p),
-                }
-            )
+            rows.append({"model": f"across {label}", "task": "", "input": "", "n": n,
+                         "mean_jaccard": float(p.jaccard.mean()),
+                         "identical_share": float((p.jaccard == 1.0).mean()),
+                         "pairs": len(p),
+                         "compared": ", ".join(sorted(set(p.compared)))})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def markdown(name: str, table: pd.DataFrame) -> str:
+    """A table's markdown with its note (:data:`NOTES`) above it."""
+    from workflow_scripts.core.tables import markdown_table
+
+    note = NOTES.get(name)
+    return (f"{note}\n\n" if note else "") + markdown_table(table)
 
 
 # ----------------------------------------------------------------------------------------
@@ -172,24 +304,25 @@ def similarity_heatmaps(sim: pd.DataFrame):
     )
 
 
-def delta_wer_chart(df: pd.DataFrame, threshold: float, floor: float):
-    """Relative WER degradation vs the fraction of decoder layers removed, one line per
+def delta_wer_chart(df: pd.DataFrame, threshold: float):
+    """ΔWER = (WER_n - WER_0) / WER_0 vs the fraction of decoder layers removed, one line per
     strategy (random: mean over seeds), panels = SpeechLLM (rows) x task (columns); the dashed
-    rule is the threshold, triangles are healed models."""
+    rule is the threshold, triangles are healed models (an infinite ΔWER is not drawn)."""
     import altair as alt
 
-    d = add_degradation(mean_over_seeds(df), threshold, floor)
+    d = add_degradation(mean_over_seeds(df), threshold)
     d = d[["model", "task", "strategy", "fraction_removed", "n_removed", "wer",
-           "relative_degradation", "healed", "healed_relative_degradation"]]  # fmt: skip
+           "delta_wer", "healed", "healed_delta_wer"]]  # fmt: skip
+    d = d.replace([np.inf, -np.inf], np.nan)
     base = alt.Chart().encode(
         x=alt.X("fraction_removed:Q", title="fraction of decoder layers removed")
     )
     lines = base.mark_line(point=True).encode(
-        y=alt.Y("relative_degradation:Q", title="relative WER degradation"),
+        y=alt.Y("delta_wer:Q", title="ΔWER = (WER_n - WER_0) / WER_0"),
         color="strategy:N", tooltip=["strategy", "n_removed", alt.Tooltip("wer:Q", format=".3f")],
     )  # fmt: skip
     healed = base.mark_point(shape="triangle-up", size=80, filled=True).encode(
-        y="healed_relative_degradation:Q", color="strategy:N",
+        y="healed_delta_wer:Q", color="strategy:N",
     ).transform_filter(alt.datum.healed)  # fmt: skip
     rule = (
         alt.Chart()
@@ -207,19 +340,22 @@ def delta_wer_chart(df: pd.DataFrame, threshold: float, floor: float):
 # ----------------------------------------------------------------------------------------
 # Everything the tables rule writes
 # ----------------------------------------------------------------------------------------
-def build_tables(sim: pd.DataFrame, pruning: pd.DataFrame, threshold: float, floor: float,
+def build_tables(sim: pd.DataFrame, pruning: pd.DataFrame, records: pd.DataFrame,
+                 threshold: float, bootstrap_cfg: dict,
                  overlap_n: int) -> dict[str, pd.DataFrame]:  # fmt: skip
-    """The pruning ``summary``, the block-``overlap`` table at ``overlap_n`` and every
-    overlap pair (``pairs``, all n) of the stacked cells."""
+    """The pruning ``summary`` (intervals from the ``records``, :func:`bootstrap` with
+    ``bootstrap_cfg``: resamples, level, seed), the block-``overlap`` table at ``overlap_n``
+    and every overlap pair (``pairs``, all n) of the stacked cells."""
     blocks = redundant_blocks(sim) if len(sim) else pd.DataFrame()
+    iv = bootstrap(records, **bootstrap_cfg) if len(records) else None
     return {
-        "summary": summary_table(pruning, threshold, floor) if len(pruning) else pd.DataFrame(),
+        "summary": summary_table(pruning, threshold, iv) if len(pruning) else pd.DataFrame(),
         "overlap": overlap_table(blocks, overlap_n) if len(blocks) else pd.DataFrame(),
         "pairs": overlap_pairs(blocks) if len(blocks) else pd.DataFrame(),
     }
 
 
-def charts(sim: pd.DataFrame, pruning: pd.DataFrame, threshold: float, floor: float) -> dict:
+def charts(sim: pd.DataFrame, pruning: pd.DataFrame, threshold: float) -> dict:
     """The decoder-similarity heatmaps and the ΔWER curves (role -> altair chart)."""
     return {"similarity": similarity_heatmaps(sim),
-            "delta_wer": delta_wer_chart(pruning, threshold, floor)}  # fmt: skip
+            "delta_wer": delta_wer_chart(pruning, threshold)}  # fmt: skip

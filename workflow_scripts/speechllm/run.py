@@ -11,7 +11,13 @@ similarity cell and one decoder-pruning cell.
 * Pruning cell ``cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet``: one row per seed
   and n = 0 .. L-1 removed decoder blocks: the removed set, WER / BLEU / sentence error rate
   on the test utterances and, for the configured n, the same after LoRA healing
-  (:mod:`~workflow_scripts.speechllm.heal`).
+  (:mod:`~workflow_scripts.speechllm.heal`); beside it, ``...records.parquet``: one row per
+  evaluated state (seed, n, healed or not) and test utterance with its utterance and sentence
+  ids, reference, hypothesis and word errors, from which every WER and BLEU of the cell is
+  recomputed (tests/test_speechllm_records.py) and the tables bootstrap over sentences.
+
+Both cells carry the SpeechLLM's factors as its ``config.json`` names them (:func:`factors`):
+``encoder``, ``decoder`` (names), ``language`` (of the speech; ``en`` unless the config says).
 """
 
 from __future__ import annotations
@@ -75,6 +81,42 @@ def _split_data(features: str, speech_dir: str, limit: int | None = None):
     return feats, list(read_manifest(speech_dir, len(feats)).text)
 
 
+def utterance_ids(speech_dir: str, n: int) -> tuple[list[str], list[str]]:
+    """(utterance ids, sentence ids) of the first ``n`` utterances of a speech folder: the
+    manifest's ``utterance_id`` / ``sentence_id`` columns when it has them (a real corpus),
+    else the audio file's stem and :func:`~workflow_scripts.speechllm.text.sentence_id` of
+    the sentence."""
+    from pathlib import Path
+
+    from workflow_scripts.speechllm.text import sentence_id
+
+    rows = read_manifest(speech_dir, n)
+    utt = rows.utterance_id if "utterance_id" in rows else rows.path.map(lambda p: Path(p).stem)
+    sent = rows.sentence_id if "sentence_id" in rows else rows.text.map(sentence_id)
+    return [str(u) for u in utt], [str(s) for s in sent]
+
+
+def _name(ref: str, folder: str) -> str:
+    """A model reference of a SpeechLLM config as a name: a local folder's name, a hub id."""
+    from pathlib import Path
+
+    from workflow_scripts.speechllm.model import resolve
+
+    p = Path(resolve(ref, folder))
+    return p.resolve().name if p.exists() else str(ref)
+
+
+def factors(model_dir: str) -> dict[str, str]:
+    """What a SpeechLLM is built of, from its ``config.json``: ``encoder`` and ``decoder``
+    (folder names or hub ids) and ``language`` (of its speech; ``en`` unless set)."""
+    from workflow_scripts.speechllm.model import read_config
+
+    cfg = read_config(model_dir)
+    return {"encoder": _name(cfg["encoder"], model_dir),
+            "decoder": _name(cfg["decoder"], model_dir),
+            "language": str(cfg.get("language") or "en")}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------
 # Cells
 # ----------------------------------------------------------------------------------------
@@ -100,15 +142,29 @@ def similarity_cell(cell: dict, *, sllm: str, task: str, input_type: str, model_
     for col, v in (("model", sllm), ("task", task), ("input", input_type)):
         df.insert(0 if col == "model" else df.columns.get_loc("metric"), col, v)
     df["n_layers"], df["utterances"], df["reduce"] = L, len(texts), cell["reduce"]
+    for k, v in factors(model_dir).items():
+        df[k] = v
     return df[["model", "task", "input", "metric", "layer", "n", "value", "n_layers",
-               "utterances", "reduce"]]  # fmt: skip
+               "utterances", "reduce", "encoder", "decoder", "language"]]  # fmt: skip
 
 
 def _score(model, feats, texts, task, cell) -> dict:
     from workflow_scripts.speechllm.train import evaluate
 
     refs, hyps = evaluate(model, feats, texts, task, cell["batch_size"], cell["max_new_tokens"])
-    return {**scores(refs, hyps), "example": hyps[0] if hyps else ""}
+    return {**scores(refs, hyps), "example": hyps[0] if hyps else "", "refs": refs, "hyps": hyps}
+
+
+def _records(state: dict, res: dict, ids: tuple[list[str], list[str]]) -> list[dict]:
+    """One record per test utterance of one evaluated state (see the module docstring)."""
+    from workflow_scripts.speechllm.metrics import utterance_errors
+
+    out = []
+    for u, s, r, h in zip(*ids, res["refs"], res["hyps"], strict=True):
+        errors, words = utterance_errors(r, h)
+        out.append({**state, "utterance_id": u, "sentence_id": s, "reference": r,
+                    "hypothesis": h, "errors": errors, "words": words})  # fmt: skip
+    return out
 
 
 def pruning_cell(
@@ -122,11 +178,11 @@ def pruning_cell(
     calibration: tuple[str, str],
     train: tuple[str, str] | None = None,
     log: Log = _quiet,
-) -> pd.DataFrame:
-    """The pruning cell's table (see the module docstring) for the ``cell`` slice of
-    :func:`~workflow_scripts.speechllm.plan.cell_slice`; ``test``, ``calibration`` and
-    ``train`` are (features file, speech folder) pairs of the test, validation and training
-    splits (training only when healing is on)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pruning cell's table and its per-utterance records (see the module docstring) for
+    the ``cell`` slice of :func:`~workflow_scripts.speechllm.plan.cell_slice`; ``test``,
+    ``calibration`` and ``train`` are (features file, speech folder) pairs of the test,
+    validation and training splits (training only when healing is on)."""
     from workflow_scripts.speechllm.model import decoder_layers, load_speechllm
     from workflow_scripts.speechllm.pruning import decoder_params, removal_plans, removed_layers
     from workflow_scripts.speechllm.similarity import decoder_similarity
@@ -134,6 +190,8 @@ def pruning_cell(
     model = load_speechllm(model_dir, with_encoder=False)
     L = len(decoder_layers(model.decoder))
     feats, texts = _split_data(*test, cell["test_utterances"])
+    ids = utterance_ids(test[1], len(texts))
+    records: list[dict] = []
     sim = None
     if strategy in SCORED:
         cal = _split_data(*calibration, cell["calibration_utterances"])
@@ -151,16 +209,25 @@ def pruning_cell(
             if base is None:
                 base = res
             rows.append(_row(seed, removed, L, res, base, params))
+            records += _records(_state(seed, removed, False), res, ids)
     log(f"{sllm} / {task} / {strategy}: {len(rows)} removal sets, {time.time() - t0:.1f} s")
-    _heal_rows(model, rows, task, (feats, texts), train, cell, log)
-    df = pd.DataFrame(rows)
-    df.insert(0, "model", sllm)
-    df.insert(1, "task", task)
-    df.insert(2, "strategy", strategy)
-    df["seed"] = df["seed"].astype("Int64")
+    for r, res in _heal_rows(model, rows, task, (feats, texts), train, cell, log):
+        records += _records(_state(r["seed"], r["removed"], True), res, ids)
+    df, rec = pd.DataFrame(rows), pd.DataFrame(records)
+    for d in (df, rec):
+        for i, (col, v) in enumerate((("model", sllm), ("task", task), ("strategy", strategy))):
+            d.insert(i, col, v)
+        d["seed"] = d["seed"].astype("Int64")
+    for k, v in factors(model_dir).items():
+        df[k] = v
     df["test_utterances"] = len(texts)
     df["scores"] = json.dumps({k: v.round(6).tolist() for k, v in sim.items()}) if sim else None
-    return df
+    return df, rec
+
+
+def _state(seed, removed, healed: bool) -> dict:
+    return {"seed": seed, "n_removed": len(removed), "removed": list(map(int, removed)),
+            "healed": healed}  # fmt: skip
 
 
 def _row(seed, removed, L, res, base, params) -> dict:
@@ -177,18 +244,20 @@ def _row(seed, removed, L, res, base, params) -> dict:
 
 
 def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
-               log: Log) -> None:  # fmt: skip
+               log: Log) -> list[tuple[dict, dict]]:  # fmt: skip
     """Heal the set of every row whose n is listed in ``heal.n`` on the training utterances of
-    ``train`` and fill its healed columns from the test utterances ``test_data``."""
+    ``train`` and fill its healed columns from the test utterances ``test_data``; returns the
+    (row, scores) of each healed set."""
     from workflow_scripts.speechllm.heal import heal
 
     hc = cell.get("heal")
     todo = [r for r in rows if hc and 0 < r["n_removed"] and r["n_removed"] in hc["n"]]
     if not todo:
-        return
+        return []
     if train is None:
         raise ValueError("healing is on but no training features were given")
     feats, texts = _split_data(*train, hc["train_utterances"])
+    done = []
     for r in todo:
         t0 = time.time()
         healed = heal(model, r["removed"], task, feats, texts, hc)
@@ -196,3 +265,5 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
         r.update(healed=True, healed_wer=res["wer"], healed_bleu=res["bleu"],
                  heal_seconds=time.time() - t0)  # fmt: skip
         log(f"healed {r['removed']}: WER {r['wer']:.4f} -> {res['wer']:.4f}")
+        done.append((r, res))
+    return done

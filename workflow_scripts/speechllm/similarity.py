@@ -9,8 +9,9 @@ residual stream). Two input types:
 
 * ``speech``: the SpeechLLM's input for the task (prompt, projected speech, prompt) followed
   by the reference target text, teacher-forced (no end-of-sequence token);
-* ``text``: the target text alone (after the tokenizer's begin-of-sequence token, if any), the
-  decoder as a plain language model.
+* ``text``: the target text alone (after the tokenizer's begin-of-sequence token, if any:
+  :meth:`SpeechLLM.with_bos`, the rule of the speech prompt too), the decoder as a plain
+  language model.
 
 ``x`` is the state at the last token (``reduce="last"``, Gromov's choice: for both input types
 the last word of the target) or the mean over the valid tokens (``"mean"``). The metrics
@@ -47,9 +48,7 @@ def residual_states(decoder, emb, mask, pos) -> list[torch.Tensor]:
 def text_batch(model: SpeechLLM, texts: list[str]):
     """Left-padded embeddings, mask and positions of the texts alone (see the module
     docstring)."""
-    bos = model.tokenizer.bos_token_id
-    seqs = [model.embed_tokens(([bos] if bos is not None else []) + ids)
-            for ids in model.target_ids(texts, eos=False)]  # fmt: skip
+    seqs = [model.embed_tokens(model.with_bos(ids)) for ids in model.target_ids(texts, eos=False)]
     return model.pad_left(seqs)
 
 

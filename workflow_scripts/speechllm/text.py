@@ -107,6 +107,27 @@ def translate(sentence: str) -> str:
     return " ".join(out)
 
 
+def normalize(text: str) -> str:
+    """The one normalisation of references and hypotheses before scoring: Unicode NFKC,
+    lowercase, every punctuation character (Unicode category P*) replaced by a space,
+    whitespace collapsed to single spaces and stripped. Numbers are kept as written: digits
+    stay digits and number words stay words (no conversion between them), so "3" and "three"
+    differ; letters with diacritics (ü, ß) are kept."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
+    return " ".join(text.split())
+
+
+def sentence_id(sentence: str) -> str:
+    """A stable id of a sentence: the first 12 hex digits of the SHA-256 of its normalised
+    text (utterances saying the same sentence share it; the bootstrap resamples these)."""
+    import hashlib
+
+    return hashlib.sha256(normalize(sentence).encode()).hexdigest()[:12]
+
+
 def target_text(sentence: str, task: str) -> str:
     """What a SpeechLLM should write for ``task``: the transcript (``asr``) or its German
     translation (``st``)."""
