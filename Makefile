@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit report clean compare plan preflight real-models smoke-paper
+.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight real-models smoke-paper
 
 venv: $(STAMP)
 
@@ -40,6 +40,9 @@ fmt: $(STAMP)
 
 audit: $(STAMP)  ## is every result current (config, code, inputs, content)? exit 1 if not
 	$(BIN)/python -m workflow_scripts.audit $(AUDIT_ARGS)
+
+rerun-stale: $(STAMP)  ## rerun exactly what `make audit` flags (snakemake --forcerun), then audit again
+	$(BIN)/python -m workflow_scripts.audit --rerun $(AUDIT_ARGS)
 
 report: $(STAMP)  ## one offline HTML report of every chart and table (after `make run`)
 	$(BIN)/snakemake --profile profiles/local --report results/report.html

@@ -18,6 +18,8 @@ rule baseline_tables:
         disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
+    params:
+        code=code_of("aggregate_baseline"),
     script:
         "../workflow_scripts/scripts/aggregate_baseline.py"
 
@@ -39,5 +41,6 @@ rule overview:
         runtime=30,
     params:
         slice=cell_json(aggregate.overview_slice(config)),
+        code=code_of("aggregate_overview"),
     script:
         "../workflow_scripts/scripts/aggregate_overview.py"

@@ -24,6 +24,8 @@ rule finetune:
         slice=slice_of(backbones.finetune_slice),
         root=data.data_root(config, RESULTS),
         work=path("finetune_work"),
+        sources=sources_of(backbones.finetune_inputs),
+        code=code_of("finetune"),
     script:
         "../workflow_scripts/scripts/finetune.py"
 
@@ -48,5 +50,6 @@ rule hidden_cache:
     params:
         slice=slice_of(backbones.cache_slice),
         root=data.data_root(config, RESULTS),
+        code=code_of("hidden_cache"),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

@@ -11,6 +11,8 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_scripts import grid
 from workflow_scripts.core import paths, site
+from workflow_scripts.core.code import planned_code
+from workflow_scripts.core.sources import Source, digests as source_digests
 from workflow_scripts.core.config import ConfigError, cell_json
 from workflow_scripts.core.paths import RESULTS
 
@@ -58,9 +60,39 @@ def slice_of(fn):
     return lambda w: cell_json(fn(config, **wildcards_of(w)))
 
 
+def _ancient_sources(value):
+    """Source inputs (files that no job makes) as ``ancient()``: their digests, not their
+    modification times, decide (``params.sources``)."""
+    if isinstance(value, list):
+        return [_ancient_sources(v) for v in value]
+    return ancient(value) if isinstance(value, Source) else value
+
+
 def inputs_of(fn):
     """An ``input`` function: ``fn(config, results=RESULTS, **wildcards)`` (unpack it)."""
-    return lambda w: fn(config, results=RESULTS, **wildcards_of(w))
+    return lambda w: {
+        k: _ancient_sources(v)
+        for k, v in fn(config, results=RESULTS, **wildcards_of(w)).items()
+    }
+
+
+def sources_of(fn):
+    """A ``params`` function: path -> SHA-256 of the source inputs ``fn`` gives (model
+    weights, a real data root), as canonical JSON: new weights rerun the job."""
+    return lambda w: cell_json(
+        source_digests(fn(config, results=RESULTS, **wildcards_of(w)))
+    )
+
+
+def code_of(script, modules=None):
+    """A ``params`` value: the code a job of this rule will load (``workflow_scripts.core.code``),
+    file -> digest of its AST without docstrings. ``script``: the rule script's name;
+    ``modules``: a plan function ``(config, **wildcards)`` giving the modules the cell's
+    registry entries name. A change to any of them reruns the job; a comment does not.
+    """
+    if modules is None:
+        return cell_json(planned_code(script))
+    return lambda w: cell_json(planned_code(script, modules(config, **wildcards_of(w))))
 
 
 def table_outputs(stage):

@@ -16,6 +16,7 @@ rule synthesize_corpus:
         runtime=60,
     params:
         slice=cell_json(data.corpus_slice(config)),
+        code=code_of("synthesize_corpus"),
     script:
         "../workflow_scripts/scripts/synthesize_corpus.py"
 
@@ -38,5 +39,7 @@ rule manifest:
         runtime=60,
     params:
         slice=cell_json(data.manifest_slice(config, RESULTS)),
+        sources=sources_of(data.manifest_inputs),
+        code=code_of("manifest"),
     script:
         "../workflow_scripts/scripts/manifest.py"

@@ -28,6 +28,7 @@ rule mimic_cell:
     params:
         slice=slice_of(mimic.cell_slice),
         root=data.data_root(config, RESULTS),
+        code=code_of("mimic_cell"),
     script:
         "../workflow_scripts/scripts/mimic_cell.py"
 
@@ -49,5 +50,6 @@ rule mimic_tables:
         runtime=30,
     params:
         slice=cell_json(mimic.tables_slice(config)),
+        code=code_of("mimic_tables"),
     script:
         "../workflow_scripts/scripts/mimic_tables.py"

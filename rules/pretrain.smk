@@ -22,5 +22,6 @@ rule pretrain_backbone:
         slice=slice_of(backbones.pretrain_slice),
         root=data.data_root(config, RESULTS),
         work=path("pretrain_work"),
+        code=code_of("pretrain_backbone"),
     script:
         "../workflow_scripts/scripts/pretrain_backbone.py"

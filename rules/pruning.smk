@@ -25,6 +25,7 @@ rule pruning_cell:
     params:
         slice=slice_of(pruning.cell_slice),
         root=data.data_root(config, RESULTS),
+        code=code_of("pruning_cell", pruning.cell_modules),
     script:
         "../workflow_scripts/scripts/pruning_cell.py"
 
@@ -46,5 +47,6 @@ rule pruning_tables:
         runtime=30,
     params:
         slice=cell_json(pruning.tables_slice(config)),
+        code=code_of("pruning_tables"),
     script:
         "../workflow_scripts/scripts/pruning_tables.py"

@@ -22,6 +22,7 @@ rule similarity_cell:
         runtime=model_runtime(60),
     params:
         slice=slice_of(similarity.cell_slice),
+        code=code_of("similarity_cell", similarity.cell_modules),
     script:
         "../workflow_scripts/scripts/similarity_cell.py"
 
@@ -45,6 +46,7 @@ rule model_groups:
         runtime=10,
     params:
         slice=cell_json(similarity.tables_slice(config)),
+        code=code_of("model_groups"),
     script:
         "../workflow_scripts/scripts/model_groups.py"
 
@@ -72,5 +74,6 @@ rule similarity_tables:
         runtime=30,
     params:
         slice=cell_json(similarity.tables_slice(config)),
+        code=code_of("similarity_tables"),
     script:
         "../workflow_scripts/scripts/similarity_tables.py"

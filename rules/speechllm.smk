@@ -19,10 +19,12 @@ rule speechllm_speech:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(speechllm.speech_bytes),
         mem_mb=attempt_mem_mb(3000),
         runtime=60,
     params:
         slice=lambda w: cell_json(speechllm.speech_slice(config, w.split)),
+        code=code_of("speechllm_speech"),
     script:
         "../workflow_scripts/scripts/speechllm_speech.py"
 
@@ -40,11 +42,13 @@ rule speechllm_decoder:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(speechllm.decoder_bytes),
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime", 4),
         gpu=speechllm.resource(config, "gpu"),
     params:
         slice=lambda w: cell_json(speechllm.decoder_slice(config, w.decoder)),
+        code=code_of("speechllm_decoder"),
     script:
         "../workflow_scripts/scripts/speechllm_decoder.py"
 
@@ -64,11 +68,14 @@ rule speechllm_train:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(speechllm.train_bytes),  # scratch features: $TMPDIR
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime", 4),
         gpu=speechllm.resource(config, "gpu"),
     params:
         slice=slice_of(speechllm.train_slice),
+        sources=sources_of(speechllm.train_inputs),
+        code=code_of("speechllm_train"),
     script:
         "../workflow_scripts/scripts/speechllm_train.py"
 
@@ -88,11 +95,14 @@ rule speechllm_features:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=disk_mb(speechllm.features_bytes),
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime"),
         gpu=speechllm.resource(config, "gpu"),
     params:
         slice=slice_of(speechllm.features_slice),
+        sources=sources_of(speechllm.features_inputs),
+        code=code_of("speechllm_features"),
     script:
         "../workflow_scripts/scripts/speechllm_features.py"
 
@@ -112,11 +122,14 @@ rule speechllm_similarity:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime"),
         gpu=speechllm.resource(config, "gpu"),
     params:
         slice=slice_of(speechllm.cell_slice),
+        sources=sources_of(speechllm.cell_inputs),
+        code=code_of("speechllm_similarity"),
     script:
         "../workflow_scripts/scripts/speechllm_similarity.py"
 
@@ -137,11 +150,14 @@ rule speechllm_pruning:
         "../envs/torch.yaml"
     threads: 1
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime"),
         gpu=speechllm.resource(config, "gpu"),
     params:
         slice=slice_of(speechllm.cell_slice),
+        sources=sources_of(speechllm.cell_inputs),
+        code=code_of("speechllm_pruning"),
     script:
         "../workflow_scripts/scripts/speechllm_pruning.py"
 
@@ -158,9 +174,11 @@ rule speechllm_tables:
     conda:
         "../envs/report.yaml"
     resources:
+        disk_mb=10,  # parquet cells, tables and charts: kilobytes
         mem_mb=attempt_mem_mb(2000),
         runtime=30,
     params:
         slice=cell_json(speechllm.tables_slice(config)),
+        code=code_of("speechllm_tables"),
     script:
         "../workflow_scripts/scripts/speechllm_tables.py"

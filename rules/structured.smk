@@ -25,6 +25,7 @@ rule structured_cell:
     params:
         slice=slice_of(structured.cell_slice),
         root=data.data_root(config, RESULTS),
+        code=code_of("structured_cell"),
     script:
         "../workflow_scripts/scripts/structured_cell.py"
 
@@ -46,5 +47,6 @@ rule structured_tables:
         runtime=30,
     params:
         slice=cell_json(structured.tables_slice(config)),
+        code=code_of("structured_tables"),
     script:
         "../workflow_scripts/scripts/structured_tables.py"

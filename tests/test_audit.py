@@ -5,7 +5,6 @@ throw-away git repository, statuses, lineage and the exit status."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pandas as pd
 import pyarrow as pa
@@ -160,80 +159,120 @@ def test_parquet_inside_a_directory_output_is_part_of_it_not_an_orphan(project):
         ("results/speech/training", "speech", [], "ok", "no update")])))  # fmt: skip
     found = statuses(audit.audit(["results"], jobs, root, check_code=False))
     assert found == {"results/a.parquet": "current", "results/b.parquet": "current",
-                     "results/speech_old/manifest.parquet": "ORPHAN"}  # fmt: skip
+                     "results/speech_old/manifest.parquet": "ORPHAN",
+                     "results/speech/training": "UNVERIFIED"}  # no sidecar  # fmt: skip
     assert audit.inside_directory_output("results/speech/training/x/m.parquet", jobs) == (
         "results/speech/training"
     )
     assert audit.inside_directory_output("results/a.parquet", jobs) is None
 
 
-def git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                   check=True, capture_output=True)  # fmt: skip
+def with_code(root, path, modules, unplanned=(), planned="true", packages=None):
+    """Rewrite the code record (and optionally the packages) of a parquet result."""
+    from workflow_scripts.core.code import code_digest
+
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    prov = json.loads(meta[b"provenance"])
+    prov["code_modules"] = json.dumps({m: code_digest(root / m) for m in modules})
+    prov["code_unplanned"] = json.dumps(list(unplanned))
+    prov["code_planned"] = planned
+    if packages is not None:
+        prov["packages"] = json.dumps(packages)
+    meta[b"provenance"] = json.dumps(prov).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
 
 
-@pytest.fixture
-def repo(tmp_path):
-    """A project in git: one rule whose script imports lib, which imports .helper."""
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules/stage.smk").write_text(
-        'rule make_a:\n    output:\n        "results/a.parquet",\n    script:\n'
-        '        "../workflow_scripts/scripts/make_a.py"\n\n\nrule other:\n    shell:\n'
-        '        "true"\n'
-    )
-    pkg = tmp_path / "workflow_scripts"
-    (pkg / "scripts").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "scripts/__init__.py").write_text("")
-    (pkg / "scripts/make_a.py").write_text("from workflow_scripts.lib import f\nimport json\n")
-    (pkg / "lib.py").write_text("def f():\n    from .helper import g\n    return g()\n")
-    (pkg / "helper.py").write_text("def g():\n    return 1\n")
-    (pkg / "unrelated.py").write_text("X = 1\n")
-    git(tmp_path, "init", "-q")
-    git(tmp_path, "add", ".")
-    git(tmp_path, "commit", "-qm", "init")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    return tmp_path, commit
+def test_code_is_checked_against_the_recorded_module_digests(project):
+    from workflow_scripts.core.provenance import package_versions
+
+    root, jobs = project
+    lib = root / "workflow_scripts/lib.py"
+    lib.parent.mkdir()
+    lib.write_text("def f():\n    return 1\n")
+    path = root / "results/a.parquet"
+    with_code(root, path, ["workflow_scripts/lib.py"])
+
+    def finding():
+        return {f.path: f for f in audit.audit(["results/a.parquet"], jobs, root)}[
+            "results/a.parquet"
+        ]
+
+    assert finding().status == "current"
+    lib.write_text('"""Doc."""\n\n\ndef f():  # same code\n    return 1\n')
+    assert finding().status == "current"
+    lib.write_text("def f():\n    return 2\n")
+    f = finding()
+    assert f.status == "STALE" and f.reasons == ["code changed since: workflow_scripts/lib.py"]
+    lib.unlink()
+    assert finding().status == "STALE"
+    # a job that loaded a module its plan did not cover, or no digests at all: unverified
+    lib.write_text("def f():\n    return 1\n")
+    with_code(root, path, ["workflow_scripts/lib.py"], unplanned=["workflow_scripts/lib.py"])
+    f = finding()
+    assert f.status == "UNVERIFIED" and "did not cover" in f.reasons[0]
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    prov = json.loads(meta[b"provenance"])
+    del prov["code_modules"]
+    meta[b"provenance"] = json.dumps(prov).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    f = finding()
+    assert f.status == "UNVERIFIED" and "no module digests" in f.reasons[0]
+    # another version of a tracked package: stale, the package named
+    packages = {**package_versions(), "torch": "0.0.1"}
+    with_code(root, path, ["workflow_scripts/lib.py"], packages=packages)
+    f = finding()
+    assert f.status == "STALE" and f.reasons == [
+        f"package torch 0.0.1 -> {package_versions()['torch']}"
+    ]
 
 
-def test_rule_sources_and_import_closure(repo):
-    root, _ = repo
-    rules = audit.rule_sources(root)
-    assert rules["make_a"] == ("rules/stage.smk", "workflow_scripts/scripts/make_a.py")
-    assert rules["other"] == ("rules/stage.smk", None)
-    assert audit.import_closure(root, rules["make_a"][1]) == {
-        "workflow_scripts/scripts/make_a.py", "workflow_scripts/__init__.py",
-        "workflow_scripts/lib.py", "workflow_scripts/helper.py",
-    }  # fmt: skip
+def test_outputs_without_metadata_are_audited_through_their_sidecar(project):
+    from workflow_scripts.core.provenance import write_sidecar
+
+    root, jobs = project
+    out = root / "results/tables/t.csv"
+    out.parent.mkdir()
+    out.write_text("a,b\n1,2\n")
+    folder = root / "results/model"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"123")
+    jobs = dict(jobs)
+    jobs.update(audit.parse_summary(summary_text([
+        ("results/tables/t.csv", "tables", ["results/a.parquet"], "ok", "no update"),
+        ("results/model", "train", [], "ok", "no update"),
+    ])))  # fmt: skip
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)  # jobs run in the project: inputs and outputs relative to it
+    try:
+        meta = collect({"t": 1}, inputs={"a": "results/a.parquet"}, git=NO_GIT)
+        write_sidecar("results/tables/t.csv", meta)
+        write_sidecar("results/model", meta)
+    finally:
+        os.chdir(cwd)
+    (folder / ".snakemake_timestamp").write_text("")  # Snakemake's, after the job: not content
+    found = statuses(audit.audit(["results"], jobs, root, check_code=False))
+    assert found["results/tables/t.csv"] == "current" and found["results/model"] == "current"
+    out.write_text("a,b\n1,3\n")
+    (folder / "w.bin").write_bytes(b"124")
+    found = {f.path: f for f in audit.audit(["results"], jobs, root, check_code=False)}
+    assert found["results/tables/t.csv"].status == "TAMPERED"
+    assert found["results/model"].status == "TAMPERED"
+    (root / "results/tables/.provenance/t.csv.json").unlink()
+    f = {f.path: f for f in audit.audit(["results"], jobs, root, check_code=False)}[
+        "results/tables/t.csv"
+    ]
+    assert f.status == "UNVERIFIED" and "no provenance" in f.reasons[0]
 
 
-def test_code_check_against_the_recorded_commit(repo):
-    root, commit = repo
-    jobs = audit.parse_summary(summary_text([("results/a.parquet", "make_a", [], "ok",
-                                              "no update")]))  # fmt: skip
-    make_result(root, "results/a.parquet", git={"git_commit": commit, "git_dirty": "false"})
-
-    def check():
-        (f,) = audit.audit(["results"], jobs, root)
-        return f
-
-    f = check()
-    assert f.status == "current" and f"code: {commit[:8]}" in f.notes
-    (root / "workflow_scripts/unrelated.py").write_text("X = 2\n")  # not imported: still current
-    assert check().status == "current"
-    (root / "workflow_scripts/helper.py").write_text("def g():\n    return 2\n")
-    f = check()
-    assert f.status == "STALE"
-    assert f.reasons == [f"code changed since {commit[:8]}: workflow_scripts/helper.py"]
-    # made from a dirty tree: cannot be proven either way, reported only
-    make_result(root, "results/a.parquet", git={"git_commit": commit, "git_dirty": "true"})
-    f = check()
-    assert f.status == "current" and any("uncommitted" in n for n in f.notes)
-    # a commit this repository does not have
-    make_result(root, "results/a.parquet", git={"git_commit": "f" * 40, "git_dirty": "false"})
-    f = check()
-    assert f.status == "current" and any("not in this repository" in n for n in f.notes)
+def test_rerun_targets_are_the_flagged_outputs_a_job_makes():
+    jobs = audit.parse_summary(summary_text([("results/a.parquet", "r", [], "ok", "no update")]))
+    found = [audit.Finding("results/a.parquet", "STALE"), audit.Finding("results/o.parquet",
+             "ORPHAN"), audit.Finding("results/b.parquet", "UNVERIFIED")]  # fmt: skip
+    assert audit.rerun_targets(found, jobs) == ["results/a.parquet"]
 
 
 def test_lineage_walks_back_to_the_sources(project):

@@ -196,10 +196,12 @@ def test_rule_adapter_writes_cell_curves_and_provenance(world, tmp_path):
     out = {"cell": str(tmp_path / "c.parquet"), "curves": str(tmp_path / "c.curves.parquet"),
            "export": str(tmp_path / "export")}  # fmt: skip
     params = {"slice": cell_json(sl), "root": world["root"]}
+    from snakemake.iocontainers import Namedlist
+
     smk = SimpleNamespace(  # what the script reads of Snakemake's object
-        input=SimpleNamespace(**inputs, items=inputs.items, keys=inputs.keys),
-        output=SimpleNamespace(**out, get=out.get),
-        params=SimpleNamespace(**params, keys=params.keys, get=params.get),
+        input=Namedlist(fromdict=inputs),
+        output=Namedlist(fromdict=out),
+        params=Namedlist(fromdict=params),
         log=[str(tmp_path / "c.log")],
         wildcards={"model": MODEL, "kind": "linear", "depth": "2"},
         threads=1,

@@ -14,6 +14,7 @@ from helpers import ROOT
 from workflow_scripts import grid
 from workflow_scripts.core import paths
 from workflow_scripts.core.config import ConfigError
+from workflow_scripts.core.sources import Source, model_files
 from workflow_scripts.speechllm import plan, report
 
 SECTION = {
@@ -68,7 +69,11 @@ def test_pretrained_family_and_sources():
     assert s["encoder"] == "models/hubert-small" and s["decoder"] == "models/dec"
     assert s["train"]["steps"] == 1000  # the defaults filled in
     inp = plan.train_inputs(cfg, sllm="m")
-    assert inp["decoder"] == "models/dec" and "encoder" not in inp  # see train_inputs
+    assert inp["decoder"] == "models/dec"  # the pretraining rule's output folder
+    # a shipped encoder: its files (not the folder, which the backbones' pretraining rule
+    # writing to the same pretrained_dir could claim), as sources with digests in the params
+    assert inp["encoder"] == model_files("models/hubert-small")
+    assert all(isinstance(f, Source) for f in inp["encoder"])
     assert plan.model_source(cfg, "m") == "models/m"
 
 

@@ -68,10 +68,29 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert not (d / "results").exists()
 
 
+# The tiny grid with one backbone a local folder (a source: its weights are ancient() inputs
+# with their digests in the params) and one pretrained by the workflow (a rule's output).
+TINY_WF = {**TINY, "models": {"tiny-a": TINY["models"]["tiny-a"], "tiny-b": {"hf": "local/tiny-b"}}}
+
+
+def local_backbone(d) -> None:
+    """A randomly initialised tiny WavLM saved as a local model folder ``d/local/tiny-b``."""
+    import torch
+    from helpers import TINY_MODEL
+
+    from workflow_scripts.backbones.pretrain import _save_partial, build_pretraining_model, finalize
+
+    spec = {**TINY_MODEL, "arch": "wavlm"}
+    torch.manual_seed(0)
+    _, base = build_pretraining_model("wavlm", spec)
+    finalize(_save_partial(base, d / "local/tiny-b", spec), d / "local/tiny-b", {})
+
+
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory):
     """A copy of the workflow with the tiny config, run once to completion."""
-    d = project_copy(tmp_path_factory.mktemp("wf"), TINY)
+    d = project_copy(tmp_path_factory.mktemp("wf"), TINY_WF)
+    local_backbone(d)
     run_smk(d)
     return d
 
@@ -124,7 +143,7 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
     # a shared setting (validation-cache clips): everything downstream of it, nothing else -
     # not the fine-tuning, not the pruning cells (forward does not read the cache), not the
     # structured cells (they distil on the training-split cache)
-    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_WF))
     cfg["cache"]["clips"] = 16
     write_config(d, cfg)
     jobs = planned_jobs(d)
@@ -133,7 +152,7 @@ def test_tiny_grid_runs_and_reruns_only_what_changed(tiny_project):
     assert sorted(jobs["hidden_cache"]) == ["model=tiny-a, split=validation",
                                             "model=tiny-b, split=validation"]  # fmt: skip
     assert len(jobs["similarity_cell"]) == 4 and len(jobs["mimic_cell"]) == 2
-    write_config(d, TINY)
+    write_config(d, TINY_WF)
     assert planned_jobs(d) == {}
 
 
@@ -150,7 +169,7 @@ def test_overview_is_computed_from_the_tables(tiny_project):
     assert findings >= {"fine-tuned model", "groups of similar layers", "layers removable",
                         "best mimicker", "structured pruning", "smallest model keeping the "
                         "threshold"}  # fmt: skip
-    threshold = TINY.get("pruning", {}).get("threshold", 0.95)
+    threshold = TINY_WF.get("pruning", {}).get("threshold", 0.95)
     stages = {k: pd.read_parquet(d / f"{k}.parquet") for k in ("pruning", "mimic", "structured")}
     pareto = pareto_table(**stages, threshold=threshold)
     pd.testing.assert_frame_equal(pareto, pd.read_csv(d / "pareto.csv"), check_dtype=False)
@@ -206,9 +225,13 @@ def test_audit_finds_the_cell_edited_by_hand(tiny_project):
         assert proc.returncode == 1, proc.stdout
         table, lineage = proc.stdout.split("lineage of", 1)
         bad = {p: s for p, s in audit_rows(table).items() if s != "current"}
-        # the cell is tampered; the similarity table made from it no longer matches its input
+        # the cell is tampered; every output of the similarity tables made from it (table,
+        # blocks, charts: each audited through its metadata or sidecar) no longer matches
+        made_from_it = ["tables/similarity.parquet", "tables/blocks.csv", "charts/similarity.html",
+                        "charts/similarity.png", "charts/similarity_tiny-a.html",
+                        "charts/similarity_tiny-b.html"]  # fmt: skip
         assert bad == {"results/cells/similarity/tiny-a/cosine.parquet": "TAMPERED",
-                       "results/tables/similarity.parquet": "STALE"}, proc.stdout  # fmt: skip
+                       **{f"results/{p}": "STALE" for p in made_from_it}}, proc.stdout  # fmt: skip
         assert "(results/cells/similarity/tiny-a/cosine.parquet) changed since" in table
         # the lineage of one result goes back through cache, model and manifest to the corpus
         for node in (
@@ -264,7 +287,7 @@ def test_cells_carry_provenance(tiny_project):
 
 
 @pytest.mark.slow
-def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project):
+def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project, monkeypatch):
     """The estimates behind the rules' disk_mb / mem_mb (and `make plan`) against the tiny
     grid's real files and jobs: cache sizes within 5%; every job's requested memory above
     the peak its benchmark measured."""
@@ -273,6 +296,7 @@ def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project):
     from workflow_scripts.resource_plan import dry_run, parse_jobs
 
     d = tiny_project
+    monkeypatch.chdir(d)  # as Snakemake plans it: the local model folder relative to the project
     cfg = grid.validate(yaml.safe_load((d / "config.yaml").read_text()))
     caches = sorted((d / "results/cache").rglob("*.safetensors"))
     assert len(caches) == 6
@@ -297,3 +321,186 @@ def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project):
         assert peak < requested[rule], (tsv, peak, requested[rule])
         checked += 1
     assert checked >= 20
+
+
+def audit_findings(d) -> dict[str, tuple[str, str, str]]:
+    """result path -> (status, rule, detail) of the audit of ``d``, and the exit status."""
+    proc = run_audit(d)
+    rows = {}
+    for line in proc.stdout.splitlines()[1:]:
+        parts = line.split(maxsplit=3)
+        if len(parts) >= 3 and parts[1].startswith("results/"):
+            rows[parts[1]] = (parts[0], parts[2], parts[3] if len(parts) > 3 else "")
+    assert proc.returncode == (1 if any(s != "current" for s, _, _ in rows.values()) else 0)
+    return rows
+
+
+def flagged(d) -> dict[str, tuple[str, str, str]]:
+    return {p: f for p, f in audit_findings(d).items() if f[0] != "current"}
+
+
+@pytest.mark.slow
+def test_every_job_recorded_only_code_its_plan_covered(tiny_project):
+    """The modules each job loaded (sys.modules when its result was written) are a subset of
+    what its rule's params.code planned: the plan never misses a module a job loads. Every
+    output of the grid carries provenance (metadata or sidecar)."""
+    from workflow_scripts.audit import result_provenance
+
+    checked = set()
+    for path in sorted((tiny_project / "results").rglob("*")):
+        rel = path.relative_to(tiny_project / "results")
+        if any(p.startswith(".") for p in rel.parts) or rel.parts[0] in ("logs", "benchmarks"):
+            continue
+        prov, _ = result_provenance(path)
+        if not prov:
+            continue
+        assert prov["code_planned"] == "true", path
+        assert json.loads(prov["code_unplanned"]) == [], (path, prov["code_unplanned"])
+        assert "workflow_scripts/core/provenance.py" in json.loads(prov["code_modules"])
+        checked.add(prov["rule"])
+    assert checked >= {"synthesize_corpus", "manifest", "pretrain_backbone", "finetune",
+                       "hidden_cache", "similarity_cell", "pruning_cell", "mimic_cell",
+                       "structured_cell"} | AGGREGATIONS  # fmt: skip
+
+
+class edited:
+    """Edit a file in place; restore its bytes afterwards (with a new modification time, as
+    an editor or `git checkout` would)."""
+
+    def __init__(self, path, change):
+        self.path, self.change = path, change
+
+    def __enter__(self):
+        self.original = self.path.read_bytes()
+        self.path.write_bytes(self.change(self.original))
+
+    def __exit__(self, *exc):
+        self.path.write_bytes(self.original)
+
+
+def append(text):
+    return lambda b: b + text.encode()
+
+
+@pytest.mark.slow
+def test_each_change_reruns_and_flags_exactly_its_dependants(tiny_project):
+    """Issue #25's table on the tiny grid: code (a metric module, a pruning module, a core
+    module), a comment, backbone weights, the corpus config, a package version - each plans
+    and flags exactly the jobs that depend on it, and undoing it makes both quiet again."""
+    d = tiny_project
+    aggregations = {rule: [""] for rule in AGGREGATIONS}
+
+    def planned():
+        return {rule: sorted(w) for rule, w in planned_jobs(d).items()}
+
+    def quiet():
+        assert planned() == {} and flagged(d) == {}
+
+    def direct(bad, reason):
+        """The results the audit flags for ``reason`` itself, not through Snakemake's plan."""
+        return {p for p, (_, _, detail) in bad.items() if reason in detail}
+
+    quiet()
+    # a metric module: that metric's similarity cells, and what aggregates them
+    with edited(d / "workflow_scripts/similarity/cka.py", append("\n_PROBE = 1\n")):
+        jobs = planned()
+        assert jobs == {"similarity_cell": ["model=tiny-a, metric=cka_linear",
+                                            "model=tiny-b, metric=cka_linear"],
+                        "similarity_tables": [""], "overview": [""]}, jobs  # fmt: skip
+        bad = flagged(d)
+        assert direct(bad, "code changed since: workflow_scripts/similarity/cka.py") == {
+            f"results/cells/similarity/{m}/cka_linear.parquet" for m in ("tiny-a", "tiny-b")
+        }
+        assert {rule for _, rule, _ in bad.values()} == set(jobs)
+    quiet()
+    # a pruning module: the pruning cells and the tables that read them (the structured
+    # tables compare against layer pruning)
+    with edited(d / "workflow_scripts/pruning/sweeps.py", append("\n_PROBE = 1\n")):
+        jobs = planned()
+        assert jobs == {"pruning_cell": ["model=tiny-a, strategy=forward",
+                                         "model=tiny-b, strategy=forward"],
+                        "pruning_tables": [""], "structured_tables": [""],
+                        "overview": [""]}, jobs  # fmt: skip
+        bad = flagged(d)
+        assert direct(bad, "workflow_scripts/pruning/sweeps.py") == {
+            f"results/{kind}/pruning/{m}/forward{ext}"
+            for m in ("tiny-a", "tiny-b")
+            for kind, ext in (("cells", ".parquet"), ("exports", ""))
+        }  # the cells and the checkpoints the same jobs exported
+        assert {rule for _, rule, _ in bad.values()} == set(jobs)
+    quiet()
+    # comments, a docstring and a reformat: nothing, in a module and in a rule script
+    script = d / "workflow_scripts/scripts/similarity_cell.py"
+    with edited(d / "workflow_scripts/pruning/sweeps.py", lambda b: b"# note\n" + b + b"\n\n"):
+        with edited(script, append("# a comment\n")):
+            quiet()
+    # a core module: every job that loaded it (by its own record) and everything downstream
+    core = "workflow_scripts/core/tables.py"
+    loaders = set()
+    for path in (d / "results").rglob("*.parquet"):
+        prov = read_provenance_of(path)
+        if prov and core in json.loads(prov.get("code_modules", "{}")):
+            loaders.add(prov["rule"])
+    assert loaders
+    with edited(d / core, append("\n_PROBE = 1\n")):
+        jobs = planned()
+        bad = flagged(d)
+        assert {rule for p, (_, rule, _) in bad.items() if p in direct(bad, core)} == loaders
+        assert loaders <= set(jobs) and {rule for _, rule, _ in bad.values()} == set(jobs)
+    quiet()
+    # new weights of the local backbone: its fine-tuning and everything downstream of it
+    weights = d / "local/tiny-b/model.safetensors"
+    flip = lambda b: b[:-8] + bytes([b[-8] ^ 1]) + b[-7:]  # noqa: E731  (a byte of a tensor)
+    with edited(weights, flip):
+        jobs = planned()
+        per_model = {"finetune", "hidden_cache", "similarity_cell", "pruning_cell",
+                     "mimic_cell", "structured_cell"}  # fmt: skip
+        assert set(jobs) == per_model | set(aggregations), jobs
+        assert all("model=tiny-b" in w for rule in per_model for w in jobs[rule]), jobs
+        bad = flagged(d)
+        assert direct(bad, "local/tiny-b/model.safetensors) changed since") == {
+            "results/finetuned/tiny-b",
+            "results/cells/baseline/tiny-b.parquet",
+        }
+        assert {rule for _, rule, _ in bad.values()} == set(jobs)
+    quiet()  # the same bytes again, with a new modification time: nothing to do
+    # the corpus config: the corpus and everything made from it
+    cfg = yaml.safe_load(yaml.safe_dump(TINY_WF))
+    cfg["corpus"]["seed"] = 2
+    write_config(d, cfg)
+    jobs = planned()
+    assert "synthesize_corpus" in jobs and set(jobs) >= per_model | set(aggregations)
+    write_config(d, TINY_WF)
+    quiet()
+    # a tracked package's version: the audit names it; `--rerun` reruns exactly that result
+    # (the overview table: rewriting a file's metadata changes its bytes, which would make the
+    # results made from it stale too; nothing is made from the overview)
+    table = "results/tables/overview.parquet"
+    set_recorded_package(d / table, "torch", "0.0.1")
+    bad = flagged(d)
+    assert set(bad) == {table} and "package torch 0.0.1 -> " in bad[table][2]
+    proc = run_audit(d, "--rerun")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rerunning 1 flagged outputs" in proc.stdout
+    quiet()
+
+
+def read_provenance_of(path):
+    from workflow_scripts.core.provenance import read_provenance
+
+    return read_provenance(path)
+
+
+def set_recorded_package(path, package: str, version: str) -> None:
+    """Rewrite one package version in a parquet's recorded provenance (values and modification
+    time untouched: as if the result had been made under that version)."""
+    import pyarrow.parquet as pq
+
+    st = path.stat()
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    prov = json.loads(meta[b"provenance"])
+    prov["packages"] = json.dumps({**json.loads(prov["packages"]), package: version})
+    meta[b"provenance"] = json.dumps(prov).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

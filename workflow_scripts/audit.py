@@ -1,35 +1,41 @@
-"""Provenance audit: is each result still what the current config, code and inputs would give?
+"""Provenance audit: is each output still what the current config, code, inputs and
+environment would give?
 
 ``python -m workflow_scripts.audit [results/...] [--lineage PATH]`` (or ``make audit``) checks
-every parquet under the given paths (default ``results/``), each against four things:
+every output of the current DAG under the given paths (default ``results/``) - parquet cells and
+tables, hidden-state caches, fine-tuned and exported models, block tables, feature files,
+charts - each through the provenance it carries (parquet metadata) or its sidecar
+(``<folder>/.provenance/<name>.json``, :func:`~workflow_scripts.core.provenance.write_sidecar`):
 
-1. content - the table's values still hash to the ``content_hash`` stored with them (a hand
-   edit that left the metadata alone shows as **tampered**);
-2. inputs - each recorded input (``input_paths`` / ``inputs_sha256``) still has the sha256 it
-   had when the result was made;
-3. config and plan - one ``snakemake --detailed-summary`` call: the job's status (``params
-   changed``: its config slice differs from the current config's; ``rule implementation
-   changed``; ``updated input files`` ...) and whether Snakemake would rerun it; a result no
-   job of the current config makes is an **orphan**;
-4. code - the files that made it (the rule's script, the ``workflow_scripts`` modules it
-   imports, the rule's ``.smk`` file) are unchanged since the recorded git commit (a result made
-   from a dirty tree, or without git, cannot be proven and is reported, not failed).
+1. content - the output still hashes to what was recorded when it was written (a hand edit
+   shows as **TAMPERED**);
+2. inputs - each recorded input path still has the SHA-256 it had;
+3. code - each project module the job loaded (recorded from ``sys.modules``) still has the
+   digest it had (AST without docstrings: a comment or reformat changes nothing; no git
+   needed);
+4. environment - the tracked packages (torch, transformers, ...) have the versions recorded;
+   a difference is named;
+5. config and plan - one ``snakemake --detailed-summary`` call: whether Snakemake would rerun
+   the job (its params hold the config slice, the planned code and the source digests); a
+   parquet no job of the current config makes is an **ORPHAN**.
 
-With one path (or ``--lineage PATH``) it also prints that result's lineage: its inputs, their
-inputs, ... back to the source files (the corpus, the shipped models), from Snakemake's record
-of every job's inputs, with each node's own provenance where it has one.
+A result whose code cannot be checked is **UNVERIFIED** and fails the audit: one without
+provenance or without module digests (made before they were recorded), or one whose job loaded
+modules that its rule's plan did not cover (the plan would not rerun it when they change).
 
-Exit status: 0 when everything is current, 1 when anything is stale, tampered, orphaned or
-missing, 2 when Snakemake cannot be asked.
+With one path (or ``--lineage PATH``) it also prints that result's lineage. ``--rerun`` (``make
+rerun-stale``) reruns exactly what it flags (``snakemake --forcerun`` on those outputs, and
+whatever is missing), then audits again.
+
+Exit status: 0 when everything is current, 1 when anything is stale, tampered, unverified,
+orphaned or missing, 2 when Snakemake cannot be asked.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -38,7 +44,10 @@ from pathlib import Path
 from workflow_scripts.core.provenance import config_hash, content_hash, read_provenance, sha256_path
 
 CURRENT, STALE, TAMPERED, ORPHAN, MISSING = "current", "STALE", "TAMPERED", "ORPHAN", "MISSING"
-FAILING = {STALE, TAMPERED, ORPHAN, MISSING}
+UNVERIFIED = "UNVERIFIED"
+FAILING = {STALE, TAMPERED, ORPHAN, MISSING, UNVERIFIED}
+#: Statuses that `--rerun` forces (a missing output is made by the plain run).
+RERUN = {STALE, TAMPERED, UNVERIFIED}
 
 
 # ----------------------------------------------------------------------------------------
@@ -97,112 +106,35 @@ def snakemake_summary(project: Path, extra: list[str] | None = None, timeout=600
 
 
 # ----------------------------------------------------------------------------------------
-# code: which files made a result, and did they change since the recorded commit
+# code and environment
 # ----------------------------------------------------------------------------------------
-RULE_RE = re.compile(r"^(?:local)?rule\s+(\w+)\s*:", re.M)
-SCRIPT_RE = re.compile(r"^\s+script:\s*\n\s+[\"']([^\"']+)[\"']", re.M)
+def check_code(prov: dict, root: Path) -> tuple[str | None, list[str], list[str]]:
+    """(unverified reason or None, stale reasons, notes) of a result's recorded code: the
+    digests of the modules its job loaded, compared with the files under ``root`` now."""
+    from workflow_scripts.core import code
+
+    raw = prov.get("code_modules")
+    if not raw:
+        return "no module digests recorded (made before they were): code cannot be checked", [], []
+    unplanned = json.loads(prov.get("code_unplanned") or "[]")
+    if unplanned:
+        return (f"its job loaded modules its rule's plan did not cover, so a change to them "
+                f"would not rerun it: {', '.join(unplanned)}"), [], []  # fmt: skip
+    modules = json.loads(raw)
+    gone = code.changed(modules, root)
+    notes = [f"code: {len(modules)} modules checked (commit {prov.get('git_commit', '?')[:8]})"]
+    if prov.get("code_planned") == "false":
+        notes.append("made outside a planned job")
+    return None, ([f"code changed since: {', '.join(gone)}"] if gone else []), notes
 
 
-def rule_sources(project: Path) -> dict[str, tuple[str, str | None]]:
-    """rule -> (its .smk file, its script), both relative to ``project``, from the rules'
-    text (``script:`` paths are relative to the .smk file)."""
-    out: dict[str, tuple[str, str | None]] = {}
-    files = [project / "Snakefile", *sorted((project / "rules").glob("*.smk"))]
-    for smk in files:
-        if not smk.is_file():
-            continue
-        text = smk.read_text()
-        starts = [(m.start(), m.group(1)) for m in RULE_RE.finditer(text)]
-        for i, (pos, name) in enumerate(starts):
-            end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
-            m = SCRIPT_RE.search(text[pos:end])
-            script = None
-            if m:
-                script = os.path.relpath((smk.parent / m.group(1)).resolve(), project.resolve())
-            out[name] = (os.path.relpath(smk, project), script)
-    return out
-
-
-def _module_file(project: Path, module: str) -> Path | None:
-    base = project / Path(*module.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def import_closure(project: Path, script: str, package: str = "workflow_scripts") -> set[str]:
-    """``script`` and every ``package`` module it imports, transitively (imports inside
-    functions included), as paths relative to ``project``."""
-    seen: set[str] = set()
-    todo = [project / script]
-    while todo:
-        path = todo.pop()
-        rel = os.path.relpath(path, project)
-        if rel in seen or not path.is_file():
-            continue
-        seen.add(rel)
-        here = ".".join(Path(rel).with_suffix("").parts[:-1])  # the module's package
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    parts = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    mod = ".".join([*parts, node.module] if node.module else parts)
-                else:
-                    mod = node.module or ""
-                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
-            for name in names:  # the module and its parent packages' __init__
-                parts = name.split(".")
-                for i in range(1, len(parts) + 1):
-                    prefix = ".".join(parts[:i])
-                    if parts[0] == package and (f := _module_file(project, prefix)):
-                        todo.append(f)
-    return seen
-
-
-def _git(repo: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=60)
-
-
-class CodeChecker:
-    """Compares the files that made a result with the recorded commit (cached per commit)."""
-
-    def __init__(self, project: Path):
-        self.project = project
-        top = _git(project, "rev-parse", "--show-toplevel")
-        self.repo = Path(top.stdout.strip()) if top.returncode == 0 else None
-        self._diff: dict[str, set[str] | None] = {}
-
-    def changed_since(self, commit: str) -> set[str] | None:
-        """Files (relative to the project) that differ between ``commit`` and the working
-        tree, or None when the commit is unknown here."""
-        if commit not in self._diff:
-            ok = _git(self.repo, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
-            if not ok:
-                self._diff[commit] = None
-            else:
-                out = _git(self.project, "diff", "--name-only", "--relative", commit, "--")
-                self._diff[commit] = set(out.stdout.split())
-        return self._diff[commit]
-
-    def check(self, prov: dict, files: set[str]) -> tuple[bool, str]:
-        """(stale?, detail) of the code of one result made by ``files``."""
-        commit = prov.get("git_commit", "unknown")
-        dirty = prov.get("git_dirty") == "true"
-        if self.repo is None or commit in ("", "unknown"):
-            return False, "code: not checked (no git)"
-        changed = self.changed_since(commit)
-        if changed is None:
-            return False, f"code: commit {commit[:8]} not in this repository"
-        hit = sorted(files & changed)
-        if hit and not dirty:
-            return True, f"code changed since {commit[:8]}: {', '.join(hit)}"
-        if dirty:
-            return False, f"code: {commit[:8]} + uncommitted changes (cannot be proven)"
-        return False, f"code: {commit[:8]}"
+def check_packages(prov: dict, current: dict) -> list[str]:
+    """A reason per tracked package whose version differs from the recorded one."""
+    recorded = json.loads(prov.get("packages") or "{}")
+    now = {name: current.get(name, "absent") for name in recorded}
+    return [
+        f"package {n} {recorded[n]} -> {now[n]}" for n in sorted(recorded) if recorded[n] != now[n]
+    ]
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,13 +150,23 @@ class Finding:
 
 
 class ShaCache:
-    def __init__(self):
+    """SHA-256 of files and folders for one audit, remembered across audits by (size, mtime,
+    inode) in ``.snakemake/digests.json`` of the project (:mod:`workflow_scripts.core.sources`),
+    so an unchanged multi-GB cache is hashed once."""
+
+    def __init__(self, root: Path | None = None):
+        from workflow_scripts.core.sources import CACHE, DigestCache
+
+        self._cache = DigestCache(Path(root) / CACHE if root is not None else None)
         self._d: dict[str, str] = {}
 
     def __call__(self, path: str) -> str:
         if path not in self._d:
-            self._d[path] = sha256_path(path)
+            self._d[path] = self._cache.path_digest(path)
         return self._d[path]
+
+    def save(self) -> None:
+        self._cache.save()
 
 
 def check_content(path: str, prov: dict) -> str | None:
@@ -286,27 +228,53 @@ def check_inputs(prov: dict, sha: ShaCache, root: Path) -> tuple[list[str], list
     return reasons, notes
 
 
-def audit_file(path: str, jobs: dict[str, Job], code: CodeChecker | None,
-               rules: dict, sha: ShaCache, root: Path) -> Finding:  # fmt: skip
-    """The :class:`Finding` of one parquet (``path`` relative to ``root``)."""
+def result_provenance(full: Path) -> tuple[dict, str]:
+    """(provenance, where) of an output: a parquet's metadata, else its sidecar."""
+    from workflow_scripts.core.provenance import sidecar_path
+
+    if full.suffix == ".parquet" and full.is_file():
+        prov = read_provenance(full)
+        if prov:
+            return prov, "metadata"
+    side = sidecar_path(full)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text()), "sidecar"
+        except json.JSONDecodeError:
+            return {}, "sidecar"
+    return {}, ""
+
+
+def audit_file(path: str, jobs: dict[str, Job], sha: ShaCache, root: Path,
+               check_code_: bool = True, packages: dict | None = None) -> Finding:  # fmt: skip
+    """The :class:`Finding` of one output (``path`` relative to ``root``)."""
     job = jobs.get(norm(path))
     f = Finding(path, CURRENT, rule=job.rule if job else "")
-    prov = read_provenance(root / path)
+    full = root / path
+    prov, where = result_provenance(full)
+    unverified = None
     if not prov:
-        f.reasons.append("no provenance metadata")
+        unverified = "no provenance recorded (no metadata, no sidecar)"
     else:
-        for problem in (check_content(str(root / path), prov), check_config_record(prov)):
-            if problem:
-                f.status = TAMPERED
-                f.reasons.append(problem)
+        if where == "metadata":
+            problems = [check_content(str(full), prov)]
+        else:
+            recorded = prov.get("output_sha256")
+            now = sha(str(full))
+            problems = [None if recorded == now else
+                        f"output sha256 {now[:12]} != recorded {str(recorded)[:12]}"]  # fmt: skip
+        problems.append(check_config_record(prov))
+        for problem in filter(None, problems):
+            f.status = TAMPERED
+            f.reasons.append(problem)
         reasons, notes = check_inputs(prov, sha, root)
         f.reasons += reasons
         f.notes += notes
-        if code is not None and job is not None and job.rule in rules:
-            smk, script = rules[job.rule]
-            files = {smk} | (import_closure(root, script) if script else set())
-            stale, detail = code.check(prov, files)
-            (f.reasons if stale else f.notes).append(detail)
+        if check_code_:
+            unverified, stale, notes = check_code(prov, root)
+            f.reasons += stale
+            f.notes += notes
+            f.reasons += check_packages(prov, packages or {})
         f.notes.append(f"slice {prov.get('slice_hash', '?')}")
     if job is None:
         f.reasons.append("no job of the current config makes it")
@@ -314,6 +282,9 @@ def audit_file(path: str, jobs: dict[str, Job], code: CodeChecker | None,
             f.status = ORPHAN
     elif job.pending:
         f.reasons.append(f"snakemake: {job.status}, {job.plan}")
+    if unverified and f.status == CURRENT:
+        f.status = UNVERIFIED
+        f.reasons.insert(0, unverified)
     if f.reasons and f.status == CURRENT:
         f.status = STALE
     return f
@@ -329,34 +300,47 @@ def inside_directory_output(path: str, jobs: dict[str, Job]) -> str | None:
 
 def audit(paths: list[str], jobs: dict[str, Job], root: Path,
           check_code: bool = True) -> list[Finding]:  # fmt: skip
-    """Findings for every parquet under ``paths`` (files or folders relative to ``root``),
-    plus every other output of the current DAG under them that is missing or would rerun."""
-    rules = rule_sources(root)
-    code = CodeChecker(root) if check_code else None
-    sha = ShaCache()
-    files: list[str] = []
-    for p in paths:
-        full = root / p
-        if full.is_dir():
-            files += sorted(
-                os.path.relpath(f, root)
-                for f in full.rglob("*.parquet")
-                if not f.name.startswith(".")
-            )
-        elif full.is_file():
-            files.append(norm(p))
-    members = [f for f in files if inside_directory_output(f, jobs)]
-    files = [f for f in files if f not in members]
-    findings = [audit_file(f, jobs, code, rules, sha, root) for f in files]
-    seen = set(files)
+    """Findings for every output of the current DAG under ``paths`` (files or folders relative
+    to ``root``) - missing ones included - and every parquet there that no job makes."""
+    from workflow_scripts.core.provenance import package_versions
+
+    sha = ShaCache(root)
+    packages = package_versions()
     under = [norm(p) for p in paths]
-    for out, job in sorted(jobs.items()):
-        inside = any(out == u or out.startswith(u.rstrip("/") + "/") for u in under)
-        if out in seen or not inside or not job.pending:
+
+    def inside(out: str) -> bool:
+        return any(out == u or out.startswith(u.rstrip("/") + "/") or u == "." for u in under)
+
+    outputs = {out for out in jobs if inside(out)}
+    for p in paths:  # parquets on disk: results, or orphans
+        full = root / p
+        found = full.rglob("*.parquet") if full.is_dir() else [full] if full.is_file() else []
+        for f in found:
+            rel = os.path.relpath(f, root)
+            if f.suffix == ".parquet" and not any(part.startswith(".") for part in Path(rel).parts):
+                if not inside_directory_output(rel, jobs):
+                    outputs.add(norm(rel))
+    findings = []
+    for out in sorted(outputs):
+        job = jobs.get(out)
+        if not (root / out).exists():
+            if job is not None and job.pending:
+                status = MISSING if job.status == "missing" else STALE
+                findings.append(
+                    Finding(out, status, job.rule, [f"snakemake: {job.status}, {job.plan}"])
+                )
             continue
-        status = MISSING if job.status == "missing" else STALE
-        findings.append(Finding(out, status, job.rule, [f"snakemake: {job.status}, {job.plan}"]))
+        if job is not None and job.rule == "all":
+            continue
+        findings.append(audit_file(out, jobs, sha, root, check_code, packages))
+    sha.save()
     return findings
+
+
+def rerun_targets(findings: list[Finding], jobs: dict[str, Job]) -> list[str]:
+    """The outputs ``--rerun`` forces: those flagged stale, tampered or unverified that a job
+    of the current DAG makes."""
+    return sorted(f.path for f in findings if f.status in RERUN and f.path in jobs)
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,11 +355,12 @@ def safetensors_metadata(path: Path) -> dict:
 
 
 def node_provenance(path: Path) -> dict:
-    """The provenance a result carries, whatever its kind (parquet metadata, safetensors
-    metadata, a folder's provenance.json); {} when none."""
+    """The provenance a result carries, whatever its kind (parquet metadata, its sidecar,
+    safetensors metadata, a folder's provenance.json); {} when none."""
     try:
-        if path.suffix == ".parquet" and path.is_file():
-            return read_provenance(path)
+        prov, _ = result_provenance(path)
+        if prov:
+            return prov
         if path.suffix == ".safetensors" and path.is_file():
             return safetensors_metadata(path)
         if path.is_dir() and (path / "provenance.json").is_file():
@@ -447,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="result files or folders (default: results)")  # fmt: skip
     ap.add_argument("--lineage", metavar="PATH", help="print this result's lineage")
     ap.add_argument("-C", "--directory", default=".", help="the project (default: .)")
-    ap.add_argument("--no-code", action="store_true", help="skip the git code check")
+    ap.add_argument("--no-code", action="store_true",
+                    help="skip the code and package checks")  # fmt: skip
+    ap.add_argument("--rerun", action="store_true",
+                    help="rerun what is flagged (--forcerun), then audit again")  # fmt: skip
+    ap.add_argument("--profile", default="profiles/local",
+                    help="the Snakemake profile of --rerun (default: profiles/local)")  # fmt: skip
     ap.add_argument("-v", "--verbose", action="store_true", help="notes for current results")
     ap.add_argument("--snakemake-args", default="", help="extra snakemake arguments (quoted)")
     args = ap.parse_args(argv)
@@ -459,6 +449,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     findings = audit(args.paths, jobs, root, check_code=not args.no_code)
     print(format_findings(findings, args.verbose))
+    if args.rerun:
+        targets = rerun_targets(findings, jobs)
+        print(f"\nrerunning {len(targets)} flagged outputs (and anything missing)", flush=True)
+        cmd = [sys.executable, "-m", "snakemake", "--profile", args.profile,
+               *args.snakemake_args.split()]  # fmt: skip
+        if targets:
+            cmd += ["--forcerun", *targets]
+        if subprocess.run(cmd, cwd=root).returncode != 0:
+            print("audit: the rerun failed", file=sys.stderr)
+            return 1
+        print("\naudit after the rerun:")
+        return main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--rerun"])
     target = args.lineage or (args.paths[0] if len(args.paths) == 1 and
                               (root / args.paths[0]).is_file() else None)  # fmt: skip
     if target:

@@ -221,19 +221,22 @@ def train_classifier(
     work_dir: str | Path | None = None,
     log=print,
     progress: bool = True,
+    resume_key: str = "",
 ) -> dict:
     """Fine-tune ``model`` in place for ``spec['steps']`` steps of random batches of the
     training clips ``audio`` (a :class:`ClipSet`, ``labels`` None; or an in-memory float32
-    array with its ``labels``); resumes from ``work_dir/checkpoint`` if present. The frozen
-    CNN's features (``cache_features``) go to ``work_dir`` (a temporary folder without one).
+    array with its ``labels``); resumes from ``work_dir/checkpoint`` if present and made with
+    the same settings and ``resume_key`` (the digests of the backbone and the data: a
+    checkpoint of other weights or clips is discarded, never resumed). The frozen CNN's
+    features (``cache_features``) go to ``work_dir`` (a temporary folder without one).
     Returns {history, seconds, resumed_from}."""
     with nullcontext(work_dir) if work_dir else tempfile.TemporaryDirectory() as work:
         return _train(model, as_clips(audio, labels), spec, device, Path(work),
-                      work_dir is not None, log, progress)  # fmt: skip
+                      work_dir is not None, log, progress, resume_key)  # fmt: skip
 
 
 def _train(model, clips: ClipSet, spec: dict, device, work: Path, resumable: bool, log,
-           progress: bool) -> dict:  # fmt: skip
+           progress: bool, resume_key: str = "") -> dict:  # fmt: skip
     from tqdm import tqdm
 
     torch.manual_seed(spec["seed"])
@@ -248,7 +251,9 @@ def _train(model, clips: ClipSet, spec: dict, device, work: Path, resumable: boo
     history: list[dict] = []
     start = 0
     ckpt = work / "checkpoint" if resumable else None
-    spec_hash = config_hash({k: v for k, v in spec.items() if k not in SPEED_KEYS})
+    spec_hash = config_hash(
+        {"spec": {k: v for k, v in spec.items() if k not in SPEED_KEYS}, "inputs": resume_key}
+    )
     if ckpt is not None:
         start, history = resume_checkpoint(ckpt, model, opt, rng, spec_hash, log)
     t0 = time.time()

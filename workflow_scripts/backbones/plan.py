@@ -5,10 +5,10 @@ hidden-state caches. Torch-free: Snakemake imports it on every run."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.core.sources import local_model
 from workflow_scripts.data.plan import words
 
 SPLITS = ("training", "validation", "testing")
@@ -88,12 +88,16 @@ def finetune_slice(config: dict, model: str) -> dict:
 
 
 def finetune_inputs(config: dict, model: str, results: str = RESULTS) -> dict[str, str]:
-    """The manifest, plus the backbone folder when it is a local path or a pretraining output
-    (a hub id is fetched by transformers and is not a file input)."""
+    """The manifest, plus the backbone: its pretraining output (a folder a rule makes), or the
+    weight and config files of a local folder as :class:`~workflow_scripts.core.sources.Source`
+    inputs (their digests rerun it, see :mod:`workflow_scripts.core.sources`); a hub id is
+    fetched by transformers and is not a file input."""
     inputs = {"manifest": paths.path("manifest", results)}
     src = model_source(config, model)
-    if "pretrain" in config["models"][model] or Path(src).exists():
+    if "pretrain" in config["models"][model]:
         inputs["backbone"] = src
+    elif files := local_model(src):
+        inputs["backbone"] = files
     return inputs
 
 

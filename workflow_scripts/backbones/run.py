@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,7 +22,7 @@ from workflow_scripts.backbones.registry import (
     pick_device,
 )
 from workflow_scripts.core.provenance import canonical_json, config_hash, sha256_path
-from workflow_scripts.data.loader import iter_batches, manifest_digest, split_rows
+from workflow_scripts.data.loader import iter_batches, split_rows
 
 
 def parameter_counts(model) -> dict[str, int]:
@@ -58,7 +59,11 @@ def run_finetune(
     torch.manual_seed(spec["seed"])  # the fresh head's initialisation is part of the cell
     model = load_classifier(slice_["source"], labels=labels)
     device = pick_device()
-    result = train_classifier(model, clips, None, spec, device, work, log)
+    # a resumed checkpoint must come from these weights and these clips, not only settings
+    src = slice_["source"]
+    backbone = sha256_path(src) if Path(src).exists() else src  # a hub id: its name
+    key = canonical_json({"backbone": backbone, "manifest": sha256_path(manifest_path)})
+    result = train_classifier(model, clips, None, spec, device, work, log, resume_key=key)
     params = parameter_counts(model)
     rows = []
     for split in ("validation", "testing"):
@@ -79,12 +84,10 @@ def run_finetune(
 
 def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history: list,
                    work: str | None = None) -> dict:  # fmt: skip
-    """Save the fine-tuned model with its provenance (the data digest added to its inputs),
-    then delete the frozen-CNN features of its work folder ``work``; returns that provenance
-    for the baseline cell."""
+    """Save the fine-tuned model with its provenance, then delete the frozen-CNN features of
+    its work folder ``work``; returns that provenance for the baseline cell. (The audio is
+    covered by the manifest input, which holds every clip's SHA-256.)"""
     meta = dict(meta)
-    digest = manifest_digest(pd.read_parquet(manifest_path))
-    meta["inputs_sha256"] = canonical_json({"data": digest, **json.loads(meta["inputs_sha256"])})
     save_model(model, out_dir, {
         "provenance.json": json.dumps(meta, indent=1, sort_keys=True),
         "training_history.json": json.dumps(history),

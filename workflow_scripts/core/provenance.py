@@ -43,14 +43,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_path(path: str | os.PathLike, pattern: str = "*") -> str:
     """SHA-256 of a file, or of a directory's sorted (relative path, file hash) list of the
     files matching ``pattern`` at any depth (e.g. ``"*.safetensors"``: a model's weights, not
-    its logs)."""
+    its logs; :func:`folder_files`)."""
     p = Path(path)
     if p.is_file():
         return sha256_file(p)
     h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob(pattern) if x.is_file()):
+    for f in folder_files(p, pattern):
         h.update(f"{f.relative_to(p)}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
+
+
+def folder_files(folder: Path, pattern: str = "*") -> list[Path]:
+    """A folder's files matching ``pattern`` at any depth, sorted; not Snakemake's
+    ``.snakemake_timestamp`` (written into a directory output after its job)."""
+    return sorted(
+        x for x in Path(folder).rglob(pattern) if x.is_file() and x.name != ".snakemake_timestamp"
+    )
 
 
 def git_info(repo: str | os.PathLike = REPO_ROOT) -> dict:
@@ -123,6 +131,17 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def flat_inputs(inputs: dict | None) -> dict[str, str]:
+    """Named inputs with list values flattened (``backbone`` -> ``backbone.0``, ...)."""
+    out = {}
+    for k, v in (inputs or {}).items():
+        if isinstance(v, list | tuple):
+            out.update({f"{k}.{i}": str(p) for i, p in enumerate(v)})
+        else:
+            out[k] = str(v)
+    return dict(sorted(out.items()))
+
+
 def collect(
     cell: dict,
     inputs: dict[str, str] | None = None,
@@ -132,16 +151,22 @@ def collect(
     started: str | None = None,
     git: dict | None = None,
 ) -> dict:
-    """Everything a result needs to be traced back: a flat dict of JSON-able values."""
+    """Everything a result needs to be traced back: a flat dict of JSON-able values. Every
+    input is recorded with its path and SHA-256; the code is the digests of the project
+    modules this process loaded (:func:`workflow_scripts.core.code.record`, refreshed by
+    :func:`write_parquet` when the result is written)."""
+    from workflow_scripts.core import code
+    from workflow_scripts.core.sources import job_cache
+
+    flat = flat_inputs(inputs)
     return {
         "config_slice": canonical_json(cell),
         "slice_hash": config_hash(cell),
         **(git or git_info()),
+        **code.record(),
         "packages": canonical_json(package_versions()),
-        "inputs_sha256": canonical_json(
-            {k: sha256_path(v) for k, v in sorted((inputs or {}).items())}
-        ),
-        "input_paths": canonical_json({k: str(v) for k, v in sorted((inputs or {}).items())}),
+        "inputs_sha256": canonical_json({k: job_cache().path_digest(v) for k, v in flat.items()}),
+        "input_paths": canonical_json(flat),
         "seed": "" if seed is None else str(seed),
         **{k: str(v) for k, v in device_info().items()},
         **job_info(),
@@ -176,10 +201,14 @@ def write_parquet(df, path: str | os.PathLike, meta: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from workflow_scripts.core import code
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = {**meta, "content_hash": content_hash(df)}
+    if "code_modules" in meta:  # the modules loaded by now, when the result is written
+        meta.update(code.record())
     kv = {**(table.schema.metadata or {})}
     kv.update({k.encode(): str(v).encode() for k, v in meta.items()})
     kv[PROVENANCE_KEY.encode()] = canonical_json(meta).encode()
@@ -191,6 +220,20 @@ def write_parquet(df, path: str | os.PathLike, meta: dict) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """Where the provenance of an output that cannot carry it (a folder, a safetensors
+    cache, a CSV or chart) is kept: ``<folder>/.provenance/<name>.json``."""
+    p = Path(output)
+    return p.parent / ".provenance" / f"{p.name}.json"
+
+
+def write_sidecar(output: str | os.PathLike, meta: dict) -> None:
+    """The provenance sidecar of ``output``: ``meta`` plus the output's own SHA-256 (so a
+    hand edit shows), written atomically."""
+    meta = {**meta, "output_sha256": sha256_path(output)}
+    write_text_atomic(sidecar_path(output), json.dumps(meta, indent=1, sort_keys=True))
 
 
 def read_provenance(path: str | os.PathLike) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.core.sources import Source
 from workflow_scripts.data.corpus import SPEECH_COMMANDS_WORDS
 from workflow_scripts.data.corpus import config_problems as corpus_problems
 
@@ -35,11 +36,12 @@ def manifest_inputs(config: dict, results: str = RESULTS) -> dict[str, str]:
     """The corpus folder the manifest reads: the synthetic corpus (a rule output) or
     ``data.root`` when it exists here. A ``data.root`` absent on this host is not a file
     input, so a dry run plans the grid without the data; the manifest job then stops with
-    the missing path."""
+    the missing path. A real ``data.root`` is a
+    :class:`~workflow_scripts.core.sources.Source`: its files' digests rerun the manifest."""
     root = data_root(config, results)
-    if not config["data"]["root"] or Path(root).exists():
+    if not config["data"]["root"]:
         return {"root": root}
-    return {}
+    return {"root": Source(root)} if Path(root).exists() else {}
 
 
 def targets(config: dict, results: str = RESULTS) -> list[str]:

@@ -11,6 +11,7 @@ import re
 
 from workflow_scripts.backbones.plan import test_clips
 from workflow_scripts.core import paths
+from workflow_scripts.core.code import references
 from workflow_scripts.core.paths import RESULTS
 from workflow_scripts.pruning import strategies as registry
 
@@ -50,6 +51,11 @@ def resolve_heal(pruning_cfg: dict, strategy: str) -> dict | None:
         return None
     heal["n"] = sorted(int(n) for n in heal["n"])
     return heal
+
+
+def cell_modules(config: dict, *, strategy: str, model: str | None = None) -> list[str]:
+    """The modules a cell loads by name: its strategy's scores function or evaluator."""
+    return references(registry.get(strategy))
 
 
 def cell_slice(config: dict, *, strategy: str, model: str | None = None) -> dict:

@@ -45,7 +45,7 @@ class Strategy:
     function: Callable[..., list[list[int]]]
     keep_first: bool = False
     seeded: bool = False
-    scores: Callable[[Any, Mapping[str, Any]], np.ndarray] | None = None
+    scores: str | Callable[[Any, Mapping[str, Any]], np.ndarray] | None = None
     evaluator: str | Callable | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     schema: Mapping[str, dict] = field(default_factory=dict)
@@ -59,11 +59,22 @@ class Strategy:
     def build_evaluator(self, model, clips, device, settings: Mapping[str, Any]):
         """The strategy's evaluator on calibration ``clips`` (imported now when named as
         ``"module:attribute"``)."""
-        build = self.evaluator
-        if isinstance(build, str):
-            module, attr = build.split(":")
-            build = getattr(importlib.import_module(module), attr)
-        return build(model, clips, device, settings)
+        return _load(self.evaluator)(model, clips, device, settings)
+
+    def compute_scores(self, H, settings: Mapping[str, Any]) -> np.ndarray:
+        """The entry's scores of stack ``H`` (imported now when named as
+        ``"module:attribute"``)."""
+        return _load(self.scores)(H, settings)
+
+
+def _load(fn: str | Callable) -> Callable:
+    """``fn`` itself, or the attribute a ``"module:attribute"`` string names (registries name
+    their torch functions so, imported at first use; :mod:`workflow_scripts.core.code` plans
+    a cell's code from these references)."""
+    if not isinstance(fn, str):
+        return fn
+    module, attr = fn.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 #: name -> entry, in the order of the tables and charts.
@@ -76,7 +87,7 @@ def register(
     function: Callable | None = None,
     keep_first: bool = False,
     seeded: bool = False,
-    scores: Callable | None = None,
+    scores: str | Callable | None = None,
     evaluator: str | Callable | None = None,
     defaults: Mapping[str, Any] | None = None,
     schema: Mapping[str, dict] | None = None,
@@ -213,7 +224,7 @@ def scores_from_cache(strategy: str, H, settings: Mapping[str, Any]) -> np.ndarr
     spec = get(strategy)
     if spec.scores is None:
         raise ValueError(f"strategy {strategy!r} takes no scores from the cache")
-    return spec.scores(H, settings)
+    return spec.compute_scores(H, settings)
 
 
 def _nested(order: Sequence[int], L: int) -> list[list[int]]:
@@ -267,28 +278,6 @@ def forward_backward(L: int, keep_first: bool, *, scores=None, evaluator=None, s
     return _nested(order, L)
 
 
-def _similarity():
-    """The similarity metrics (torch), imported at first use."""
-    from workflow_scripts import similarity
-
-    return similarity
-
-
-def _block_influence_scores(H, settings: Mapping[str, Any]) -> np.ndarray:
-    if settings.get("variant", "sequence") == "per_token":
-        return _similarity().block_influence_per_token(H)
-    return _similarity().block_influence(H)
-
-
-def _knn_scores(H, settings: Mapping[str, Any]) -> np.ndarray:
-    ks = settings.get("ks", (2, 4, 8, 16, 32, 64))
-    return _similarity().knn_block_influence(H, ks, settings.get("normalize", True))
-
-
-def _angular_scores(H, settings: Mapping[str, Any]) -> np.ndarray:
-    return _similarity().angular_distance_matrix(H, settings.get("reduce", "last"))
-
-
 def _score_order(scores, L: int, keep_first: bool, what: str) -> list[list[int]]:
     """Ascending per-block scores (ties: lower index); block 0 skipped with ``keep_first``."""
     s = _scores_vector(scores, L, what)
@@ -298,7 +287,7 @@ def _score_order(scores, L: int, keep_first: bool, what: str) -> list[list[int]]
 
 @register(
     "block_influence",
-    scores=_block_influence_scores,
+    scores="workflow_scripts.pruning.scores:block_influence",
     defaults={"variant": "sequence"},
     schema={"variant": {"enum": ["sequence", "per_token"],
                         "description": "sequence = flattened frames x dims (the paper); "
@@ -311,7 +300,7 @@ def block_influence(L: int, keep_first: bool, *, scores=None, evaluator=None, se
 
 @register(
     "knn_block_influence",
-    scores=_knn_scores,
+    scores="workflow_scripts.pruning.scores:knn_block_influence",
     defaults={"ks": [2, 4, 8, 16, 32, 64], "normalize": True},
     schema={"ks": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
                    "description": "neighbourhood sizes the overlap is averaged over"},
@@ -324,7 +313,7 @@ def knn_block_influence(L: int, keep_first: bool, *, scores=None, evaluator=None
 
 @register(
     "angular_block",
-    scores=_angular_scores,
+    scores="workflow_scripts.pruning.scores:angular_distances",
     defaults={"reduce": "last"},
     schema={"reduce": {"enum": ["last", "mean", "all", "flatten"],
                        "description": "frame(s) the distance uses (last = Gromov's last token)"}},

@@ -25,10 +25,11 @@ pareto = pareto_table(**stages, threshold=threshold)
 sllm = [tables.pop(k, None) for k in ("speechllm_summary", "speechllm_overlap")]
 sllm = speechllm_rows(*sllm) if sllm[0] is not None else None
 overview = overview_table(threshold=threshold, pareto=pareto, **tables)
-write_parquet(overview, out.table, ctx.provenance(inputs=inputs))
+write_parquet(overview, out.table, ctx.provenance())
 write_text_atomic(out.csv, overview.to_csv(index=False))
 write_text_atomic(out.md, overview_markdown(overview, threshold, ctx.slice["stages"], sllm))
 write_text_atomic(out.pareto_csv, pareto.to_csv(index=False))
 write_text_atomic(out.pareto_md, "# Pareto table\n\n" + markdown_table(pareto, ".1f"))
 ctx.log.info("overview:\n%s", overview.to_string())
 save_chart(overview_chart(overview, threshold), out.html, out.png)
+ctx.seal()

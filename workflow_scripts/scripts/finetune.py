@@ -14,3 +14,4 @@ model, df, history = run_finetune(ctx.slice, snakemake.wildcards.model, inp.mani
 meta = ctx.provenance(seed=ctx.slice["finetune"]["seed"])
 meta = save_finetuned(model, out.model, meta, inp.manifest, history, params.work)
 write_parquet(df, out.baseline, meta)
+ctx.seal()

@@ -13,6 +13,7 @@ torch.set_num_threads(snakemake.threads)
 inp, out = snakemake.input, snakemake.output
 cell, curves = run_cell(dict(inp.items()), ctx.slice, snakemake.params.root, log=ctx.log.info,
                         export_dir=out.get("export"))  # fmt: skip
-meta = ctx.provenance(inputs=dict(inp.items()), seed=ctx.slice["seed"])
+meta = ctx.provenance(seed=ctx.slice["seed"])
 write_parquet(cell, out.cell, meta)
 write_parquet(curves, out.curves, meta)
+ctx.seal()

@@ -27,3 +27,4 @@ prov.update(
 )
 finalize(result["partial_dir"], snakemake.output[0], prov)
 ctx.log.info("done: %s", result["summary"])
+ctx.seal()

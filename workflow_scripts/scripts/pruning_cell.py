@@ -20,6 +20,7 @@ df = run_cell(
     log=ctx.log.info,
     export_dir=out.get("export"),
 )
-meta = ctx.provenance(inputs={k: inp[k] for k in inp.keys()}, seed=provenance_seed(ctx.slice))
+meta = ctx.provenance(seed=provenance_seed(ctx.slice))
 write_parquet(df, out[0], meta)
 ctx.log.info("\n%s", df[LOG_COLUMNS].to_string())
+ctx.seal()

@@ -12,10 +12,11 @@ out = snakemake.output
 threshold = ctx.slice["threshold"]
 df = concat_cells(list(snakemake.input.cells))
 summary = summary_table(df, threshold)
-meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
+meta = ctx.provenance()
 write_parquet(df, out.table, meta)
 write_text_atomic(out.summary_csv, summary.to_csv(index=False))
 write_text_atomic(out.summary_md, markdown_table(summary))
 ctx.log.info("summary:\n%s", summary.to_string())
 save_chart(pruning_accuracy_chart(df, threshold), out.accuracy_html, out.accuracy_png)
 save_chart(pruning_latency_chart(df), out.latency_html, out.latency_png)
+ctx.seal()

@@ -11,6 +11,7 @@ ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
 cache = snakemake.input.cache
 df = run_cell(cache, ctx.slice, ctx.log.info, model=snakemake.wildcards.model)
-meta = ctx.provenance(inputs={"cache": cache}, seed=ctx.slice["seed"])
+meta = ctx.provenance(seed=ctx.slice["seed"])
 write_parquet(df, snakemake.output[0], meta)
 ctx.log.info("%d rows", len(df))
+ctx.seal()

@@ -8,7 +8,7 @@ from workflow_scripts.similarity.report import similarity_tables
 ctx = RuleContext(snakemake)
 cfg, out = ctx.slice, snakemake.output
 sim, blocks = similarity_tables(snakemake.input.cells, cfg)
-meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(snakemake.input.cells)})
+meta = ctx.provenance()
 write_parquet(sim, out.table, meta)
 write_text_atomic(out.blocks, blocks.to_csv(index=False))
 ctx.log.info("blocks:\n%s", blocks.to_string())
@@ -17,3 +17,4 @@ for path in out.per_model:  # one chart per model: a heatmap per metric
     model = path.rsplit("similarity_", 1)[1].removesuffix(".html")
     one = similarity_heatmaps(sim[sim.model == model], blocks[blocks.model == model], cfg["knn_k"])
     save_chart(one, path)
+ctx.seal()

@@ -16,3 +16,4 @@ prov.update(pretrain_config=spec, pretrain_config_hash=config_hash(ctx.slice), t
             **result["summary"])  # fmt: skip
 finalize(result["partial_dir"], snakemake.output[0], prov)
 ctx.log.info("done: %s", result["summary"])
+ctx.seal()

@@ -11,3 +11,4 @@ torch.set_num_threads(snakemake.threads)
 model_dir = snakemake.input.model
 n = write_features(model_dir, snakemake.input.speech, snakemake.output[0], log=ctx.log.info)
 ctx.log.info("%d utterances of %s", n, ctx.slice["split"])
+ctx.seal()

@@ -22,7 +22,8 @@ df, records = pruning_cell(ctx.slice, sllm=w.sllm, task=w.task, strategy=w.strat
                            calibration=split("validation"), train=split("training"),
                            log=ctx.log.info)  # fmt: skip
 heal = ctx.slice["heal"]
-meta = ctx.provenance(inputs=dict(inp.items()), seed=heal["seed"] if heal else None)
+meta = ctx.provenance(seed=heal["seed"] if heal else None)
 write_parquet(df, out.cell, meta)
 write_parquet(records, out.records, meta)
 ctx.log.info("\n%s", df[["seed", "n_removed", "removed", "wer", "bleu", "healed_wer"]].to_string())
+ctx.seal()

@@ -13,5 +13,6 @@ df = similarity_cell(ctx.slice, sllm=w.sllm, task=w.task, input_type=w.input,
                      model_dir=inp.model,
                      features=inp.validation_features, speech_dir=inp.validation_speech,
                      log=ctx.log.info)  # fmt: skip
-write_parquet(df, snakemake.output[0], ctx.provenance(inputs=dict(inp.items())))
+write_parquet(df, snakemake.output[0], ctx.provenance())
 ctx.log.info("\n%s", df.head(12).to_string())
+ctx.seal()

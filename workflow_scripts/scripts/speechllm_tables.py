@@ -11,8 +11,7 @@ inp, out, s = snakemake.input, snakemake.output, ctx.slice
 sim, prun = concat_cells(list(inp.similarity)), concat_cells(list(inp.pruning))
 records = concat_cells(list(inp.records))
 tables = report.build_tables(sim, prun, records, s["threshold"], s["bootstrap"], s["overlap_n"])
-files = {"similarity": inp.similarity, "pruning": inp.pruning, "records": inp.records}
-meta = ctx.provenance(inputs={f"{k}{i}": p for k, v in files.items() for i, p in enumerate(v)})
+meta = ctx.provenance()
 write_parquet(sim, out.similarity, meta)
 write_parquet(prun, out.pruning, meta)
 for name in ("summary", "overlap", "pairs"):
@@ -22,3 +21,4 @@ for name in ("summary", "overlap", "pairs"):
 charts = report.charts(sim, prun, s["threshold"])
 for name, chart in charts.items():
     save_chart(chart, out[f"{name}_html"], out[f"{name}_png"])
+ctx.seal()

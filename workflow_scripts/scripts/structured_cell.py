@@ -15,3 +15,4 @@ df = run_cell(inputs, ctx.slice, snakemake.params.root, model=snakemake.wildcard
               out_dir=out.model_dir, log=ctx.log.info)  # fmt: skip
 meta = ctx.provenance(inputs=inputs, seed=ctx.slice["seed"])
 write_parquet(df, out.cell, meta)
+ctx.seal()

@@ -13,10 +13,11 @@ ctx = RuleContext(snakemake)
 inp, out = snakemake.input, snakemake.output
 others = {k: inp[k] for k in COMPARED_STAGES if k in inp.keys()}
 t = stage_tables(list(inp.cells), others)
-meta = ctx.provenance(inputs={f"cell{i}": p for i, p in enumerate(inp.cells)})
+meta = ctx.provenance()
 write_parquet(t["table"], out.table, meta)
 write_text_atomic(out.csv, t["summary"].to_csv(index=False))
 write_text_atomic(out.md, summary_markdown(t["summary"]))
 ctx.log.info("summary:\n%s", t["summary"].to_string())
 ctx.log.info("comparison: %d points from %s", len(t["comparison"]), ["structured", *others])
 save_chart(comparison_chart(t["comparison"]), out.comparison_html, out.comparison_png)
+ctx.seal()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from workflow_scripts.core import paths
+from workflow_scripts.core.code import references
 from workflow_scripts.core.paths import RESULTS
 from workflow_scripts.similarity import registry
 
@@ -23,6 +24,11 @@ def cells(config: dict) -> list[dict[str, str]]:
 
 def cell_paths(config: dict, results: str = RESULTS) -> list[str]:
     return [paths.path("similarity_cell", results, **w) for w in cells(config)]
+
+
+def cell_modules(config: dict, *, model: str, metric: str) -> list[str]:
+    """The modules a cell loads by name: those its metric's registry entry names."""
+    return references(registry.get(metric))
 
 
 def cell_slice(config: dict, *, model: str, metric: str) -> dict:

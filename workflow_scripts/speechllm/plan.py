@@ -16,11 +16,14 @@ Wildcards: ``sllm`` (a SpeechLLM of ``speechllm.models``), ``decoder``, ``task``
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
 from workflow_scripts.core import paths
 from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.core.sources import Source, local_model
 from workflow_scripts.pruning import strategies as registry
 from workflow_scripts.speechllm.settings import (
     HEAL_DEFAULTS,
@@ -84,12 +87,6 @@ def model_source(config: dict, sllm: str) -> str:
     return _out_dir(config, sllm) if "train" in spec else spec["hf"]
 
 
-def _is_file_input(source: str, built: bool) -> bool:
-    """A source is a file input when a rule writes it or it is a local folder (a hub id is
-    fetched by transformers, not a file input)."""
-    return built or Path(source).exists()
-
-
 def pretrained_decoders(config: dict) -> list[str]:
     return [d for d, s in (section(config).get("decoders") or {}).items() if "pretrain" in s]
 
@@ -129,16 +126,23 @@ def train_slice(config: dict, sllm: str) -> dict:
 
 
 def train_inputs(config: dict, results: str = RESULTS, *, sllm: str) -> dict[str, str]:
-    """The training and validation speech, and the decoder folder when local. The encoder is
-    not a file input (a shipped backbone in ``models/`` would otherwise be claimed by the
-    backbones' pretraining rule when ``pretrained_dir`` is ``models``); its SHA-256 is recorded
-    in the SpeechLLM's config and provenance instead."""
+    """The training and validation speech, and the encoder and decoder: a decoder this config
+    pretrains is its rule's output folder; a local encoder or decoder gives its weight and
+    config files as :class:`~workflow_scripts.core.sources.Source` inputs (files, not the
+    folder, so a backbones' pretraining rule writing to ``pretrained_dir`` never claims
+    them). A hub id is no file input."""
     dec = section(config)["models"][sllm]["train"]["decoder"]
     out = {"train": paths.path("speechllm_speech", results, split="training"),
            "validation": paths.path("speechllm_speech", results, split="validation")}  # fmt: skip
+    enc = section(config)["models"][sllm]["train"]["encoder"]
+    if enc not in (config.get("models") or {}) or "pretrain" not in config["models"][enc]:
+        if files := local_model(encoder_source(config, enc)):
+            out["encoder"] = files
     src = decoder_source(config, dec)
-    if _is_file_input(src, dec in pretrained_decoders(config)):
+    if dec in pretrained_decoders(config):
         out["decoder"] = src
+    elif files := local_model(src):
+        out["decoder"] = files
     return out
 
 
@@ -146,9 +150,26 @@ def features_slice(config: dict, sllm: str, split: str) -> dict:
     return {"split": split, "model": model_source(config, sllm)}
 
 
+def model_inputs(config: dict, sllm: str) -> dict:
+    """A SpeechLLM as file inputs: its training output (a folder a rule makes), or a local
+    folder and the encoder and decoder its ``config.json`` names, as
+    :class:`~workflow_scripts.core.sources.Source` inputs (new weights of any of them rerun
+    its cells)."""
+    src = model_source(config, sllm)
+    if sllm in trained_speechllms(config) or not Path(src).is_dir():
+        return {"model": src}  # a rule's output, or missing here: Snakemake names it
+    out = {"model": Source(src)}
+    cfg_file = Path(src) / "config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    for part in ("encoder", "decoder"):
+        if isinstance(cfg.get(part), str) and (files := local_model(str(Path(src) / cfg[part]))):
+            out[f"{part}_files"] = [Source(os.path.normpath(f)) for f in files]
+    return out
+
+
 def features_inputs(config: dict, results: str = RESULTS, *, sllm: str, split: str) -> dict:
     return {
-        "model": model_source(config, sllm),
+        **model_inputs(config, sllm),
         "speech": paths.path("speechllm_speech", results, split=split),
     }
 
@@ -238,7 +259,7 @@ def cell_inputs(
 ) -> dict[str, str]:
     """The SpeechLLM folder (when local) and the features + speech of the splits the cell
     reads: validation (similarity, calibration), testing (pruning), training (healing)."""
-    out = {"model": model_source(config, sllm)}
+    out = model_inputs(config, sllm)
     if input is not None:
         return {**out, **_features(results, sllm, "validation")}
     out.update(_features(results, sllm, "testing"))
