@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight real-models smoke-paper
+.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight real-models smoke-paper readme-numbers
 
 venv: $(STAMP)
 
@@ -46,6 +46,9 @@ rerun-stale: $(STAMP)  ## rerun exactly what `make audit` flags (snakemake --for
 
 report: $(STAMP)  ## one offline HTML report of every chart and table (after `make run`)
 	$(BIN)/snakemake --profile profiles/local --report results/report.html
+
+readme-numbers: $(STAMP)  ## README's findings block (<!-- findings:start/end -->) from results/tables/overview.csv
+	$(BIN)/python -m workflow_scripts.report.readme
 
 clean:
 	rm -rf results .snakemake

@@ -104,9 +104,9 @@ def build_world(d: Path, seed: int = 0, stable: bool = False) -> dict[str, str]:
     pd.DataFrame([{**base, "n": len(labels) + 1}]).to_parquet(out["baseline_other"])
     blocks = pd.DataFrame(
         [(MODEL, "cka_linear", 0, 1), (MODEL, "cka_linear", 2, 3)],
-        columns=["model", "metric", "first_layer", "last_layer"],
+        columns=["model", "metric", "first_state", "last_state"],
     )
-    blocks["n_layers"] = PRETRAIN["layers"] + 1
+    blocks["n_states"] = PRETRAIN["layers"] + 1
     out["blocks"] = str(d / "blocks.csv")
     blocks.to_csv(out["blocks"], index=False)
     return out

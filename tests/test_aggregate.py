@@ -18,6 +18,7 @@ from workflow_scripts.report.overview import (
     speechllm_rows,
 )
 from workflow_scripts.report.pareto import pareto_table
+from workflow_scripts.speechllm.report import display
 
 
 def config(*outputs):
@@ -118,7 +119,7 @@ def overview_of(**extra):
     blocks = pd.DataFrame(
         [("m-a", "cka_linear", 1, 3, 3), ("m-a", "cka_linear", 0, 0, 2),
          ("m-b", "cosine", 0, 0, 4)],
-        columns=["model", "metric", "block", "first_layer", "last_layer"],
+        columns=["model", "metric", "block", "first_state", "last_state"],
     )  # fmt: skip
     # m-a dips below 95% at n = 1 and recovers at n = 2: the headline must stop at 0
     pruning = pd.concat([pruning_rows("m-a", [1.0, 0.93, 0.97], 3),
@@ -146,14 +147,17 @@ def test_overview_answers_the_headline_questions_from_the_tables():
     assert fwd_a.result.startswith("0 of 3 layers") and fwd_a.meets_threshold is None
     assert fwd_a.also.startswith("2 if a dip below 95%")
     fwd_b = row[("m-b", "layers removable", "forward")]
-    assert fwd_b.result == "2 of 4 layers (50%)" and fwd_b.retained_pct == pytest.approx(96.0)
+    assert fwd_b.result == "2 of 4 layers (50%): 2 3" and fwd_b.retained_pct == pytest.approx(96.0)
     assert fwd_b.meets_threshold is True and fwd_b.also == ""
     # random: the mean-over-seeds curve (0.02 lower: n = 1), not a single seed's
     assert row[("m-b", "layers removable", "random")].result.startswith("1 of 4")
     # best mimicker: highest accuracy retained, no_mimic excluded; meets flag
     mim = row[("m-a", "best mimicker", "transformer-1")]
     assert mim.retained_pct == pytest.approx(95.0) and mim.meets_threshold is True
-    assert mim.result == f"{100 * (1 - 1200 / 2000):.0f}% fewer parameters, 1.67x faster"
+    assert mim.result == (
+        f"{100 * (1 - 1200 / 2000):.0f}% fewer whole-model parameters "
+        "(80% of the stack's), 1.67x faster"
+    )  # denominators named
     assert row[("m-b", "best mimicker", "linear-1")].retained_pct == pytest.approx(100.0)
     # structured: the highest target tried, named so
     st = row[("m-a", "structured pruning", "target 60%")]
@@ -354,14 +358,16 @@ def test_overview_has_the_speechllm_decoders_headline():
         {"model": "across task", "task": None, "input": None, "n": 2, "blocks": None,
          "mean_jaccard": 0.5, "identical_share": 0.25, "pairs": 4.0},
     ])  # fmt: skip
-    rows = speechllm_rows(summary, overlap)
+    summary["removed_at_prefix"] = [[3, 4, 5], []]
+    rows = speechllm_rows(display("summary", summary), display("overlap", overlap))
     col = "removable (ΔWER ≤ 0.25)"
-    assert list(rows[col]) == ["3 of 8 decoder layers (37.5%)", "0 of 8 decoder layers (0.0%)",
+    assert list(rows[col]) == ["3 of 8 decoder layers (37.5%): 4 5 6",
+                               "0 of 8 decoder layers (0.0%)",
                                "Jaccard 0.50, identical 25% (block of 2, 4 pairs)"]  # fmt: skip
     assert (
         rows["healed WER %"].iloc[0] == "n=2: 30.0 -> 22.0" and rows["healed WER %"].iloc[1] == ""
     )
     assert rows["unpruned WER %"].iloc[0] == pytest.approx(20.0)
     md = overview_markdown(overview_table(baseline_cells()), 0.95, [], rows)
-    assert "## SpeechLLM decoders" in md and "3 of 8 decoder layers (37.5%)" in md
+    assert "## SpeechLLM decoders" in md and "3 of 8 decoder layers (37.5%): 4 5 6" in md
     assert "SpeechLLM" not in overview_markdown(overview_table(baseline_cells()), 0.95, [])

@@ -70,7 +70,9 @@ def test_pruning_headline_loads_with_plain_from_pretrained(world, tmp_path, stra
         assert entry["folder"] == ("." if pd.isna(row.seed) else f"seed-{row.seed}")
         model = AutoModelForAudioClassification.from_pretrained(folder).eval()  # no project code
         assert model.config.num_hidden_layers == PRETRAIN["layers"] - row.n_removed > 0
-        assert entry["removed"] == list(row.removed) and entry["eval_clips"] == 8
+        assert entry["removed_index"] == list(row.removed) and entry["eval_clips"] == 8
+        assert entry["removed_layers"] == [i + 1 for i in row.removed]  # numbered 1..L
+        assert entry["kept_layers"] == [i + 1 for i in entry["kept_layer_index"]]
         logits = predict(model, audio, CPU)
         rep = accuracy_report(logits, labels, 3)
         assert rep["accuracy"] == row.accuracy == entry["accuracy"]

@@ -159,6 +159,7 @@ def test_cell_inputs_need_blocks_only_for_depth_2_from_blocks():
         "val_cache": "R/cache/a/validation.safetensors",
         "test_cache": "R/cache/a/testing.safetensors",
         "baseline": "R/cells/baseline/a.parquet",
+        "baseline_predictions": "R/cells/baseline/a.predictions.parquet",
     }
     cfg = cfg_with({"targets": {"metric": None}})
     assert "blocks" not in plan.cell_inputs(cfg, "R", model="a", kind="linear", depth="2")
@@ -169,8 +170,8 @@ def blocks_df():
     rows = [("a", "cka_linear", 0, 3), ("a", "cka_linear", 4, 7), ("a", "cka_linear", 8, 10),
             ("a", "cosine", 0, 10), ("b", "cka_linear", 0, 2),
             ("b", "cka_linear", 3, 6)]  # fmt: skip
-    df = pd.DataFrame(rows, columns=["model", "metric", "first_layer", "last_layer"])
-    df["n_layers"] = df.model.map({"a": 11, "b": 7})
+    df = pd.DataFrame(rows, columns=["model", "metric", "first_state", "last_state"])
+    df["n_states"] = df.model.map({"a": 11, "b": 7})
     return df.sample(frac=1, random_state=0)  # the order of the rows must not matter
 
 
@@ -299,7 +300,7 @@ def test_summary_table_known_answer():
     md = summary_markdown(s)
     lines = md.splitlines()
     assert len(lines) == 2 + len(s) and lines[1].startswith("| --- |")
-    assert "| m1 | linear-2 | linear | 2 | 4,10 | 0.85 |" in md  # 0.855 rounds to 2 digits
+    assert "| m1 | linear-2 | linear | 2 | 4,10 | 85.50 |" in md  # accuracy in percent
     assert summary_table(cells.iloc[:0]).columns.tolist() == SUMMARY_COLUMNS
 
 

@@ -158,7 +158,7 @@ def test_depth_2_targets_come_from_the_blocks_table(world, tmp_path, monkeypatch
     # another blocks table moves the intermediate target, and what stage 1 fits
     other = tmp_path / "blocks.csv"
     df = pd.read_csv(world["blocks"])
-    df[["first_layer", "last_layer"]] = [[0, 2], [3, 3]]
+    df[["first_state", "last_state"]] = [[0, 2], [3, 3]]
     df.to_csv(other, index=False)
     _, r2, _ = run_tiny(world, "linear", 2, blocks=str(other))
     assert list(r2.target_layers) == [2, 3]

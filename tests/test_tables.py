@@ -36,7 +36,7 @@ def test_blocks_from_long_rows_including_distances_and_knn():
     )
     np.testing.assert_array_equal(matrix_of(sim[sim.metric == "cka_linear"]), planted())
     b = blocks_table(sim, "penalized", 0.02, None, knn_k=10)
-    got = {(r.metric, r.first_layer, r.last_layer) for r in b.itertuples()}
+    got = {(r.metric, r.first_state, r.last_state) for r in b.itertuples()}
     assert got == {
         ("cka_linear", 0, 2),
         ("cka_linear", 3, 7),

@@ -60,9 +60,24 @@ def summary_table(cells: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     return d.reindex(columns=SUMMARY_COLUMNS)
 
 
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it (``mimic_summary.{csv,md}``): accuracies in percent
+    (``_pct``), each parameter share naming its denominator (``stack_`` = the replaced
+    transformer stack, ``whole_model_`` = the whole classifier), ``target_layers`` as the
+    states the mimicker predicts (ℓ = the output of layer ℓ)."""
+    from workflow_scripts.core.tables import percent_columns
+
+    d = summary.rename(columns={
+        "model_param_reduction_pct": "whole_model_param_reduction_pct",
+        "model_params": "whole_model_params",
+        "mimicked_model_params": "mimicked_whole_model_params",
+        "target_layers": "target_states"})  # fmt: skip
+    return percent_columns(d)
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a markdown table, floats with two decimals."""
-    return markdown_table(summary, floatfmt=".2f")
+    """The summary (:func:`summary_display`) as a markdown table, floats with two decimals."""
+    return markdown_table(summary_display(summary), floatfmt=".2f")
 
 
 def tradeoff_long(summary: pd.DataFrame) -> pd.DataFrame:

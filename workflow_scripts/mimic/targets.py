@@ -100,10 +100,11 @@ def target_layers(
 
     depth 0/1: ``[n_layers]``. depth 2: ``targets_cfg`` is the cell's ``targets`` slice:
     ``{"layer": i}`` (explicit), ``{"metric": None}`` (evenly spaced) or ``{"metric", "pick",
-    "fallback"}`` with ``blocks`` the blocks table (columns model, metric, first_layer,
-    last_layer, n_layers), from which :func:`choose_targets` takes a layer of the first
-    block before the last layer. When the blocks have none there, ``fallback`` "even" uses the
-    evenly spaced layer (and says so in the returned source), "error" raises.
+    "fallback"}`` with ``blocks`` the blocks table (columns model, metric, first_state,
+    last_state, n_states; state 0 = the stack's input), from which :func:`choose_targets`
+    takes a layer of the first block before the last layer. When the blocks have none there,
+    ``fallback`` "even" uses the evenly spaced layer (and says so in the returned source),
+    "error" raises.
     """
     if depth <= 1:
         return choose_targets(depth, n_layers), "last"
@@ -121,12 +122,12 @@ def target_layers(
             f"the blocks table has no blocks of model {model!r} for metric {metric!r} (add the "
             "metric to similarity.metrics, or set mimic.targets.metric / mimic.targets.layers)"
         )
-    if "n_layers" in rows and int(rows.n_layers.iloc[0]) != n_layers + 1:
+    if "n_states" in rows and int(rows.n_states.iloc[0]) != n_layers + 1:
         raise ValueError(
-            f"the blocks table of model {model!r} covers {int(rows.n_layers.iloc[0])} hidden "
+            f"the blocks table of model {model!r} covers {int(rows.n_states.iloc[0])} hidden "
             f"states, the model has {n_layers + 1}: the blocks table is stale"
         )
-    spans = sorted(zip(rows.first_layer.astype(int), rows.last_layer.astype(int), strict=True))
+    spans = sorted(zip(rows.first_state.astype(int), rows.last_state.astype(int), strict=True))
     pick = t.get("pick", "last")
     try:
         return choose_targets(depth, n_layers, spans, pick=pick), f"blocks:{metric}:{pick}"

@@ -13,7 +13,10 @@ as the cells normalise) lets ``AutoFeatureExtractor.from_pretrained(folder)`` pr
 Layout of ``exports/pruning/{model}/{strategy}/``: the checkpoint itself for a deterministic
 strategy; one ``seed-{s}/`` checkpoint per seed for a seeded one (``random``; the mean over
 seeds removes no single set). ``export.json`` (top level) lists what each checkpoint is: its
-removed blocks, n, test accuracy with CI, relative accuracy and the clips it counts.
+removed and kept layers, numbered 1..L as in every table (``removed_layers``, ``kept_layers``;
+the 0-based block indices the code uses in ``removed_index``, ``kept_layer_index``; the
+saved config's ``kept_layer_ids`` are 0-based too), n, test accuracy with CI, relative
+accuracy and the clips it counts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.core.files import apply_umask
+from workflow_scripts.core.tables import layer_numbers
 from workflow_scripts.pruning.layers import remove_layers
 
 SAMPLING_RATE = 16000
@@ -53,7 +57,8 @@ def headline_entries(df: pd.DataFrame) -> list[dict]:
     for r in rows.itertuples(index=False):
         seed = None if pd.isna(r.seed) else int(r.seed)
         entry = {"folder": "." if seed is None else f"seed-{seed}", "seed": seed,
-                 "removed": [int(i) for i in r.removed],
+                 "removed_layers": layer_numbers(r.removed),
+                 "removed_index": [int(i) for i in r.removed],
                  **{k: _plain(getattr(r, k)) for k in _FIELDS if hasattr(r, k)}}  # fmt: skip
         entries.append(entry)
     return entries
@@ -73,17 +78,20 @@ def export_headline(model, df: pd.DataFrame, out_dir: str | Path,
     out.mkdir(parents=True)
     entries = headline_entries(df)
     info = {"headline": "largest n such that every n' <= n keeps the threshold",
+            "numbering": "removed_layers / kept_layers: layers 1..L of the unpruned stack; "
+                         "*_index and the config's kept_layer_ids: 0-based block indices",
             "model": _plain(df["model"].iloc[0]) if "model" in df else None,
             "strategy": _plain(df["strategy"].iloc[0]), "checkpoints": entries}  # fmt: skip
     for e in entries:
         folder = out / e["folder"]
-        pruned = remove_layers(model, e["removed"]).eval()
+        pruned = remove_layers(model, e["removed_index"]).eval()
         pruned.save_pretrained(str(folder), safe_serialization=True)
         save_feature_extractor(folder)
         e["num_hidden_layers"] = int(pruned.config.num_hidden_layers)
-        e["kept_layer_ids"] = list(pruned.config.kept_layer_ids)
+        e["kept_layer_index"] = list(pruned.config.kept_layer_ids)
+        e["kept_layers"] = layer_numbers(e["kept_layer_index"])
         if log:
-            log(f"exported n={e['n_removed']} (removed {e['removed']}) to {folder}")
+            log(f"exported n={e['n_removed']} (removed layers {e['removed_layers']}) to {folder}")
         del pruned
     (out / "export.json").write_text(json.dumps(info, indent=1))
     apply_umask(out)

@@ -45,6 +45,12 @@ def base_latency(g: pd.DataFrame) -> float:
     return float(g[g.n_removed == 0].latency_ms.iloc[0]) if "latency_ms" in g else math.nan
 
 
+def _removed(row) -> list[int] | None:
+    """The 0-based block indices a curve row removes (None for the mean over seeds)."""
+    r = row.get("removed")
+    return None if r is None else list(map(int, r))
+
+
 def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
     """The headline numbers of one accuracy-vs-n curve (see :func:`summary_table`)."""
     g = g.sort_values("n_removed")
@@ -77,10 +83,11 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
         "max_removed_prefix": prefix,
         "accuracy_at_prefix": float(at_prefix.accuracy),
         "relative_accuracy_at_prefix": float(at_prefix.relative_accuracy),
+        "removed_at_prefix": _removed(at_prefix),
         "speedup_at_prefix": speedup(at_prefix),
         "accuracy_at_max": float(at.accuracy),
         "relative_accuracy_at_max": float(at.relative_accuracy),
-        "removed_at_max": None if at.removed is None else list(map(int, at.removed)),
+        "removed_at_max": _removed(at),
         "total_params_pct_at_max": 100.0 * float(at.total_params) / float(base.total_params),
         "latency_ms_at_max": float(at.get("latency_ms", math.nan)),
         "base_latency_ms": base_latency(g),
@@ -122,3 +129,22 @@ def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     res["_o"] = res.strategy.map(order)
     res["_s"] = res.seed.fillna(-1)
     return res.sort_values(["model", "_o", "_s"]).drop(columns=["_o", "_s"]).reset_index(drop=True)
+
+
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it (``pruning_summary.{csv,md}``): accuracies, retained
+    shares and the threshold in percent (``_pct``), the removed layers numbered 1..L
+    (``removed_layers_at_*``; the 0-based block indices in ``removed_index_at_*``), the
+    parameters in % of the whole unpruned model. :func:`summary_table` (fractions, 0-based
+    indices) is what code reads."""
+    from workflow_scripts.core.tables import layer_text, percent_columns
+
+    d = summary.copy()
+    for at in ("prefix", "max"):
+        if f"removed_at_{at}" in d:
+            idx = d.pop(f"removed_at_{at}")
+            d[f"removed_layers_at_{at}"] = [layer_text(i) for i in idx]
+            d[f"removed_index_at_{at}"] = [None if i is None else list(map(int, i)) for i in idx]
+    d = d.rename(columns={"total_params_pct_at_max": "whole_model_params_pct_at_max",
+                          "max_removed_pct": "max_removed_pct_of_layers"})  # fmt: skip
+    return percent_columns(percent_columns(d), ["threshold"])

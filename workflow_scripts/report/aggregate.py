@@ -30,6 +30,15 @@ def baseline_table(cells: pd.DataFrame) -> pd.DataFrame:
     return d.sort_values(["_m", "split"], kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
+def baseline_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The baseline table as people read it (``baseline.{csv,md}``): accuracies and their CI
+    in percent (``_pct``); ``params_transformer`` is the transformer stack's parameters,
+    ``params_total`` the whole classifier's."""
+    from workflow_scripts.core.tables import percent_columns
+
+    return percent_columns(table)
+
+
 # ----------------------------------------------------------------------------------------
 # charts
 # ----------------------------------------------------------------------------------------

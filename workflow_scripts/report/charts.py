@@ -40,16 +40,16 @@ def similarity_heatmaps(sim: pd.DataFrame, blocks: pd.DataFrame, knn_k: int):
     b = blocks[blocks.block > 0].copy() if len(blocks) else pd.DataFrame()
     if len(b):
         b = pd.DataFrame(
-            {"model": b.model, "panel": _panel(b.metric, knn_k), "layer_j": b.first_layer,
-             "layer_i": b.first_layer, "kind": "boundary"}
+            {"model": b.model, "panel": _panel(b.metric, knn_k), "layer_j": b.first_state,
+             "layer_i": b.first_state, "kind": "boundary"}
         )  # fmt: skip
     data = pd.concat(
         [d[["model", "panel", "layer_i", "layer_j", "similarity", "value", "kind"]], b],
         ignore_index=True,
     )
     base = alt.Chart().encode(
-        x=alt.X("layer_j:O", title="layer"),
-        y=alt.Y("layer_i:O", title="layer", sort="descending"),
+        x=alt.X("layer_j:O", title="state (0 = input, ℓ = output of layer ℓ)"),
+        y=alt.Y("layer_i:O", title="state", sort="descending"),
     )
     heat = (
         base.mark_rect()
@@ -57,7 +57,13 @@ def similarity_heatmaps(sim: pd.DataFrame, blocks: pd.DataFrame, knn_k: int):
             color=alt.Color(
                 "similarity:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="sim."
             ),
-            tooltip=["model", "panel", "layer_i", "layer_j", alt.Tooltip("value:Q", format=".3f")],
+            tooltip=[
+                "model",
+                "panel",
+                alt.Tooltip("layer_i:O", title="state i (0 = input)"),
+                alt.Tooltip("layer_j:O", title="state j"),
+                alt.Tooltip("value:Q", format=".3f"),
+            ],  # fmt: skip
         )
         .transform_filter(alt.datum.kind == "cell")
     )
@@ -157,9 +163,12 @@ def mimic_curves_chart(curves: pd.DataFrame):
 # ----------------------------------------------------------------------------------------
 def _pruning_curves(df: pd.DataFrame) -> pd.DataFrame:
     """The curve rows of the aggregated pruning table (deterministic strategies and the mean over
-    random seeds; per-seed random rows dropped), with JSON-safe columns for charts."""
+    random seeds; per-seed random rows dropped), with JSON-safe columns for charts: ``removed``
+    names the removed layers 1..L."""
+    from workflow_scripts.core.tables import layer_text
+
     d = df[df["seed"].isna()].copy()
-    d["removed"] = ["mean over seeds" if r is None else " ".join(map(str, r)) for r in d["removed"]]
+    d["removed"] = ["mean over seeds" if r is None else layer_text(r) for r in d["removed"]]
     keep = ["model", "strategy", "n_removed", "n_layers", "removed", "accuracy", "ci_lo",
             "ci_hi", "accuracy_min", "accuracy_max", "relative_accuracy", "base_accuracy",
             "total_params", "latency_ms", "healed_accuracy"]  # fmt: skip
@@ -180,7 +189,8 @@ def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
     data = pd.concat([d, rule], ignore_index=True)
     x = alt.X("n_removed:Q", title="layers removed", axis=alt.Axis(tickMinStep=1, format="d"))
     color = alt.Color("strategy:N", title="strategy")
-    tip = ["model", "strategy", "n_removed", "removed",
+    tip = ["model", "strategy", "n_removed",
+           alt.Tooltip("removed:N", title="layers removed (1..L)"),
            alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("ci_lo:Q", format=".3f"),
            alt.Tooltip("ci_hi:Q", format=".3f"),
            alt.Tooltip("relative_accuracy:Q", format=".3f")]  # fmt: skip
@@ -242,7 +252,7 @@ def pruning_latency_chart(df: pd.DataFrame):
                 "model",
                 "strategy",
                 "n_removed",
-                "removed",
+                alt.Tooltip("removed:N", title="layers removed (1..L)"),
                 alt.Tooltip("latency_ms:Q", format=".2f"),
                 alt.Tooltip("accuracy:Q", format=".3f"),
             ],  # fmt: skip

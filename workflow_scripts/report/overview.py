@@ -44,12 +44,10 @@ def _row(model, finding, method, result, acc=math.nan, lo=None, hi=None, retaine
 
 def group_spans(rows: pd.DataFrame) -> str:
     """'input-2, 3-10': a model's groups of similar states (state 0 shown as 'input')."""
-
-    def name(s):
-        return "input" if int(s) == 0 else str(int(s))
+    from workflow_scripts.core.tables import state_name as name
 
     rows = rows.sort_values("block")
-    return ", ".join(f"{name(a)}-{name(b)}" for a, b in zip(rows.first_layer, rows.last_layer,
+    return ", ".join(f"{name(a)}-{name(b)}" for a, b in zip(rows.first_state, rows.last_state,
                                                             strict=True))  # fmt: skip
 
 
@@ -82,8 +80,7 @@ def pruning_rows(pruning: pd.DataFrame, threshold: float) -> list[dict]:
         curve = curve[curve.seed.isna()] if "seed" in curve else curve
         at = curve[curve.n_removed == r.max_removed_prefix].iloc[0]
         n = getattr(at, "eval_clips", getattr(at, "n_utterances", math.nan))
-        result = (f"{int(r.max_removed_prefix)} of {int(r.n_layers)} layers "
-                  f"({100 * r.max_removed_prefix / r.n_layers:.0f}%)")  # fmt: skip
+        result = removal_text(r.max_removed_prefix, r.n_layers, at.get("removed"), "layers")
         also = (
             ""
             if r.max_removed == r.max_removed_prefix
@@ -116,7 +113,9 @@ def mimic_rows(mimic: pd.DataFrame, threshold: float) -> list[dict]:
     out = []
     for r in d.groupby("model", sort=False).head(1).itertuples(index=False):
         cut = 100 * (1 - r.mimicked_model_params / r.model_params)
-        result = f"{cut:.0f}% fewer parameters, {r.speed:.2f}x faster"
+        stack = (f" ({100 * (1 - r.mimicker_params / r.stack_params):.0f}% of the stack's)"
+                 if getattr(r, "stack_params", 0) else "")  # fmt: skip
+        result = f"{cut:.0f}% fewer whole-model parameters{stack}, {r.speed:.2f}x faster"
         n = getattr(r, "eval_clips", getattr(r, "n", math.nan))
         also = f"chosen on validation accuracy ({100 * r.val_accuracy:.1f}%)"
         out.append(_row(r.model, "best mimicker (replaces the stack)", f"{r.kind}-{int(r.depth)}",
@@ -133,8 +132,8 @@ def structured_rows(structured: pd.DataFrame, threshold: float) -> list[dict]:
     d["speed"] = _speedup(d, "base_latency_ms", "latency_ms").to_numpy()
     out = []
     for r in d.sort_values("target_sparsity").groupby("model", sort=False).tail(1).itertuples():
-        result = (f"{100 * r.achieved_sparsity:.0f}% of attention + FFN removed, "
-                  f"{r.speed:.2f}x faster")  # fmt: skip
+        result = (f"{100 * r.achieved_sparsity:.0f}% of the stack's attention + FFN "
+                  f"parameters removed, {r.speed:.2f}x faster")  # fmt: skip
         n = getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan))
         out.append(_row(r.model, "structured pruning (highest target tried)",
                         f"target {100 * r.target_sparsity:g}%", result, r.accuracy, r.ci_lo,
@@ -154,7 +153,7 @@ def pareto_rows(pareto: pd.DataFrame) -> list[dict]:
                             "none", "no compressed model keeps it", meets=False))  # fmt: skip
             continue
         r = r.iloc[0]
-        size = (f"{r.params_pct:.0f}% of the parameters" if pd.notna(r.params_pct)
+        size = (f"{r.params_pct:.0f}% of the whole model's parameters" if pd.notna(r.params_pct)
                 else f"{int(r.total_params):,} parameters")  # fmt: skip
         result = f"{size}, {r.speedup:.2f}x faster"
         out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
@@ -178,27 +177,44 @@ def overview_table(baseline: pd.DataFrame, blocks=None, pruning=None, mimic=None
     return d.sort_values("_m", kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
+def removal_text(n, n_layers, removed=None, what: str = "layers", pct_fmt: str = ".0f") -> str:
+    """'2 of 10 layers (20%): 9 10': how many of the stack's layers a setting removes and
+    which, numbered 1..L (``removed``: the 0-based block indices of the code; none named when
+    null, e.g. the mean over random seeds)."""
+    from workflow_scripts.core.tables import layer_text
+
+    n, L = int(n), int(n_layers)
+    text = f"{n} of {L} {what} ({100 * n / L:{pct_fmt}}%)"
+    named = layer_text(removed) if n else ""
+    return f"{text}: {named}" if named else text
+
+
 def speechllm_rows(summary: pd.DataFrame, overlap: pd.DataFrame) -> pd.DataFrame:
     """The SpeechLLM decoders' headline (Moumen et al.), one row per SpeechLLM x task x
     strategy: the unpruned WER, the decoder layers removable with relative WER degradation
-    within the threshold (every smaller number too), the WER there, and the healed WER; then
-    one row per factor (encoder, task, input type) with the mean Jaccard overlap of the
-    redundant blocks the angular distance picks."""
+    within the threshold (every smaller number too, named 1..L), the WER there, and the healed
+    WER; then one row per factor (encoder, task, input type) with the mean Jaccard overlap of
+    the redundant blocks the angular distance picks. ``summary`` and ``overlap`` are the
+    tables as written (:func:`workflow_scripts.speechllm.report.display`: WER in percent,
+    layers numbered 1..L)."""
     rows = []
+    threshold = summary.delta_wer_threshold.iloc[0] if len(summary) else 0.25
     for r in summary.itertuples():
         n, L = r.max_removed_prefix, r.n_layers
-        frac = f"{n} of {L} decoder layers ({n / L:.1%})"
+        named = getattr(r, "removed_layers_at_prefix", "")
+        named = "" if not isinstance(named, str) else named
+        frac = f"{n} of {L} decoder layers ({n / L:.1%})" + (f": {named}" if n and named else "")
         healed = ""
         if pd.notna(r.healed_n):
-            before, after = 100 * r.wer_before_heal, 100 * r.wer_after_heal
-            healed = f"n={int(r.healed_n)}: {before:.1f} -> {after:.1f}"
+            hn = int(r.healed_n) if isinstance(r.healed_n, float) else r.healed_n
+            healed = f"n={hn}: {r.wer_before_heal_pct} -> {r.wer_after_heal_pct}"
         rows.append({"speechllm": r.model, "task": r.task, "method": r.strategy,
-                     "unpruned WER %": 100 * r.base_wer,
-                     f"removable (ΔWER ≤ {r.threshold:g})": frac,
-                     "WER % there": 100 * r.wer_at_max, "healed WER %": healed})  # fmt: skip
+                     "unpruned WER %": r.base_wer_pct,
+                     f"removable (ΔWER ≤ {r.delta_wer_threshold:g})": frac,
+                     "WER % there": r.wer_at_max_pct, "healed WER %": healed})  # fmt: skip
     for r in overlap[overlap.model.astype(str).str.startswith("across")].itertuples():
         rows.append({"speechllm": r.model, "task": "", "method": "redundant block overlap",
-                     f"removable (ΔWER ≤ {summary.threshold.iloc[0]:g})":
+                     f"removable (ΔWER ≤ {threshold:g})":
                      f"Jaccard {r.mean_jaccard:.2f}, identical {r.identical_share:.0%} "
                      f"(block of {r.n}, {int(r.pairs)} pairs)"})  # fmt: skip
     return pd.DataFrame(rows)
@@ -216,8 +232,11 @@ def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str
         f"{', '.join(stages) or 'baseline only'}). Accuracies are percentages on the shared "
         "evaluation clips (`eval_clips`), with their 95% CI; `retained` is the share of the "
         f"unpruned model's accuracy on the same clips; `meets` = keeps at least {pct}.", "",
-        "Layers are numbered 1..L; state ℓ is the output of layer ℓ, state 0 (`input`) the "
-        "stack's input. A *group* is a run of consecutive similar states.", "",
+        "Layers are numbered 1..L in every table, chart and export (`n of L layers (x%): 9 "
+        "10` removes layers 9 and 10; decoder layers likewise); state ℓ is the "
+        "output of layer ℓ, state 0 (`input`) the stack's input. A *group* is a run of "
+        "consecutive similar states. Parameter shares name their denominator: the whole "
+        "model, or the transformer stack.", "",
     ]  # fmt: skip
     body = []
     for model, g in overview.groupby("model", sort=False):

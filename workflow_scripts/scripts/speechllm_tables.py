@@ -15,7 +15,8 @@ meta = ctx.provenance()
 write_parquet(sim, out.similarity, meta)
 write_parquet(prun, out.pruning, meta)
 for name in ("summary", "overlap", "pairs"):
-    write_text_atomic(out[f"{name}_csv"], tables[name].to_csv(index=False))
+    shown = report.display(name, tables[name])  # percent, layers numbered 1..L
+    write_text_atomic(out[f"{name}_csv"], shown.to_csv(index=False))
     write_text_atomic(out[f"{name}_md"], report.markdown(name, tables[name]))
     ctx.log.info("%s:\n%s", name, tables[name].to_string())
 charts = report.charts(sim, prun, s["threshold"])

@@ -20,8 +20,12 @@ def matrix_of(df: pd.DataFrame) -> np.ndarray:
 
 def blocks_table(sim: pd.DataFrame, criterion: str, penalty: float,
                  max_blocks: int | None, knn_k: int) -> pd.DataFrame:  # fmt: skip
-    """Detected contiguous blocks per model and matrix metric (mutual kNN at ``knn_k``):
-    one row per block with its first and last layer (hidden-state indices)."""
+    """Detected contiguous groups per model and matrix metric (mutual kNN at ``knn_k``): one
+    row per group with its first and last *state* (``first_state``, ``last_state``: state 0 is
+    the stack's input, state ℓ the output of layer ℓ = 1..L; ``n_states`` = L + 1) and
+    ``states``, the group as the overview names it ('input-5', '6-10')."""
+    from workflow_scripts.core.tables import state_name
+
     rows = []
     mats = sim[sim.metric != "block_influence"]
     mats = mats[(mats.metric != "mutual_knn") | (mats.k == knn_k)]
@@ -32,10 +36,11 @@ def blocks_table(sim: pd.DataFrame, criterion: str, penalty: float,
         seg = detect_blocks(m, max_blocks=max_blocks, criterion=criterion, penalty=penalty)
         for b, (first, last) in enumerate(seg.boundaries):
             rows.append({"model": model, "metric": metric, "n_blocks": seg.n_blocks,
-                         "block": b, "first_layer": first, "last_layer": last,
-                         "n_layers": m.shape[0], "criterion": criterion})  # fmt: skip
-    cols = ["model", "metric", "n_blocks", "block", "first_layer", "last_layer", "n_layers",
-            "criterion"]  # fmt: skip
+                         "block": b, "states": f"{state_name(first)}-{state_name(last)}",
+                         "first_state": first, "last_state": last, "n_states": m.shape[0],
+                         "criterion": criterion})  # fmt: skip
+    cols = ["model", "metric", "n_blocks", "block", "states", "first_state", "last_state",
+            "n_states", "criterion"]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 

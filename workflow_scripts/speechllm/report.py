@@ -25,6 +25,11 @@ from workflow_scripts.speechllm.metrics import delta_wer
 FACTORS = ("encoder", "decoder", "task", "input", "language")
 LABELS = ("encoder", "decoder", "both", "task", "input", "language")
 
+#: How every SpeechLLM table numbers decoder layers.
+NUMBERING = (
+    "Decoder layers are numbered 1..L (`layers`, `removed_layers_*`); columns named `*_index` "
+    "hold the 0-based block indices of the code. WER in percent; ΔWER is a ratio."
+)
 #: The note above each markdown table.
 NOTES = {
     "summary": (
@@ -161,6 +166,7 @@ def summary_table(df: pd.DataFrame, threshold: float,
             "delta_wer_at_prefix_lo": float(at_p.delta_wer_lo),
             "delta_wer_at_prefix_hi": float(at_p.delta_wer_hi),
             "wer_at_max": float(at.wer), "removed_at_max": at.removed,
+            "removed_at_prefix": at_p.removed,
             "healed_n": ",".join(map(str, healed.n_removed)) or None,
             "wer_before_heal": ",".join(f"{w:.4f}" for w in healed.wer) or None,
             "wer_after_heal": ",".join(f"{w:.4f}" for w in healed.healed_wer) or None,
@@ -270,12 +276,49 @@ def overlap_table(blocks: pd.DataFrame, n: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _heal_pct(v) -> str | None:
+    """'0.3000,0.2500' (WERs as fractions) as '30.0,25.0' (percent)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return ",".join(f"{100 * float(w):.1f}" for w in str(v).split(","))
+
+
+def display(name: str, table: pd.DataFrame) -> pd.DataFrame:
+    """A table as people read it (its CSV and markdown): WERs in percent (``_pct``), decoder
+    layers numbered 1..L (``removed_layers_at_*``, ``layers``, ``layers_a`` / ``layers_b``;
+    the 0-based block indices in ``*_index`` columns), the ΔWER threshold named as such (a
+    ratio), the removable share in % of the decoder's layers."""
+    from workflow_scripts.core.tables import layer_numbers, layer_text, percent_columns
+
+    d = table.copy()
+    for col in [c for c in d.columns if str(c).startswith("removed_at_")]:
+        at = str(col).removeprefix("removed_at_")
+        idx = d.pop(col)
+        d[f"removed_layers_at_{at}"] = [layer_text(i) for i in idx]
+        d[f"removed_index_at_{at}"] = [None if i is None else list(map(int, i)) for i in idx]
+    for col, new in (("blocks", "layers"), ("blocks_a", "layers_a"), ("blocks_b", "layers_b")):
+        if col in d:
+            idx = d.pop(col)
+            d[new] = [layer_numbers(i) if isinstance(i, list | tuple | np.ndarray) else None
+                      for i in idx]  # fmt: skip
+    for col in ("wer_before_heal", "wer_after_heal"):
+        if col in d:
+            d[f"{col}_pct"] = [_heal_pct(v) for v in d.pop(col)]
+    d = d.rename(columns={"threshold": "delta_wer_threshold"})
+    return percent_columns(d, None).pipe(
+        percent_columns, ["max_removed_fraction"], {"max_removed_fraction": "max_removed_pct"}
+    )
+
+
 def markdown(name: str, table: pd.DataFrame) -> str:
-    """A table's markdown with its note (:data:`NOTES`) above it."""
+    """A table's markdown (:func:`display`) with its note (:data:`NOTES`) and the numbering
+    (:data:`NUMBERING`) above it."""
     from workflow_scripts.core.tables import markdown_table
 
     note = NOTES.get(name)
-    return (f"{note}\n\n" if note else "") + markdown_table(table)
+    return (
+        (f"{note}\n\n" if note else "") + f"{NUMBERING}\n\n" + markdown_table(display(name, table))
+    )
 
 
 # ----------------------------------------------------------------------------------------

@@ -29,9 +29,25 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return d[[c for c in SUMMARY_COLUMNS if c in d.columns]].reset_index(drop=True)
 
 
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it (``structured.{csv,md}``): accuracies, retained shares
+    and sparsities in percent (``_pct``; a sparsity is a share of the transformer stack's
+    attention + FFN parameters, hence ``stack_``), the pruned model's size in % of the whole
+    unpruned model (``whole_model_params_pct``)."""
+    from workflow_scripts.core.tables import percent_columns
+
+    d = summary.rename(columns={f"{k}_sparsity": f"{k}_stack_sparsity"
+                                for k in ("target", "achieved", "expected")})  # fmt: skip
+    if {"total_params", "base_total_params"} <= set(d.columns):
+        share = 100.0 * d.total_params.astype(float) / d.base_total_params.astype(float)
+        d.insert(list(d.columns).index("total_params") + 1, "whole_model_params_pct", share)
+    return percent_columns(d)
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a markdown table (floats with 3 decimals, lists space-separated)."""
-    return markdown_table(summary, ".3f")
+    """The summary (:func:`summary_display`) as a markdown table (floats with 3 significant
+    digits, lists space-separated)."""
+    return markdown_table(summary_display(summary), ".4g")
 
 
 def comparison_long(structured: pd.DataFrame, pruning: pd.DataFrame | None = None,
