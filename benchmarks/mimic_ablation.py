@@ -53,7 +53,7 @@ def run_point(cfg: dict, results: str, model: str, name: str, ov: dict) -> dict:
     root = f"{results}/corpus/speech_commands_v0.02"
     torch.set_num_threads(1)
     t0 = time.time()
-    row, _ = mrun.run_cell(inputs, s, root, device="cpu", log=lambda *a: None,
+    row, *_ = mrun.run_cell(inputs, s, root, device="cpu", log=lambda *a: None,
                            train_clips=ov.get("clips"))  # fmt: skip
     r = row.iloc[0]
     return {"point": name, "overrides": ov, "train_clips": int(r.train_clips),

@@ -7,6 +7,7 @@ rule finetune:
     output:
         model=directory(path("finetuned")),
         baseline=path("baseline_cell"),
+        predictions=path("baseline_predictions"),
     log:
         log("finetuned"),
     benchmark:

@@ -10,6 +10,7 @@ rule mimic_cell:
     output:
         cell=path("mimic_cell"),
         curves=path("mimic_curves"),
+        predictions=path("mimic_predictions"),
         export=directory(path("mimic_export")),
     log:
         log("mimic_cell"),

@@ -7,6 +7,7 @@ rule pruning_cell:
         unpack(inputs_of(pruning.cell_inputs)),
     output:
         cell=path("pruning_cell"),
+        predictions=path("pruning_predictions"),
         export=directory(path("pruning_export")),
     log:
         log("pruning_cell"),

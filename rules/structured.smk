@@ -7,6 +7,7 @@ rule structured_cell:
         unpack(inputs_of(structured.cell_inputs)),
     output:
         cell=path("structured_cell"),
+        predictions=path("structured_predictions"),
         model_dir=directory(path("structured_model")),
     log:
         log("structured_cell"),

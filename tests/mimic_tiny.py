@@ -75,6 +75,7 @@ def build_world(d: Path, seed: int = 0, stable: bool = False) -> dict[str, str]:
     from workflow_scripts.backbones.cachefile import write_cache
     from workflow_scripts.backbones.evaluate import accuracy_report, predict
     from workflow_scripts.backbones.registry import small_config
+    from workflow_scripts.core.retained import predictions_frame
     from workflow_scripts.data.loader import load_split
 
     d = Path(d)
@@ -102,6 +103,9 @@ def build_world(d: Path, seed: int = 0, stable: bool = False) -> dict[str, str]:
     out["baseline"], out["baseline_other"] = str(d / "baseline.parquet"), str(d / "other.parquet")
     pd.DataFrame([base]).to_parquet(out["baseline"])
     pd.DataFrame([{**base, "n": len(labels) + 1}]).to_parquet(out["baseline_other"])
+    out["baseline_predictions"] = str(d / "baseline.predictions.parquet")
+    pred = predict(model, audio, cpu).argmax(1)
+    predictions_frame(pred, labels).to_parquet(out["baseline_predictions"])
     blocks = pd.DataFrame(
         [(MODEL, "cka_linear", 0, 1), (MODEL, "cka_linear", 2, 3)],
         columns=["model", "metric", "first_state", "last_state"],

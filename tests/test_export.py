@@ -58,8 +58,8 @@ def test_pruning_headline_loads_with_plain_from_pretrained(world, tmp_path, stra
 
     cell = pruning_slice({strategy: settings})
     out = tmp_path / "export"
-    df = run_cell(cell, model=MODEL, model_dir=world["model"], manifest=world["manifest"],
-                  root=world["root"], device="cpu", export_dir=str(out))  # fmt: skip
+    df, _ = run_cell(cell, model=MODEL, model_dir=world["model"], manifest=world["manifest"],
+                     root=world["root"], device="cpu", export_dir=str(out))  # fmt: skip
     info = json.loads((out / "export.json").read_text())
     heads = df[df.headline & df.removed.notna()]
     assert len(info["checkpoints"]) == len(heads) == len(settings.get("seeds", [None]))
@@ -122,7 +122,7 @@ def test_mimicked_model_loads_and_reproduces_the_cell(world, tmp_path, kind, dep
     cfg = tiny_config()
     sl = plan.cell_slice(cfg, MODEL, kind, str(depth))
     inputs = {k: world[k] for k in plan.cell_inputs(cfg, model=MODEL, kind=kind, depth=depth)}
-    cell, _ = run_cell(inputs, sl, world["root"], "cpu", QUIET, export_dir=str(tmp_path / "x"))
+    cell, *_ = run_cell(inputs, sl, world["root"], "cpu", QUIET, export_dir=str(tmp_path / "x"))
     r = cell.iloc[0]
     mm = load_mimicked(tmp_path / "x")
     assert isinstance(mm, MimickedModel) and not mm.training
@@ -156,7 +156,7 @@ def test_structured_model_loads_from_its_folder_alone(world, tmp_path):
             "lr": 2e-4, "gate_lr": 0.05, "lambda_lr": 0.5, "warmup_frac": 0.3, "seed": 0,
             "distill": {"loss": "l1", "cos_weight": 1.0}, "eval_batch_size": 4,
             "latency": {"batch_size": 2, "warmup": 0, "repeats": 1}}  # fmt: skip
-    row, _ = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4), "cpu",
+    row, *_ = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4), "cpu",
                         out_dir=tmp_path / "s")  # fmt: skip
     loaded = load_pruned(tmp_path / "s")  # no base model: its own config.json and structure
     rep = accuracy_report(predict(loaded, audio, CPU), labels, 3)

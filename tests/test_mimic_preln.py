@@ -69,7 +69,7 @@ def test_reference_accuracy_from_the_testing_cache_reads_final(world):
     sl = plan.cell_slice(cfg, MODEL, "no_mimic", "0")
     names = plan.cell_inputs(cfg, model=MODEL, kind="no_mimic", depth="0")
     inputs = {**{k: world[k] for k in names}, "baseline": world["baseline_other"]}
-    cell, _ = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
+    cell, *_ = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
     r = cell.iloc[0]
     assert r.backbone_accuracy_source == "testing cache" and r.last_target == "none"
     model = load_classifier(world["model"]).eval()

@@ -28,7 +28,8 @@ CELL_COLUMNS = [
     "hidden_size",
     "accuracy", "ci_lo", "ci_hi", "n", "per_class_accuracy", "eval_clips", "backbone_accuracy",
     "backbone_ci_lo", "backbone_ci_hi", "backbone_accuracy_source", "accuracy_retained",
-    "val_accuracy", "train_clips", "val_clips", "raw_audio_check_clips",
+    "retained_lo", "retained_hi", "val_accuracy", "train_clips", "val_clips",
+    "raw_audio_check_clips",
     "raw_audio_check_max_abs_diff", "raw_audio_check_agreement", "stage1_best_epoch",
     "stage1_best_val_loss", "stage1_seconds", "stage2_best_epoch", "stage2_best_val_accuracy",
     "stage2_seconds", "freeze_mimicker", "freeze_head", "stack_params", "mimicker_params",
@@ -56,7 +57,7 @@ def run_tiny(world, kind, depth, blocks=None, **mimic):
     inputs = {k: world[k] for k in ins}
     if blocks is not None:
         inputs["blocks"] = blocks
-    cell, curves = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
+    cell, curves, _ = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
     assert list(cell.columns) == CELL_COLUMNS and len(cell) == 1
     return sl, cell.iloc[0], curves
 
@@ -113,7 +114,7 @@ def test_no_mimic_backbone_reference_from_the_testing_cache(world):
     inputs = {**{k: world[k] for k in plan.cell_inputs(cfg, model=MODEL, kind="no_mimic",
                                                        depth="0")},
               "baseline": world["baseline_other"]}  # fmt: skip
-    cell, _ = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
+    cell, *_ = mimic_run.run_cell(inputs, sl, world["root"], "cpu", QUIET)
     r = cell.iloc[0]
     assert r.backbone_accuracy_source == "testing cache"
     assert r.backbone_accuracy == pd.read_parquet(world["baseline"]).accuracy[0]
@@ -194,6 +195,7 @@ def test_rule_adapter_writes_cell_curves_and_provenance(world, tmp_path):
     names = plan.cell_inputs(cfg, model=MODEL, kind="linear", depth="2")
     inputs = {k: world[k] for k in names}
     out = {"cell": str(tmp_path / "c.parquet"), "curves": str(tmp_path / "c.curves.parquet"),
+           "predictions": str(tmp_path / "c.predictions.parquet"),
            "export": str(tmp_path / "export")}  # fmt: skip
     params = {"slice": cell_json(sl), "root": world["root"]}
     from snakemake.iocontainers import Namedlist
@@ -219,5 +221,8 @@ def test_rule_adapter_writes_cell_curves_and_provenance(world, tmp_path):
     assert json.loads(prov["config_slice"]) == sl and prov["seed"] == str(sl["seed"])
     assert set(json.loads(prov["inputs_sha256"])) == set(inputs)
     assert "target layers [1, 3]" in (tmp_path / "c.log").read_text()
+    pred = pd.read_parquet(out["predictions"])  # with the cell's provenance
+    assert (pred.predicted == pred.label).mean() == cell.accuracy[0]
+    assert read_provenance(out["predictions"])["config_slice"] == prov["config_slice"]
     export = json.loads((tmp_path / "export" / "export.json").read_text())["cell"]
     assert export["accuracy"] == cell.accuracy[0]  # the mimicked model: tests/test_export.py

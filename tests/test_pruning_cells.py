@@ -234,8 +234,8 @@ def test_random_cell_rows_per_seed_plus_mean_and_healing():
         calls.append(1)
         return audio, labels
 
-    df = run.cell_rows(tiny_model(), tiny_cell("random", {"seeds": [0, 1]}, heal),
-                       audio, labels, "cpu", train_data=train_data)  # fmt: skip
+    df, _ = run.cell_rows(tiny_model(), tiny_cell("random", {"seeds": [0, 1]}, heal),
+                          audio, labels, "cpu", train_data=train_data)  # fmt: skip
     assert len(df) == 3 * L and calls == [1]  # 2 seeds x L rows + L mean rows, data loaded once
     per_seed = df[df.seed.notna()]
     for seed in (0, 1):
@@ -260,7 +260,7 @@ def test_scored_cell_removes_in_score_order():
     scores = np.array([0.3, 0.1, 0.4, 0.2])
     cell = tiny_cell("block_influence", {"variant": "sequence"})
     cell["latency"] = {"enabled": False}
-    df = run.cell_rows(tiny_model(), cell, audio, np.arange(5) % 3, scores=scores)
+    df, _ = run.cell_rows(tiny_model(), cell, audio, np.arange(5) % 3, scores=scores)
     assert [list(r) for r in df.removed] == [[], [1], [1, 3], [0, 1, 3]]
     assert df.latency_ms.isna().all() and df.seed.isna().all()
     assert json.loads(df.scores.iloc[0]) == pytest.approx(scores.tolist())
@@ -307,7 +307,7 @@ def file_cell(cfg: dict, strategy: str, files: dict) -> pd.DataFrame:
     cache = files["cache"] if "cache" in inputs else None
     return run.run_cell(cell, model="tiny", model_dir=files["model_dir"],
                         manifest=files["manifest"], root=files["root"], cache=cache,
-                        device="cpu")  # fmt: skip
+                        device="cpu")[0]  # fmt: skip
 
 
 @pytest.fixture
@@ -382,8 +382,8 @@ def test_cell_streams_test_and_healing_clips_with_in_memory_results(tiny_files, 
     manifest = pd.read_parquet(tiny_files["manifest"])
     test = loader.load_split(tiny_files["root"], manifest, "testing")
     train = loader.load_split(tiny_files["root"], manifest, "training")
-    ref = run.cell_rows(load_classifier(tiny_files["model_dir"]), cell, test[0], test[1],
-                        train_data=lambda: train[:2])  # fmt: skip
+    ref, _ = run.cell_rows(load_classifier(tiny_files["model_dir"]), cell, test[0], test[1],
+                           train_data=lambda: train[:2])  # fmt: skip
     timed = ["latency_ms", "latency_min_ms", "base_latency_ms", "base_latency_min_ms",
              "speedup", "speedup_lo", "speedup_hi", "heal_seconds", "latency_threads"]  # fmt: skip
     got = df.drop(columns=["model", "calibration_clips", *timed])

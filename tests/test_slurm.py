@@ -229,7 +229,7 @@ def test_jobs_go_through_sbatch_with_gpus_for_gpu_rules(runs, cluster):
     from workflow_scripts.core.provenance import read_provenance
 
     cells = sorted((runs["slurm"] / "results/cells").rglob("*.parquet"))
-    assert len(cells) == 3  # baseline + 2 similarity cells
+    assert len(cells) == 4  # baseline, its test predictions, 2 similarity cells
     for path in cells:
         prov = read_provenance(path)
         assert prov["slurm_job_id"] in ids and prov["slurm_job_id"] in known, (path, prov)

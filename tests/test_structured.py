@@ -265,8 +265,9 @@ def test_prune_cell_on_a_tiny_model(tmp_path):
             "distill": {"loss": "mse", "cos_weight": 1.0}, "seed": 0, "eval_batch_size": 4,
             "latency": {"batch_size": 2, "warmup": 0, "repeats": 1},
             "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0}}  # fmt: skip
-    row, hist = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4), "cpu",
-                           train_data=lambda: (audio, labels), out_dir=tmp_path / "m")  # fmt: skip
+    row, hist, _ = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4),
+                              "cpu", train_data=lambda: (audio, labels),
+                              out_dir=tmp_path / "m")  # fmt: skip
     assert len(hist) == 20 and row["target_sparsity"] == 0.5
     assert len(row["kept_heads"]) == 3 and all(0 <= h <= 4 for h in row["kept_heads"])
     assert row["total_params"] == row["base_total_params"] - (
@@ -326,8 +327,8 @@ def test_run_cell_from_the_rule_files(tmp_path):
             "finetune": {"steps": 1, "batch_size": 2, "lr": 1e-4, "seed": 0,
                          "train_clips": 3}}  # fmt: skip
     logged = []
-    df = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
-                  out_dir=tmp_path / "pruned", log=logged.append)  # fmt: skip
+    df, _ = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
+                     out_dir=tmp_path / "pruned", log=logged.append)  # fmt: skip
     assert len(df) == 1 and list(df.columns[:2]) == ["model", "target_sparsity"]
     row = df.iloc[0]
     assert row.model == "tiny" and list(row.distill_layers) == [2, 3]
@@ -363,8 +364,8 @@ def test_structured_cell_is_a_function_of_its_seed_not_of_the_global_rng(tmp_pat
     runs = []
     for noise in (1, 2):
         torch.manual_seed(noise)
-        df = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
-                      out_dir=tmp_path / f"pruned{noise}", log=lambda _m: None)  # fmt: skip
+        df, _ = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
+                         out_dir=tmp_path / f"pruned{noise}", log=lambda _m: None)  # fmt: skip
         runs.append(df.drop(columns=[c for c in df if "latency" in c or "speedup" in c
                                      or c.endswith("seconds")]))  # fmt: skip
     import pandas as pd

@@ -130,7 +130,8 @@ def test_cell_slice_holds_its_target_only():
 
 def test_comparison_reads_only_enabled_stages():
     alone = config()
-    assert plan.compared_tables(alone, "R") == {} and plan.tables_slice(alone) == {"comparison": []}
+    assert plan.compared_tables(alone, "R") == {}
+    assert plan.tables_slice(alone) == {"comparison": [], "threshold": 0.95}
     assert plan.tables_inputs(alone, "R") == {"cells": plan.cell_paths(alone, "R")}
     both = config(outputs=("structured", "pruning", "mimic"))
     assert plan.compared_tables(both, "R") == {"pruning": "R/tables/pruning.parquet",
@@ -138,7 +139,7 @@ def test_comparison_reads_only_enabled_stages():
     assert plan.tables_inputs(both, "R") == {"pruning": "R/tables/pruning.parquet",
                                              "mimic": "R/tables/mimic.parquet",
                                              "cells": plan.cell_paths(both, "R")}  # fmt: skip
-    assert plan.tables_slice(both) == {"comparison": ["mimic", "pruning"]}
+    assert plan.tables_slice(both) == {"comparison": ["mimic", "pruning"], "threshold": 0.95}
 
 
 @pytest.mark.parametrize(

@@ -100,8 +100,8 @@ def test_run_cell_reads_test_clips_one_batch_at_a_time(tmp_path, monkeypatch):
             "train_clips": None, "test_clips": 5, "eval_batch_size": 2,
             "latency": {"batch_size": 3, "warmup": 0, "repeats": 1},
             "finetune": {"steps": 0}}  # fmt: skip
-    df = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny", out_dir=tmp_path / "p",
-                  log=lambda _m: None)  # fmt: skip
+    df, _ = run_cell(inputs, cell, str(tmp_path / "corpus"), model="tiny",
+                     out_dir=tmp_path / "p", log=lambda _m: None)  # fmt: skip
     row = df.iloc[0]
     assert (
         row.n_utterances == 5 and row.n_train_clips == 6 and list(row.distill_layers) == [1, 2, 3]

@@ -182,6 +182,57 @@ def test_overview_is_computed_from_the_tables(tiny_project):
     assert set(inputs) == {"baseline", "blocks", "pruning", "mimic", "structured"}
 
 
+@pytest.mark.slow
+def test_predictions_beside_every_cell_recompute_its_accuracies(tiny_project):
+    """Issue #26: every evaluated model state leaves its per-clip predictions beside its cell
+    (baseline, each pruning step, each mimicker, each structured target); they give the
+    cell's accuracies exactly and its retained intervals (paired with the unpruned model's
+    predictions); the summaries and the overview give both verdicts."""
+    from workflow_scripts.core import paths
+    from workflow_scripts.core.retained import correct_of, retained_interval
+
+    res = tiny_project / "results"
+
+    def read(name, **w):
+        return pd.read_parquet(tiny_project / paths.path(name, **w))
+
+    for m in ("tiny-a", "tiny-b"):
+        cell = read("baseline_cell", model=m)
+        test = cell[cell.split == "testing"].iloc[0]
+        bp = read("baseline_predictions", model=m)
+        base_ok = (bp.predicted == bp.label).to_numpy()
+        assert list(bp["clip"]) == list(range(int(test.n))) and base_ok.mean() == test.accuracy
+        for strategy in TINY_WF["pruning"]["strategies"]:
+            cell = read("pruning_cell", model=m, strategy=strategy)
+            pred = read("pruning_predictions", model=m, strategy=strategy)
+            ok0 = correct_of(pred, n_removed=0, healed=False)
+            assert len(pred) == len(cell) * len(ok0) and (ok0 == base_ok).all()
+            for r in cell.itertuples(index=False):
+                ok = correct_of(pred, n_removed=r.n_removed, healed=False)
+                assert ok.mean() == r.accuracy
+                assert retained_interval(ok, ok0)[1:] == (r.retained_lo, r.retained_hi)
+        for kind, spec in TINY_WF["mimic"]["types"].items():
+            for depth in spec["depths"]:
+                cell = read("mimic_cell", model=m, kind=kind, depth=depth).iloc[0]
+                pred = read("mimic_predictions", model=m, kind=kind, depth=depth)
+                ok = (pred.predicted == pred.label).to_numpy()
+                assert ok.mean() == cell.accuracy and len(ok) == cell.eval_clips
+                assert retained_interval(ok, base_ok)[1:] == (cell.retained_lo, cell.retained_hi)
+        for target in TINY_WF["structured"]["targets"]:
+            cell = read("structured_cell", model=m, sparsity=target).iloc[0]
+            pred = read("structured_predictions", model=m, sparsity=target)
+            ok = {k: correct_of(pred, state=k) for k in ("unpruned", "pruned")}
+            assert ok["unpruned"].mean() == cell.base_accuracy
+            assert ok["pruned"].mean() == cell.accuracy
+            ci = retained_interval(ok["pruned"], ok["unpruned"])[1:]
+            assert ci == (cell.retained_lo, cell.retained_hi)
+    table = pd.read_parquet(res / "tables/pruning.parquet")
+    assert {"retained_lo", "retained_hi", "meets_threshold", "meets_with_confidence"} <= set(table)
+    overview = pd.read_parquet(res / "tables/overview.parquet")
+    assert {"retained_ci_pct", "meets_threshold", "meets_with_confidence"} <= set(overview)
+    assert overview.finding.str.startswith("layers removable with confidence").any()
+
+
 def run_audit(d, *args):
     return subprocess.run(
         [sys.executable, "-m", "workflow_scripts.audit", "-C", str(d), *args],

@@ -22,6 +22,7 @@ from workflow_scripts.backbones.registry import (
     pick_device,
 )
 from workflow_scripts.core.provenance import canonical_json, config_hash, sha256_path
+from workflow_scripts.core.retained import predictions_frame
 from workflow_scripts.data.loader import iter_batches, split_rows
 
 
@@ -47,11 +48,13 @@ def evaluation_rows(manifest: pd.DataFrame, slice_: dict, split: str) -> pd.Data
 def run_finetune(
     slice_: dict, model_name: str, manifest_path: str, root: str, work: str,
     log: Callable[[str], None],
-) -> tuple[torch.nn.Module, pd.DataFrame, list[dict]]:  # fmt: skip
+) -> tuple[torch.nn.Module, pd.DataFrame, list[dict], pd.DataFrame]:  # fmt: skip
     """Fine-tune ``slice_['source']`` on the training split and evaluate it on the validation
     and testing splits (:func:`evaluation_rows`), all streamed from the audio files (memory:
     batches, not splits). Returns (model, baseline cell rows with ``eval_clips`` = the clips
-    each accuracy counts, training history)."""
+    each accuracy counts, training history, the per-clip predictions on the evaluation set:
+    :func:`~workflow_scripts.core.retained.predictions_frame`, what every stage's retained
+    interval is paired with)."""
     spec, labels = slice_["finetune"], slice_["labels"]
     manifest = pd.read_parquet(manifest_path)
     clips = ClipSet.from_rows(root, split_rows(manifest, "training"))
@@ -69,7 +72,10 @@ def run_finetune(
     for split in ("validation", "testing"):
         eval_rows = evaluation_rows(manifest, slice_, split)
         batches = iter_batches(root, eval_rows, EVAL_BATCH_SIZE)
-        report = accuracy_report(*predict_batches(model, batches, device), len(labels))
+        logits, y = predict_batches(model, batches, device)
+        report = accuracy_report(logits, y, len(labels))
+        if split == "testing":
+            predictions = predictions_frame(logits.argmax(1), y)
         log(f"{split} accuracy {report['accuracy']:.4f} (n={report['n']})")
         rows.append({"model": model_name, "split": split, **report,
                      "eval_clips": len(eval_rows), **params,
@@ -79,7 +85,7 @@ def run_finetune(
                      "device": str(device)})  # fmt: skip
     df = pd.DataFrame(rows)
     df["labels"] = [labels] * len(df)
-    return model, df, result["history"]
+    return model, df, result["history"], predictions
 
 
 def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history: list,

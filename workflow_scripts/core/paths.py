@@ -27,11 +27,15 @@ FILES = {
     "cache": "cache/{model}/{split}.safetensors",
     # cells: one file per grid cell
     "baseline_cell": "cells/baseline/{model}.parquet",
+    "baseline_predictions": "cells/baseline/{model}.predictions.parquet",
     "similarity_cell": "cells/similarity/{model}/{metric}.parquet",
     "pruning_cell": "cells/pruning/{model}/{strategy}.parquet",
+    "pruning_predictions": "cells/pruning/{model}/{strategy}.predictions.parquet",
     "mimic_cell": "cells/mimic/{model}/{kind}-{depth}.parquet",
     "mimic_curves": "cells/mimic/{model}/{kind}-{depth}.curves.parquet",
+    "mimic_predictions": "cells/mimic/{model}/{kind}-{depth}.predictions.parquet",
     "structured_cell": "cells/structured/{model}/{sparsity}.parquet",
+    "structured_predictions": "cells/structured/{model}/{sparsity}.predictions.parquet",
     # per-model side outputs
     "model_groups": "blocks/{model}/{metric}.csv",
     "structured_model": "structured/{model}/{sparsity}",

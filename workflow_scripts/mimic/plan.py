@@ -150,7 +150,8 @@ def cell_inputs(
 ) -> dict[str, str]:
     """Files a cell reads: the fine-tuned model, its training, validation and testing caches
     (the testing cache holds the evaluation set; its clip paths give the raw test audio for
-    timing and the end-to-end check), its baseline cell, and that model's blocks
+    timing and the end-to-end check), its baseline cell and the baseline's per-clip test
+    predictions (the retained interval is paired with them), and that model's blocks
     (``blocks/{model}/{metric}.csv``) only when the intermediate target comes from the
     similarity blocks."""
     inputs = {
@@ -164,6 +165,7 @@ def cell_inputs(
             )  # fmt: skip
         },
         "baseline": paths.path("baseline_cell", results, model=model),
+        "baseline_predictions": paths.path("baseline_predictions", results, model=model),
     }
     if uses_blocks(config, model, kind, depth):
         metric = config["mimic"]["targets"]["metric"]

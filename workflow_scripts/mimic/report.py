@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workflow_scripts.core.retained import meets_with_confidence
 from workflow_scripts.core.tables import markdown_table
 from workflow_scripts.mimic.plan import KINDS, NO_MIMIC, cell_name
 
 SUMMARY_COLUMNS = [
     "model", "mimicker", "kind", "depth", "target_layers", "accuracy", "ci_lo", "ci_hi",
-    "eval_clips", "backbone_accuracy", "accuracy_retained_pct", "meets_threshold", "stack_params",
+    "eval_clips", "backbone_accuracy", "accuracy_retained_pct", "retained_lo_pct",
+    "retained_hi_pct", "meets_threshold", "meets_with_confidence", "stack_params",
     "mimicker_params", "stack_param_reduction_pct", "model_params", "mimicked_model_params",
     "model_param_reduction_pct", "stack_ms", "mimicker_ms", "stack_latency_reduction_pct",
     "stack_speedup", "stack_speedup_lo", "stack_speedup_hi", "model_ms", "mimicked_model_ms",
@@ -34,7 +36,9 @@ def summary_table(cells: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     """One row per model and mimicker from the stacked cells: test accuracy (with CI), the
     accuracy retained in % of the unpruned backbone's test accuracy and whether it keeps the
     ``threshold`` (``meets_threshold``; the configured ``pruning.threshold``, which the
-    overview uses too), the parameter reduction
+    overview uses too) on the point estimate, the retained share's paired bootstrap interval
+    over clips (``retained_lo_pct``, ``retained_hi_pct``) and whether its lower end keeps the
+    threshold (``meets_with_confidence``; False without an interval), the parameter reduction
     of the replaced stack and of the whole model, and the latency reduction of the stack (vs
     the mimicker) and of the full model (vs the mimicked model), all recomputed from the raw
     counts and medians; the speed-ups (``speedup``: full / mimicked model, ``stack_speedup``:
@@ -48,6 +52,10 @@ def summary_table(cells: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     d["target_layers"] = [",".join(map(str, t)) for t in d.target_layers]
     d["accuracy_retained_pct"] = 100.0 * d.accuracy / d.backbone_accuracy
     d["meets_threshold"] = d.accuracy / d.backbone_accuracy >= threshold
+    lo = d["retained_lo"] if "retained_lo" in d else pd.Series(float("nan"), index=d.index)
+    hi = d["retained_hi"] if "retained_hi" in d else pd.Series(float("nan"), index=d.index)
+    d["retained_lo_pct"], d["retained_hi_pct"] = 100.0 * lo, 100.0 * hi
+    d["meets_with_confidence"] = meets_with_confidence(lo.astype(float), threshold)
     d["latency_batch_size"] = d.batch_size  # cost_report's timing batch
     d["stack_param_reduction_pct"] = _pct_reduction(d.stack_params, d.mimicker_params)
     d["model_param_reduction_pct"] = _pct_reduction(d.model_params, d.mimicked_model_params)

@@ -32,6 +32,7 @@ its two frames.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ from workflow_scripts.backbones.cachefile import CacheFile
 from workflow_scripts.backbones.evaluate import accuracy_report, predict
 from workflow_scripts.backbones.registry import load_classifier, normalize_audio, pick_device
 from workflow_scripts.backbones.rows import CachedRows, StackedRows
+from workflow_scripts.core.retained import predictions_frame, retained_interval
 from workflow_scripts.data.loader import read_clips
 from workflow_scripts.mimic.cost import cost_report
 from workflow_scripts.mimic.model import (
@@ -208,16 +210,25 @@ def fit(config_slice, mimicker, head, data: TrainData, device, log: Log) -> dict
 # --------------------------------------------------------------------------------------------
 # test accuracy, the backbone reference, the raw-audio check and the cost
 # --------------------------------------------------------------------------------------------
-def backbone_reference(model, baseline_path: str, test: CacheFile, labels, device, log: Log):
-    """(accuracy, ci_lo, ci_hi) of the unpruned backbone on the testing clips and where it came
-    from: the baseline cell when it counts the same clips (split_rows' subsets are nested),
-    else the fine-tuned head on the testing cache's ``"final"`` (what the head reads), read
-    one batch at a time."""
+def backbone_reference(model, baseline_path: str, test: CacheFile, labels, device, log: Log,
+                       predictions_path: str | None = None):  # fmt: skip
+    """((accuracy, ci_lo, ci_hi) of the unpruned backbone on the testing clips, where it came
+    from, its predicted classes per clip or None): the baseline cell when it counts the same
+    clips (split_rows' subsets are nested), with the baseline's per-clip predictions
+    (``predictions_path``; None without it), else the fine-tuned head on the testing cache's
+    ``"final"`` (what the head reads), read one batch at a time."""
     base = pd.read_parquet(baseline_path)
     base = base[base.split == "testing"]
     if len(base) == 1 and int(base.n.iloc[0]) == len(labels):
         ref = {k: float(base[k].iloc[0]) for k in ("accuracy", "ci_lo", "ci_hi")}
         source = "baseline cell"
+        pred = None
+        if predictions_path is not None:
+            p = pd.read_parquet(predictions_path).sort_values("clip")
+            if len(p) != len(labels) or not (p.label.to_numpy() == labels).all():
+                raise ValueError(f"{predictions_path}: the baseline's predictions are not of "
+                                 "the testing cache's clips")  # fmt: skip
+            pred = p.predicted.to_numpy()
     else:
         full = ClassifierHead.from_model(model).to(device)
         rows = np.arange(len(labels))
@@ -225,8 +236,9 @@ def backbone_reference(model, baseline_path: str, test: CacheFile, labels, devic
                               CachedRows(test, "final"), rows, 128, device)  # fmt: skip
         ref = accuracy_report(logits, labels, model.config.num_labels)
         source = "testing cache"
+        pred = logits.argmax(1)
     log("backbone test accuracy %.4f (%s)", ref["accuracy"], source)
-    return ref, source
+    return ref, source, pred
 
 
 def raw_audio_check(mm: MimickedModel, audio, paths, test: CacheFile, fp_te, device) -> dict:
@@ -249,16 +261,24 @@ def raw_audio_check(mm: MimickedModel, audio, paths, test: CacheFile, fp_te, dev
 
 def evaluate(model, mimicker, head, config_slice, inputs, test: CacheFile, root, device,
              log: Log) -> dict:  # fmt: skip
-    """Test accuracy on the testing cache (streamed), the backbone reference, the raw-audio
-    check and :func:`~workflow_scripts.mimic.cost.cost_report` (on the raw audio of the first
-    ``latency.batch_size`` clips of the testing cache); returns {"report", "reference",
-    "reference_source", "check", "cost", "mimicked" (the MimickedModel)}."""
+    """Test accuracy on the testing cache (streamed), the backbone reference, the retained
+    share's paired bootstrap interval against the backbone's per-clip predictions
+    (:func:`~workflow_scripts.core.retained.retained_interval`; NaN without them), the
+    raw-audio check and :func:`~workflow_scripts.mimic.cost.cost_report` (on the raw audio of
+    the first ``latency.batch_size`` clips of the testing cache); returns {"report",
+    "reference", "reference_source", "retained" ((retained, lo, hi)), "predictions" (the
+    per-clip frame), "check", "cost", "mimicked" (the MimickedModel)}."""
     batch_size = config_slice["stage2"]["batch_size"]
     fp_te, y = CachedRows(test, "feature_projection"), test.read("labels")
     logits = mimic_logits(mimicker, head, fp_te, np.arange(len(y)), batch_size, device)
     report = accuracy_report(logits, y, model.config.num_labels)
     log("test accuracy %.4f (n=%d)", report["accuracy"], report["n"])
-    ref, ref_source = backbone_reference(model, inputs["baseline"], test, y, device, log)
+    ref, ref_source, base_pred = backbone_reference(
+        model, inputs["baseline"], test, y, device, log, inputs.get("baseline_predictions")
+    )
+    pred = logits.argmax(1)
+    retained = (retained_interval(pred == y, base_pred == y) if base_pred is not None
+                else (math.nan, math.nan, math.nan))  # fmt: skip
     lat = config_slice["latency"]
     paths = test.paths[: lat["batch_size"]]
     audio = read_clips(root, paths)
@@ -269,6 +289,7 @@ def evaluate(model, mimicker, head, config_slice, inputs, test: CacheFile, root,
     cost = cost_report(model, mimicker, batch, device, lat["warmup"], lat["repeats"], head)
     log("cost %s", {k: v for k, v in cost.items() if k.endswith("_pct") or k.endswith("_ms")})
     return {"report": report, "reference": ref, "reference_source": ref_source,
+            "retained": retained, "predictions": predictions_frame(pred, y),
             "check": check, "cost": cost, "mimicked": mm}  # fmt: skip
 
 
@@ -292,6 +313,7 @@ def cell_row(config_slice, model, layers, source, data: TrainData, fitted, ev, d
         "backbone_accuracy": ref["accuracy"], "backbone_ci_lo": ref["ci_lo"],
         "backbone_ci_hi": ref["ci_hi"], "backbone_accuracy_source": ev["reference_source"],
         "accuracy_retained": report["accuracy"] / ref["accuracy"] if ref["accuracy"] else np.nan,
+        "retained_lo": ev["retained"][1], "retained_hi": ev["retained"][2],
         "val_accuracy": fitted["val_accuracy"], "train_clips": data.n_train,
         "val_clips": data.n_val, **ev["check"],
         "stage1_best_epoch": s1["best_epoch"] if s1 else 0,
@@ -313,12 +335,13 @@ def run_cell(
     log: Log = print_log,
     export_dir: str | None = None,
     train_clips: int | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train and evaluate one mimic cell; returns (the cell's one-row frame, its training
-    curves).
+    curves, its per-clip test predictions).
 
     inputs: the files of :func:`workflow_scripts.mimic.plan.cell_inputs` by name (``model``,
-    ``train_cache``, ``val_cache``, ``test_cache``, ``baseline``, optionally ``blocks``);
+    ``train_cache``, ``val_cache``, ``test_cache``, ``baseline``, ``baseline_predictions``
+    (without it the retained interval is NaN), optionally ``blocks``);
     config_slice: :func:`~workflow_scripts.mimic.plan.cell_slice`; root: the Speech Commands
     folder the caches' clip paths are relative to; device: None = CUDA when present; log: a
     logging-style callable (``log(msg, *args)``); export_dir: where the mimicked model is
@@ -344,4 +367,4 @@ def run_cell(
         log("mimicked model exported to %s", export_dir)
     curves = curves_frame(config_slice["model"], config_slice["kind"], config_slice["depth"],
                           fitted["curves"])  # fmt: skip
-    return pd.DataFrame([row]), curves
+    return pd.DataFrame([row]), curves, ev["predictions"]

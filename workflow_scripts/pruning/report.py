@@ -11,17 +11,21 @@ import pandas as pd
 from workflow_scripts.pruning.strategies import STRATEGIES
 
 
-def _kept(g: pd.DataFrame, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _kept(g: pd.DataFrame, threshold: float,
+          column: str = "relative_accuracy") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(n, whether n keeps >= ``threshold`` of the unpruned accuracy) of one curve sorted by
-    n; n = 0 keeps 100% by definition."""
+    n; n = 0 keeps 100% by definition. ``column``: ``relative_accuracy`` (the point
+    estimate) or ``retained_lo`` (the lower end of its paired bootstrap interval: kept with
+    confidence; NaN = not kept)."""
     n = g.n_removed.to_numpy(int)
-    return n, (g.relative_accuracy.to_numpy(float) >= threshold) | (n == 0)
+    return n, (g[column].to_numpy(float) >= threshold) | (n == 0)
 
 
-def prefix_headline(g: pd.DataFrame, threshold: float) -> int:
+def prefix_headline(g: pd.DataFrame, threshold: float, column: str = "relative_accuracy") -> int:
     """The headline n of one accuracy-vs-n curve: the largest n such that every n' <= n
-    keeps >= ``threshold`` of the unpruned accuracy (a dip stops it)."""
-    n, ok = _kept(g.sort_values("n_removed"), threshold)
+    keeps >= ``threshold`` of the unpruned accuracy (a dip stops it); on the point estimate,
+    or with confidence for ``column="retained_lo"`` (:func:`_kept`)."""
+    n, ok = _kept(g.sort_values("n_removed"), threshold, column)
     return int(n[np.cumprod(ok).astype(bool)].max())
 
 
@@ -64,6 +68,7 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
     at_prefix = g[g.n_removed == prefix].iloc[0]
     base = g[g.n_removed == 0].iloc[0]
     span = n.max() - n.min()
+    confident = _confident(g, threshold)
 
     def area(y):
         return float(np.trapezoid(y, n) / span) if span > 0 else float(y[0])
@@ -81,8 +86,11 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
         "max_removed": best,
         "max_removed_pct": 100.0 * best / L,
         "max_removed_prefix": prefix,
+        **confident,
         "accuracy_at_prefix": float(at_prefix.accuracy),
         "relative_accuracy_at_prefix": float(at_prefix.relative_accuracy),
+        "retained_lo_at_prefix": float(at_prefix.get("retained_lo", math.nan)),
+        "retained_hi_at_prefix": float(at_prefix.get("retained_hi", math.nan)),
         "removed_at_prefix": _removed(at_prefix),
         "speedup_at_prefix": speedup(at_prefix),
         "accuracy_at_max": float(at.accuracy),
@@ -97,14 +105,30 @@ def _curve_summary(g: pd.DataFrame, threshold: float) -> dict:
     }
 
 
+def _confident(g: pd.DataFrame, threshold: float) -> dict:
+    """The removable counts with confidence of one curve sorted by n (issue #26): n whose
+    retained interval's lower bound (``retained_lo``) keeps ``threshold`` -
+    ``max_removed_prefix_ci`` (every n' <= n too) and ``max_removed_ci`` (dips allowed);
+    null for cells without the interval."""
+    if "retained_lo" not in g or not g.retained_lo.notna().any():
+        return {"max_removed_prefix_ci": None, "max_removed_ci": None}
+    n, ok = _kept(g, threshold, "retained_lo")
+    return {"max_removed_prefix_ci": prefix_headline(g, threshold, "retained_lo"),
+            "max_removed_ci": int(n[ok].max())}  # fmt: skip
+
+
 def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     """Per model, strategy and seed (null = deterministic strategy or mean over random seeds):
 
     * ``max_removed``: the largest n whose accuracy is >= ``threshold`` x the unpruned
       accuracy (the paper's headline number), ``max_removed_pct`` = 100 n / L;
     * ``max_removed_prefix``: the largest n such that every n' <= n keeps the threshold (the
-      cell's ``headline`` row, whose model is exported), with the accuracy, relative accuracy
-      and speed-up there (``*_at_prefix``);
+      cell's ``headline`` row, whose model is exported), with the accuracy, relative accuracy,
+      its paired bootstrap interval (``retained_lo_at_prefix``, ``retained_hi_at_prefix``)
+      and speed-up there (``*_at_prefix``) - all on the point estimate;
+    * ``max_removed_prefix_ci`` / ``max_removed_ci``: the same counts *with confidence*, where
+      the lower end of the retained interval (``retained_lo``) keeps the threshold (null for
+      cells without it);
     * ``auc_accuracy`` / ``auc_relative``: area under the accuracy (relative accuracy) vs n
       curve over n = 0 .. L-1 (trapezoids), divided by L-1 - i.e. the mean accuracy over the
       curve, comparable across models of different depth;
@@ -125,6 +149,8 @@ def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
     if res.empty:
         return res
     res["seed"] = res["seed"].astype("Int64")
+    for col in ("max_removed_prefix_ci", "max_removed_ci"):
+        res[col] = res[col].astype("Int64")
     order = {s: i for i, s in enumerate(STRATEGIES)}
     res["_o"] = res.strategy.map(order)
     res["_s"] = res.seed.fillna(-1)

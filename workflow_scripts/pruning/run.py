@@ -37,11 +37,17 @@ import torch
 
 from workflow_scripts.backbones.clips import ClipSet, as_clips
 from workflow_scripts.backbones.evaluate import accuracy_report, predict_batches
+from workflow_scripts.core.retained import (
+    concat_predictions,
+    meets_with_confidence,
+    predictions_frame,
+    retained_intervals,
+)
 from workflow_scripts.pruning.heal import heal_with_lora
 from workflow_scripts.pruning.layers import n_layers, remove_layers
 from workflow_scripts.pruning.report import headline_rows
 from workflow_scripts.pruning.strategies import get, removal_plans, scores_from_cache
-from workflow_scripts.pruning.sweeps import no_latency, removal_latency, sweep
+from workflow_scripts.pruning.sweeps import no_latency, removal_latency, sweep_with_predictions
 
 #: The columns the rule's log shows.
 LOG_COLUMNS = ["seed", "n_removed", "removed", "accuracy", "relative_accuracy", "total_params",
@@ -67,8 +73,9 @@ def run_cell(
     device=None,
     log: Log | None = None,
     export_dir: str | None = None,
-) -> pd.DataFrame:
-    """The cell's table for fine-tuned model ``model`` (its folder ``model_dir``) and the
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the cell's table, its per-clip predictions: :func:`cell_rows`) for fine-tuned model
+    ``model`` (its folder ``model_dir``) and the
     ``cell`` slice of :func:`~workflow_scripts.pruning.plan.cell_slice`: the test clips of
     ``manifest`` under the data ``root`` (:func:`evaluation_rows`), calibration from the validation
     ``cache`` (cache strategies) or validation clips (evaluator strategies), the training
@@ -94,12 +101,12 @@ def run_cell(
         log(f"healing on {len(rows)} training clips")
         return ClipSet.from_rows(root, rows, in_memory=limit is not None), None
 
-    df = cell_rows(net, cell, test, None, device, scores, evaluator, train_data, log)
+    df, predictions = cell_rows(net, cell, test, None, device, scores, evaluator, train_data, log)
     df.insert(0, "model", model)
     df["calibration_clips"] = pd.array([n_cal] * len(df), dtype="Int64")  # null: no scores
     if export_dir is not None:
         export_headline(net.cpu(), df, export_dir, log)
-    return df
+    return df, predictions
 
 
 def evaluation_rows(manifest_df: pd.DataFrame, cell: dict) -> pd.DataFrame:
@@ -151,8 +158,8 @@ def cell_rows(
     evaluator=None,
     train_data: Callable[[], tuple] | None = None,
     log: Log | None = None,
-) -> pd.DataFrame:
-    """The rows of one pruning cell (see the module docstring) for a fine-tuned ``model``
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rows of one pruning cell, their per-clip predictions) for a fine-tuned ``model``
     (eval mode, on ``device``) and the ``cell`` slice, without the ``model`` and
     ``calibration_clips`` columns :func:`run_cell` adds. The test clips ``test_audio`` are a
     :class:`~workflow_scripts.backbones.clips.ClipSet` (``test_labels`` None), read one
@@ -167,7 +174,15 @@ def cell_rows(
     :func:`~workflow_scripts.pruning.heal.heal_with_lora` on ``train_data()`` (training
     split) and the healed model's test accuracy is reported beside the unhealed one.
     ``headline``: :func:`~workflow_scripts.pruning.report.headline_rows` at
-    ``cell["threshold"]``.
+    ``cell["threshold"]`` (the point estimate).
+
+    Uncertainty (issue #26): ``retained_lo`` / ``retained_hi`` (and ``healed_retained_lo`` /
+    ``_hi``) are the paired bootstrap interval of ``relative_accuracy`` over the test clips
+    (:func:`~workflow_scripts.core.retained.retained_intervals`; a mean-over-seeds row pools
+    its seeds' predictions), ``meets_threshold`` / ``meets_with_confidence`` whether the
+    point estimate / the interval's lower bound keeps ``cell["threshold"]``. The predictions
+    frame has one row per evaluated state and clip: ``seed``, ``n_removed``, ``healed``,
+    ``clip``, ``predicted``, ``label`` (:func:`~workflow_scripts.core.retained.predictions_frame`).
     """
     log = log or _quiet
     strategy, settings = cell["strategy"], cell["settings"]
@@ -176,7 +191,7 @@ def cell_rows(
     L = n_layers(model)
     plans = removal_plans(strategy, L, settings, cell.get("keep_first"), scores, evaluator)
     flat = [(seed, s) for seed, sets in plans for s in sets]
-    rows = _sweep_rows(model, cell, [s for _, s in flat], test, device, log)
+    rows, pred, labels = _sweep_rows(model, cell, [s for _, s in flat], test, device, log)
     lat = cell["latency"]
     base_acc = rows[0]["accuracy"] if rows else math.nan
     for (seed, _), row in zip(flat, rows, strict=True):
@@ -196,32 +211,77 @@ def cell_rows(
             heal_steps=0,
             heal_seconds=math.nan,
         )
-    _heal_rows(model, cell, flat, rows, test, device, train_data, log)
+    healed = _heal_rows(model, cell, flat, rows, test, device, train_data, log)
     df = pd.DataFrame(rows)
     if get(strategy).seeded:
         df = pd.concat([df, _mean_rows(df)], ignore_index=True)
     df["seed"] = df["seed"].astype("Int64")
-    df["headline"] = headline_rows(df, cell["threshold"])
+    _retained_columns(df, flat, pred, labels, healed, get(strategy).seeded)
+    threshold = cell["threshold"]
+    df["meets_threshold"] = (df.relative_accuracy >= threshold) | (df.n_removed == 0)
+    df["meets_with_confidence"] = meets_with_confidence(df.retained_lo, threshold)
+    df["headline"] = headline_rows(df, threshold)
     if scores is not None:
         df["scores"] = json.dumps(np.asarray(scores, dtype=float).round(6).tolist())
     else:
         df["scores"] = None
-    return df
+    return df, _predictions(flat, pred, labels, healed)
 
 
-def _sweep_rows(model, cell: dict, sets, test: ClipSet, device, log: Log) -> list:
-    """The accuracy rows of every removal set (the test clips streamed in batches), with the
+def _predictions(flat, pred: np.ndarray, labels: np.ndarray, healed: dict) -> pd.DataFrame:
+    """The per-clip predictions of every evaluated state: each removal set (``pred[k + 1]``
+    for ``flat[k]``) and each healed one (``healed[k]``)."""
+    frames = []
+    for k, (seed, s) in enumerate(flat):
+        for is_healed, p in ((False, pred[k + 1]), (True, healed.get(k))):
+            if p is not None:
+                frames.append(predictions_frame(p, labels, seed=(seed, "Int32"),
+                                                n_removed=(len(s), "int16"),
+                                                healed=is_healed))  # fmt: skip
+    return concat_predictions(frames)
+
+
+def _retained_columns(df: pd.DataFrame, flat, pred, labels, healed: dict, seeded: bool):
+    """``retained_lo`` / ``retained_hi`` and ``healed_retained_lo`` / ``_hi`` of every row
+    (in place): the rows of ``flat`` against the unpruned model (``pred[0]``), then (seeded
+    strategies) one mean row per n pooling every seed's predictions at that n."""
+    base = pred[0] == labels
+    ok = [pred[k + 1] == labels for k in range(len(flat))]
+    fixed = [healed[k] == labels if k in healed else None for k in range(len(flat))]
+    states, heal_states = list(ok), list(fixed)
+    if seeded:  # the mean rows: one per n, in order (_mean_rows)
+        for n in sorted({len(s) for _, s in flat}):
+            ks = [k for k, (_, s) in enumerate(flat) if len(s) == n]
+            states.append(np.stack([ok[k] for k in ks]))
+            heal_states.append(np.stack([fixed[k] for k in ks])
+                               if all(fixed[k] is not None for k in ks) else None)  # fmt: skip
+    if len(states) != len(df):
+        raise AssertionError(f"{len(states)} states for {len(df)} rows")
+    cis = retained_intervals(states, base)
+    df["retained_lo"] = [c[1] for c in cis]
+    df["retained_hi"] = [c[2] for c in cis]
+    have = [i for i, h in enumerate(heal_states) if h is not None]
+    lo, hi = np.full(len(df), math.nan), np.full(len(df), math.nan)
+    for i, c in zip(have, retained_intervals([heal_states[i] for i in have], base), strict=True):
+        lo[i], hi[i] = c[1], c[2]
+    df["healed_retained_lo"], df["healed_retained_hi"] = lo, hi
+
+
+def _sweep_rows(model, cell: dict, sets, test: ClipSet, device, log: Log) -> tuple:
+    """(the accuracy rows of every removal set (the test clips streamed in batches), with the
     latency columns (:func:`~workflow_scripts.pruning.sweeps.removal_latency` on the first
-    ``latency.batch_size`` clips when latency is enabled, else NaN)."""
+    ``latency.batch_size`` clips when latency is enabled, else NaN); the predicted classes
+    (1 + S, N), row 0 the unpruned model; the labels)."""
     strategy = cell["strategy"]
     t0 = time.perf_counter()
-    rows = sweep(model, test, None, strategy, sets, device, batch_size=cell["batch_size"])
+    rows, pred, labels = sweep_with_predictions(model, test, None, strategy, sets, device,
+                                                batch_size=cell["batch_size"])  # fmt: skip
     log(f"accuracy sweep of {len(sets)} sets: {time.perf_counter() - t0:.1f} s")
     lat = cell["latency"]
     if not lat.get("enabled"):
         for row in rows:
             row.update(no_latency(device))
-        return rows
+        return rows, pred, labels
     t0 = time.perf_counter()
     audio = test.read(np.arange(min(lat["batch_size"], len(test))))
     timed = removal_latency(model, sets, audio, device, lat["warmup"], lat["repeats"])
@@ -229,22 +289,24 @@ def _sweep_rows(model, cell: dict, sets, test: ClipSet, device, log: Log) -> lis
         row.update(t)
     log(f"latency of {len(sets)} sets (each against the unpruned model, interleaved): "
         f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-    return rows
+    return rows, pred, labels
 
 
-def _heal_rows(model, cell, flat, rows, test: ClipSet, device, train_data, log: Log):
+def _heal_rows(model, cell, flat, rows, test: ClipSet, device, train_data, log: Log) -> dict:
     """Heal the set removed at each listed n < L and write the healed accuracy into its rows
-    (every seed's); ``train_data()`` is called once, only when some n is healed."""
+    (every seed's); ``train_data()`` is called once, only when some n is healed. Returns
+    index into ``flat`` -> the healed model's predicted classes (N,)."""
     heal = cell.get("heal")
     wanted = [n for n in heal["n"] if n < n_layers(model)] if heal else []
+    out: dict = {}
     if not wanted:
-        return
+        return out
     if train_data is None:
         raise ValueError("healing is on but no training data was given")
     x_train, y_train = train_data()
     C = model.config.num_labels
     base_acc = rows[0]["accuracy"]
-    for (_, s), row in zip(flat, rows, strict=True):
+    for k, ((_, s), row) in enumerate(zip(flat, rows, strict=True)):
         if len(s) not in wanted:
             continue
         t0 = time.perf_counter()
@@ -254,7 +316,9 @@ def _heal_rows(model, cell, flat, rows, test: ClipSet, device, train_data, log: 
             batch_size=heal["batch_size"], seed=heal["seed"],
         )  # fmt: skip
         batches = test.batches(cell["batch_size"])
-        rep = accuracy_report(*predict_batches(healed, batches, device), C)
+        logits, y = predict_batches(healed, batches, device)
+        rep = accuracy_report(logits, y, C)
+        out[k] = logits.argmax(1)
         row.update(
             healed=True,
             healed_accuracy=rep["accuracy"],
@@ -266,6 +330,7 @@ def _heal_rows(model, cell, flat, rows, test: ClipSet, device, train_data, log: 
         )
         log(f"healed {s}: {row['accuracy']:.4f} -> {rep['accuracy']:.4f}")
         del healed
+    return out
 
 
 def _mean_rows(df: pd.DataFrame) -> pd.DataFrame:

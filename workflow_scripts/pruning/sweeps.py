@@ -26,6 +26,7 @@ import torch
 from workflow_scripts.backbones.clips import as_clips
 from workflow_scripts.backbones.evaluate import autocast, prediction_report
 from workflow_scripts.backbones.registry import count_parameters, encoder_of, normalize_audio
+from workflow_scripts.core.retained import retained_intervals
 from workflow_scripts.core.timing import compare_latency
 from workflow_scripts.pruning.layers import (
     check_supported,
@@ -316,15 +317,33 @@ def sweep(
     device: torch.device | str = "cpu",
     batch_size: int = 128,
 ) -> list[dict]:
-    """One row per removal set: accuracy with bootstrap CI, relative accuracy, size.
+    """One row per removal set: accuracy with bootstrap CI, relative accuracy, size
+    (:func:`sweep_with_predictions` without the predictions)."""
+    return sweep_with_predictions(model, audio, labels, strategy, removal_sets, device,
+                                  batch_size)[0]  # fmt: skip
+
+
+def sweep_with_predictions(
+    model,
+    audio,
+    labels: np.ndarray | None,
+    strategy: str,
+    removal_sets: Sequence[Sequence[int]],
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """(one row per removal set, predicted classes (1 + S, N) - row 0 the unpruned model, row
+    k + 1 removal set k -, labels (N,)).
 
     ``audio``: the test clips, a :class:`~workflow_scripts.backbones.clips.ClipSet`
     (``labels`` None; read ``batch_size`` clips at a time) or float32 clips (N, samples) in
     memory with their ``labels``. Accuracy comes from :func:`sweep_predictions` (prefix
     resumption; identical to predicting with the physically pruned model); the empty set
     reproduces the unpruned ``predict`` exactly. ``relative_accuracy`` = accuracy / accuracy
-    of the unpruned model (NaN when that is 0). Parameter counts are of the physically pruned
-    model (:func:`remove_layers`). Latency: :func:`removal_latency`.
+    of the unpruned model (NaN when that is 0), with its paired bootstrap interval over clips
+    ``retained_lo`` / ``retained_hi`` (:func:`~workflow_scripts.core.retained.retained_intervals`).
+    Parameter counts are of the physically pruned model (:func:`remove_layers`). Latency:
+    :func:`removal_latency`.
     """
     device = torch.device(device)
     clips = as_clips(audio, labels)
@@ -332,6 +351,8 @@ def sweep(
     pred, labels = sweep_predictions(model, clips.batches(batch_size), [[], *sets], device)
     C = model.config.num_labels
     base_acc = prediction_report(pred[0], labels, C)["accuracy"]
+    ok = pred == labels[None]
+    cis = retained_intervals(list(ok[1:]), ok[0])
     L = n_layers(model)
     rows = []
     for k, s in enumerate(sets):
@@ -350,11 +371,13 @@ def sweep(
             "eval_clips": rep["n"],
             "per_class_accuracy": rep["per_class_accuracy"],
             "relative_accuracy": rep["accuracy"] / base_acc if base_acc > 0 else math.nan,
+            "retained_lo": cis[k][1],
+            "retained_hi": cis[k][2],
             "transformer_params": transformer_parameters(pruned),
             "total_params": count_parameters(pruned),
         })  # fmt: skip
         del pruned
-    return rows
+    return rows, pred, labels
 
 
 #: The latency columns of a pruning row (:func:`removal_latency`).

@@ -10,7 +10,10 @@ Conventions, stated once and followed by every table and chart of the report:
 * accuracy-like values are percentages; every accuracy carries its clips (``eval_clips``:
   the shared evaluation set) and, where it has one, its 95% CI;
 * **meets** = keeps at least the threshold (95%) of the unpruned model's accuracy on the same
-  clips.
+  clips, on the point estimate (``meets_threshold``) and with confidence
+  (``meets_with_confidence``: the lower end of the retained share's paired bootstrap interval
+  over clips, ``retained_ci_pct``, keeps it; :mod:`workflow_scripts.core.retained`). Layers
+  removable are counted both ways, in two rows.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ import pandas as pd
 
 COLUMNS = [
     "model", "finding", "method", "result", "accuracy_pct", "ci_pct", "retained_pct",
-    "eval_clips", "meets_threshold", "also",
+    "retained_ci_pct", "eval_clips", "meets_threshold", "meets_with_confidence", "also",
 ]  # fmt: skip
+#: The overview's two findings of layer pruning: the removable count on the point estimate and
+#: with confidence (every smaller number too, both).
+REMOVABLE = "layers removable (every smaller number too)"
+REMOVABLE_CI = "layers removable with confidence (every smaller number too, retained CI lower end)"
 
 
 def _pct(x) -> float:
@@ -36,10 +43,24 @@ def _ci(lo, hi) -> str:
 
 
 def _row(model, finding, method, result, acc=math.nan, lo=None, hi=None, retained=math.nan,
-         n=math.nan, meets=None, also="") -> dict:  # fmt: skip
+         n=math.nan, meets=None, also="", retained_ci=(None, None),
+         meets_ci=None) -> dict:  # fmt: skip
     return {"model": model, "finding": finding, "method": method, "result": result,
             "accuracy_pct": _pct(acc), "ci_pct": _ci(lo, hi), "retained_pct": _pct(retained),
-            "eval_clips": n, "meets_threshold": meets, "also": also}  # fmt: skip
+            "retained_ci_pct": _ci(*retained_ci), "eval_clips": n, "meets_threshold": meets,
+            "meets_with_confidence": meets_ci, "also": also}  # fmt: skip
+
+
+def _retained_ci(row) -> tuple:
+    """(retained_lo, retained_hi) of a table row, a Series or a named tuple (None where the
+    table has no such column)."""
+    get = row.get if isinstance(row, pd.Series) else (lambda k: getattr(row, k, None))
+    return get("retained_lo"), get("retained_hi")
+
+
+def _confident(lo, threshold: float):
+    """Whether a retained interval's lower end keeps ``threshold``; None without one."""
+    return None if lo is None or pd.isna(lo) else bool(lo >= threshold)
 
 
 def group_spans(rows: pd.DataFrame) -> str:
@@ -87,10 +108,23 @@ def pruning_rows(pruning: pd.DataFrame, threshold: float) -> list[dict]:
             else (f"{int(r.max_removed)} if a dip below {100 * threshold:g}% at fewer is allowed")
         )
         meets = bool(at.relative_accuracy >= threshold) if r.max_removed_prefix else None
-        out.append(_row(r.model, "layers removable (every smaller number too)", r.strategy,
+        ci = _retained_ci(at)
+        meets_ci = _confident(ci[0], threshold) if r.max_removed_prefix else None
+        out.append(_row(r.model, REMOVABLE, r.strategy,
                         result, at.accuracy, at.get("ci_lo"), at.get("ci_hi"),
                         at.relative_accuracy, n, meets,
-                        also))  # fmt: skip
+                        also, ci, meets_ci))  # fmt: skip
+        k = getattr(r, "max_removed_prefix_ci", None)
+        if k is None or pd.isna(k):
+            continue
+        at = curve[curve.n_removed == int(k)].iloc[0]
+        ci = _retained_ci(at)
+        out.append(_row(r.model, REMOVABLE_CI, r.strategy,
+                        removal_text(k, r.n_layers, at.get("removed"), "layers"),
+                        at.accuracy, at.get("ci_lo"), at.get("ci_hi"), at.relative_accuracy, n,
+                        bool(at.relative_accuracy >= threshold) if k else None,
+                        f"{int(r.max_removed_prefix)} on the point estimate", ci,
+                        _confident(ci[0], threshold) if k else None))  # fmt: skip
     return out
 
 
@@ -120,7 +154,8 @@ def mimic_rows(mimic: pd.DataFrame, threshold: float) -> list[dict]:
         also = f"chosen on validation accuracy ({100 * r.val_accuracy:.1f}%)"
         out.append(_row(r.model, "best mimicker (replaces the stack)", f"{r.kind}-{int(r.depth)}",
                         result, r.accuracy, r.ci_lo, r.ci_hi, r.retained, n,
-                        bool(r.retained >= threshold), also))  # fmt: skip
+                        bool(r.retained >= threshold), also, _retained_ci(r),
+                        _confident(_retained_ci(r)[0], threshold)))  # fmt: skip
     return out
 
 
@@ -137,7 +172,8 @@ def structured_rows(structured: pd.DataFrame, threshold: float) -> list[dict]:
         n = getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan))
         out.append(_row(r.model, "structured pruning (highest target tried)",
                         f"target {100 * r.target_sparsity:g}%", result, r.accuracy, r.ci_lo,
-                        r.ci_hi, r.retained, n, bool(r.retained >= threshold)))  # fmt: skip
+                        r.ci_hi, r.retained, n, bool(r.retained >= threshold), "",
+                        _retained_ci(r), _confident(_retained_ci(r)[0], threshold)))  # fmt: skip
     return out
 
 
@@ -156,9 +192,12 @@ def pareto_rows(pareto: pd.DataFrame) -> list[dict]:
         size = (f"{r.params_pct:.0f}% of the whole model's parameters" if pd.notna(r.params_pct)
                 else f"{int(r.total_params):,} parameters")  # fmt: skip
         result = f"{size}, {r.speedup:.2f}x faster"
+        lo, hi = (r.get(k) for k in ("retained_lo_pct", "retained_hi_pct"))
+        ci = (None, None) if lo is None else (lo / 100, hi / 100)
         out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
                         f"{r.family}: {r.method} ({r.setting})", result, r.accuracy_pct / 100,
-                        None, None, r.retained_pct / 100, r.eval_clips, True))  # fmt: skip
+                        None, None, r.retained_pct / 100, r.eval_clips, True, "", ci,
+                        r.get("meets_with_confidence")))  # fmt: skip
     return out
 
 
@@ -242,7 +281,8 @@ def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str
     for model, g in overview.groupby("model", sort=False):
         table = g.drop(columns="model").rename(columns={
             "accuracy_pct": "accuracy %", "ci_pct": "95% CI", "retained_pct": "retained %",
-            "meets_threshold": f"meets {pct}"})  # fmt: skip
+            "meets_threshold": f"meets {pct}", "retained_ci_pct": "retained 95% CI",
+            "meets_with_confidence": f"meets {pct} with confidence"})  # fmt: skip
         body += [f"## {model}", "", markdown_table(table, ".1f")]
     if speechllm is not None and len(speechllm):
         body += ["## SpeechLLM decoders", "",

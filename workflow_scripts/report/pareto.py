@@ -14,9 +14,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from workflow_scripts.core.retained import meets_with_confidence
+
 COLUMNS = [
     "model", "family", "method", "setting", "total_params", "params_pct", "speedup",
-    "accuracy_pct", "retained_pct", "eval_clips", "meets_threshold", "frontier",
+    "accuracy_pct", "retained_pct", "retained_lo_pct", "retained_hi_pct", "eval_clips",
+    "meets_threshold", "meets_with_confidence", "frontier",
 ]  # fmt: skip
 
 
@@ -60,10 +63,16 @@ def unpruned_params(pruning=None, mimic=None, structured=None) -> dict:
     return out
 
 
+def _interval(row) -> dict:
+    """A table row's retained interval (``retained_lo``, ``retained_hi``; NaN without)."""
+    return {k: float(getattr(row, k, math.nan)) for k in ("retained_lo", "retained_hi")}
+
+
 def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = None,
            structured: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
     """Long rows (model, family, method, setting, total_params, speedup, accuracy, retained,
-    eval_clips) of every setting of the stages given (accuracies as fractions here)."""
+    eval_clips, retained_lo, retained_hi) of every setting of the stages given (accuracies as
+    fractions here)."""
     rows = []
     if pruning is not None and len(pruning):
         p = _pruning_points(pruning)
@@ -76,6 +85,7 @@ def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = Non
                 "setting": f"{int(r.n_removed)} of {int(r.n_layers)} layers removed",
                 "total_params": r.total_params, "accuracy": r.accuracy,
                 "retained": r.relative_accuracy, "speedup": 1.0 if unpruned else s,
+                **_interval(r),
                 "eval_clips": getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan)),
             })  # fmt: skip
     if mimic is not None and len(mimic):
@@ -87,6 +97,7 @@ def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = Non
                 "accuracy": r.accuracy, "speedup": s,
                 "retained": r.accuracy / r.backbone_accuracy if r.backbone_accuracy else math.nan,
                 "eval_clips": getattr(r, "eval_clips", getattr(r, "n", math.nan)),
+                **_interval(r),
             })  # fmt: skip
     if structured is not None and len(structured):
         speed = _speedup(structured, "base_latency_ms", "latency_ms")
@@ -98,6 +109,7 @@ def points(pruning: pd.DataFrame | None = None, mimic: pd.DataFrame | None = Non
                 "total_params": r.total_params, "accuracy": r.accuracy, "speedup": s,
                 "retained": r.retained,
                 "eval_clips": getattr(r, "eval_clips", getattr(r, "n_utterances", math.nan)),
+                **_interval(r),
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -129,6 +141,9 @@ def pareto_table(pruning=None, mimic=None, structured=None, threshold: float = 0
     d["accuracy_pct"] = 100.0 * d.accuracy.astype(float)
     d["retained_pct"] = 100.0 * d.retained.astype(float)
     d["meets_threshold"] = d.retained.astype(float) >= threshold
+    for k in ("retained_lo", "retained_hi"):
+        d[f"{k}_pct"] = 100.0 * d[k].astype(float) if k in d else math.nan
+    d["meets_with_confidence"] = meets_with_confidence(d.retained_lo_pct / 100.0, threshold)
     return d[COLUMNS]
 
 

@@ -34,9 +34,11 @@ def _rows(overview: pd.DataFrame, model: str, finding: str) -> pd.DataFrame:
     ]
 
 
-def _removable(overview: pd.DataFrame, model: str, strategies) -> str:
-    """'2 / 1 / 1 of 10 (layers 9 10 / 10 / 10)': the prefix headline of each strategy."""
-    rows = _rows(overview, model, "layers removable").set_index("method")
+def _removable(overview: pd.DataFrame, model: str, strategies,
+               finding: str = "layers removable (") -> str:  # fmt: skip
+    """'2 / 1 / 1 of 10 (layers 9 10 / 10 / 10)': the prefix headline of each strategy (on
+    the point estimate; ``finding="layers removable with confidence"``: with confidence)."""
+    rows = _rows(overview, model, finding).set_index("method")
     counts, named, total = [], [], ""
     for s in strategies:
         if s not in rows.index:
@@ -79,6 +81,10 @@ def findings_table(overview: pd.DataFrame, strategies=STRATEGIES) -> str:
         names = " / ".join(_SHORT.get(s, s) for s in present)
         put(f"layers removable at ≥ the threshold, every smaller number too ({names}; "
             "layers numbered 1..L)", m, _removable(overview, m, present))  # fmt: skip
+        if _rows(overview, m, "layers removable with confidence").size:
+            put("the same with confidence (the retained share's 95% CI lower end keeps the "
+                "threshold)", m,
+                _removable(overview, m, present, "layers removable with confidence"))  # fmt: skip
         st = _rows(overview, m, "structured pruning")
         if len(st):
             r = st.iloc[0]

@@ -1,5 +1,5 @@
-"""Rule adapter: one (model, target sparsity) structured-pruning cell and its pruned model
-(workflow_scripts.structured.run.run_cell)."""
+"""Rule adapter: one (model, target sparsity) structured-pruning cell, its per-clip test
+predictions and its pruned model (workflow_scripts.structured.run.run_cell)."""
 
 import torch
 
@@ -11,8 +11,9 @@ ctx = RuleContext(snakemake)
 torch.set_num_threads(snakemake.threads)
 inp, out = snakemake.input, snakemake.output
 inputs = {k: inp[k] for k in inp.keys()}
-df = run_cell(inputs, ctx.slice, snakemake.params.root, model=snakemake.wildcards.model,
-              out_dir=out.model_dir, log=ctx.log.info)  # fmt: skip
+df, preds = run_cell(inputs, ctx.slice, snakemake.params.root, model=snakemake.wildcards.model,
+                     out_dir=out.model_dir, log=ctx.log.info)  # fmt: skip
 meta = ctx.provenance(inputs=inputs, seed=ctx.slice["seed"])
 write_parquet(df, out.cell, meta)
+write_parquet(preds, out.predictions, meta)
 ctx.seal()

@@ -12,7 +12,7 @@ from workflow_scripts.structured.report import stage_tables, summary_display, su
 ctx = RuleContext(snakemake)
 inp, out = snakemake.input, snakemake.output
 others = {k: inp[k] for k in COMPARED_STAGES if k in inp.keys()}
-t = stage_tables(list(inp.cells), others)
+t = stage_tables(list(inp.cells), others, ctx.slice["threshold"])
 meta = ctx.provenance()
 write_parquet(t["table"], out.table, meta)
 write_text_atomic(out.csv, summary_display(t["summary"]).to_csv(index=False))

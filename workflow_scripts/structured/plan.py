@@ -20,6 +20,7 @@ from workflow_scripts.backbones.plan import layer_fraction, test_clips
 from workflow_scripts.core import paths
 from workflow_scripts.core.config import model_num_layers
 from workflow_scripts.core.paths import RESULTS
+from workflow_scripts.report.plan import accuracy_threshold
 
 # The other stages whose aggregated tables the comparison chart reads, when they are enabled.
 COMPARED_STAGES = ("pruning", "mimic")
@@ -54,8 +55,10 @@ def wildcard_constraints(config: dict) -> dict[str, str]:
 
 
 def tables_slice(config: dict) -> dict:
-    """The aggregation rule's slice: which other methods the comparison chart shows."""
-    return {"comparison": sorted(compared_tables(config))}
+    """The aggregation rule's slice: which other methods the comparison chart shows and the
+    accuracy threshold of the summary's verdicts (the overview's)."""
+    return {"comparison": sorted(compared_tables(config)),
+            "threshold": accuracy_threshold(config)}  # fmt: skip
 
 
 def compared_tables(config: dict, results: str = RESULTS) -> dict[str, str]:

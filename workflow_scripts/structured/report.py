@@ -9,21 +9,29 @@ import math
 
 import pandas as pd
 
+from workflow_scripts.core.retained import meets_with_confidence
 from workflow_scripts.core.tables import concat_cells, markdown_table
 
 SUMMARY_COLUMNS = [
     "model", "target_sparsity", "achieved_sparsity", "expected_sparsity", "accuracy",
-    "base_accuracy", "retained", "eval_clips", "finetuned_accuracy", "finetuned_retained",
+    "base_accuracy", "retained", "retained_lo", "retained_hi", "meets_threshold",
+    "meets_with_confidence", "eval_clips", "finetuned_accuracy", "finetuned_retained",
     "total_params", "base_total_params", "latency_ms", "base_latency_ms", "speedup",
     "speedup_lo", "speedup_hi", "timing_precision", "kept_heads", "kept_ffn_units",
 ]  # fmt: skip
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell, models in order of appearance, targets ascending."""
+def summary_table(df: pd.DataFrame, threshold: float = 0.95) -> pd.DataFrame:
+    """One row per cell, models in order of appearance, targets ascending; whether the pruned
+    model keeps ``threshold`` of the unpruned accuracy on the point estimate
+    (``meets_threshold``) and with confidence (``meets_with_confidence``: the lower end of
+    the retained share's paired bootstrap interval ``retained_lo``; False without one)."""
     if df.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     d = df.copy()
+    d["meets_threshold"] = d.retained.astype(float) >= threshold
+    lo = d["retained_lo"] if "retained_lo" in d else pd.Series(math.nan, index=d.index)
+    d["meets_with_confidence"] = meets_with_confidence(lo.astype(float), threshold)
     models = {m: i for i, m in enumerate(dict.fromkeys(d.model))}
     d = d.assign(_m=d.model.map(models)).sort_values(["_m", "target_sparsity"], kind="stable")
     return d[[c for c in SUMMARY_COLUMNS if c in d.columns]].reset_index(drop=True)
@@ -92,14 +100,16 @@ def comparison_long(structured: pd.DataFrame, pruning: pd.DataFrame | None = Non
     return out
 
 
-def stage_tables(cell_paths: list[str], others: dict[str, str]) -> dict[str, pd.DataFrame]:
+def stage_tables(cell_paths: list[str], others: dict[str, str],
+                 threshold: float = 0.95) -> dict[str, pd.DataFrame]:  # fmt: skip
     """Everything the aggregation rule writes, from the cell files and the compared stages'
     tables (``others``: stage -> parquet, those enabled): ``table`` (the stacked cells),
-    ``summary`` (:func:`summary_table`) and ``comparison`` (:func:`comparison_long`)."""
+    ``summary`` (:func:`summary_table` at ``threshold``) and ``comparison``
+    (:func:`comparison_long`)."""
     df = concat_cells(list(cell_paths))
     frames = {k: pd.read_parquet(p) for k, p in others.items()}
     return {
         "table": df,
-        "summary": summary_table(df),
+        "summary": summary_table(df, threshold),
         "comparison": comparison_long(df, frames.get("pruning"), frames.get("mimic")),
     }

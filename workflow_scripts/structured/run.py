@@ -59,6 +59,7 @@ from workflow_scripts.backbones.finetune import train_classifier
 from workflow_scripts.backbones.plan import resolve_finetune
 from workflow_scripts.backbones.registry import count_parameters, load_classifier, pick_device
 from workflow_scripts.backbones.rows import CachedRows
+from workflow_scripts.core.retained import concat_predictions, predictions_frame, retained_interval
 from workflow_scripts.core.timing import compare_latency
 from workflow_scripts.data.loader import iter_batches, load_split, split_rows
 from workflow_scripts.pruning.layers import transformer_parameters
@@ -76,14 +77,15 @@ TestBatches = Callable[[], Iterable[tuple]]
 
 
 def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model: str,
-             out_dir: str | os.PathLike, log: Log) -> pd.DataFrame:  # fmt: skip
+             out_dir: str | os.PathLike, log: Log
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """The cell of ``model`` from the rule's files (``inputs``: ``model`` = the fine-tuned
     classifier, ``train_cache`` = its training-split cache, ``manifest``; ``root`` = the
     corpus): the cached block-0 input and teacher states of the distilled layers
     (:func:`~workflow_scripts.structured.plan.distill_layers`) read batch by batch
     (:func:`training_views`), the test clips streamed from disk, and training clips read only
-    when the short fine-tune is on. Saves the pruned model to ``out_dir``; returns the
-    one-row cell table."""
+    when the short fine-tune is on. Saves the pruned model to ``out_dir``; returns (the
+    one-row cell table, its per-clip predictions: :func:`prune_cell`)."""
     cell = config_slice
     device = pick_device()
     classifier = load_classifier(inputs["model"]).to(device).eval()
@@ -102,11 +104,11 @@ def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model:
         log(f"short fine-tune on {len(x)} training clips")
         return x, y
 
-    row, _history = prune_cell(classifier, cell, x0, teacher, test_batches, device, train_data,
-                               out_dir, log)  # fmt: skip
+    row, _history, predictions = prune_cell(classifier, cell, x0, teacher, test_batches, device,
+                                            train_data, out_dir, log)  # fmt: skip
     df = pd.DataFrame([{"model": model, **row}])
     log("\n" + df.drop(columns=["per_class_accuracy"]).T.to_string())
-    return df
+    return df, predictions
 
 
 def evaluation_rows(manifest: pd.DataFrame, cell: dict) -> pd.DataFrame:
@@ -132,7 +134,7 @@ def array_batches(audio: np.ndarray, labels: np.ndarray, batch_size: int) -> Tes
 
 def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, device="cpu",
                train_data=None, out_dir: str | os.PathLike | None = None,
-               log: Log | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+               log: Log | None = None) -> tuple[dict, list[dict], pd.DataFrame]:  # fmt: skip
     """One structured-pruning cell: train the gates of a copy of ``model``'s blocks on the
     cached states (``x0`` = hidden state 0, ``teacher`` = index -> teacher states of the
     distilled layers; arrays or :func:`training_views`), make them deterministic, shrink the
@@ -142,7 +144,11 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
     interleaved (:func:`_latency`, on the first ``latency.batch_size`` test clips), optionally
     fine-tune briefly (``cell["finetune"]["steps"]`` > 0, on ``train_data()`` = training
     clips) and save the pruned model to ``out_dir``. Returns (row, per-step training
-    history)."""
+    history, per-clip predictions of every evaluated state: ``state`` = ``unpruned``,
+    ``pruned`` or ``finetuned``, then ``clip``, ``predicted``, ``label``). ``retained`` has
+    its paired bootstrap interval over the test clips ``retained_lo`` / ``retained_hi``
+    (:func:`~workflow_scripts.core.retained.retained_interval`; ``finetuned_retained_lo`` /
+    ``_hi`` likewise)."""
     log = log or (lambda _m: None)
     device = torch.device(device)
     model = model.to(device).eval()
@@ -171,7 +177,12 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
     lat_audio = _first_clips(test_batches, cell["latency"]["batch_size"])
     lat = _latency(model, pruned, lat_audio, cell["latency"], device)
     ft = cell.get("finetune") or {"steps": 0}
-    ft_acc = _short_finetune(pruned, ft, train_data, test_batches, device, log)
+    ft_acc, ft_pred = _short_finetune(pruned, ft, train_data, test_batches, device, log)
+    states = {"unpruned": base_logits.argmax(1), "pruned": logits.argmax(1), "finetuned": ft_pred}
+    states = {k: p for k, p in states.items() if p is not None}
+    base_ok = states["unpruned"] == test_labels
+    cis = {k: retained_interval(p == test_labels, base_ok) for k, p in states.items()}
+    nan3 = (math.nan, math.nan, math.nan)
     row = {
         "target_sparsity": float(cell["target"]),
         "achieved_sparsity": rep["achieved_sparsity"],
@@ -183,6 +194,10 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
         "total_params": count_parameters(pruned),
         "base_total_params": count_parameters(model),
         **_accuracy_columns(acc, base, ft_acc, ft),
+        "retained_lo": cis["pruned"][1],
+        "retained_hi": cis["pruned"][2],
+        "finetuned_retained_lo": cis.get("finetuned", nan3)[1],
+        "finetuned_retained_hi": cis.get("finetuned", nan3)[2],
         **lat,
         **_structure_columns(rep, cell, teacher),
         **_training_columns(cell, history, train_seconds, x0),
@@ -190,7 +205,8 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
     if out_dir is not None:
         save_pruned(pruned, out_dir, {"row": {k: v for k, v in row.items()
                                               if k != "per_class_accuracy"}})  # fmt: skip
-    return row, history
+    frames = [predictions_frame(p, test_labels, state=k) for k, p in states.items()]
+    return row, history, concat_predictions(frames)
 
 
 def _first_clips(test_batches: TestBatches, n: int) -> np.ndarray:
@@ -223,11 +239,11 @@ def _latency(model, pruned, audio: np.ndarray, lat: dict, device) -> dict:
 
 
 def _short_finetune(pruned, ft: dict, train_data, test_batches: TestBatches, device,
-                    log: Log) -> float:  # fmt: skip
-    """Test accuracy of a copy of ``pruned`` fine-tuned for ``ft["steps"]`` steps on
-    ``train_data()`` (NaN when the fine-tune is off)."""
+                    log: Log) -> tuple[float, np.ndarray | None]:  # fmt: skip
+    """(test accuracy, predicted classes per test clip) of a copy of ``pruned`` fine-tuned
+    for ``ft["steps"]`` steps on ``train_data()`` ((NaN, None) when the fine-tune is off)."""
     if ft.get("steps", 0) <= 0:
-        return math.nan
+        return math.nan, None
     if train_data is None:
         raise ValueError("the short fine-tune is on but no training data was given")
     x_tr, y_tr = train_data()
@@ -236,7 +252,7 @@ def _short_finetune(pruned, ft: dict, train_data, test_batches: TestBatches, dev
     train_classifier(tuned, x_tr, y_tr, spec, device, log=log, progress=True)
     ft_logits, test_labels = predict_batches(tuned, test_batches(), device)
     C = pruned.config.num_labels
-    return accuracy_report(ft_logits, test_labels, C)["accuracy"]
+    return accuracy_report(ft_logits, test_labels, C)["accuracy"], ft_logits.argmax(1)
 
 
 def _accuracy_columns(acc: dict, base: dict, ft_acc: float, ft: dict) -> dict:
