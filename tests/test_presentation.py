@@ -241,3 +241,16 @@ def test_readme_findings_block_comes_from_the_overview(tmp_path):
     head = original.split(readme.START)[0]
     tail = original.split(readme.END)[1]
     assert out.startswith(head) and out.endswith(tail) and "commit `abc1234`" in out
+
+
+def test_run_commit_is_dirty_only_when_recorded_so(tmp_path):
+    """Provenance records git_dirty as the text "true"/"false": "false" is a clean run."""
+    import pandas as pd
+
+    from workflow_scripts.core.provenance import write_parquet
+    from workflow_scripts.report import readme
+
+    for dirty, suffix in (("false", ""), ("true", "-dirty")):
+        write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "overview.parquet",
+                      {"git_commit": "abcdef0123", "git_dirty": dirty})  # fmt: skip
+        assert readme.run_commit(tmp_path / "overview.csv") == "abcdef0" + suffix

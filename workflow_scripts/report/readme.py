@@ -164,7 +164,7 @@ def run_commit(overview_csv: Path) -> str:
 
     prov = read_provenance(overview_csv.with_suffix(".parquet"))
     commit = str(prov.get("git_commit") or "unknown")[:7]
-    return commit + ("-dirty" if prov.get("git_dirty") else "")
+    return commit + ("-dirty" if prov.get("git_dirty") == "true" else "")  # recorded as text
 
 
 def main(argv=None) -> int:
