@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight real-models smoke-paper readme-numbers
+.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight cluster real-models smoke-paper readme-numbers
 
 venv: $(STAMP)
 
@@ -62,6 +62,12 @@ compare: $(STAMP)  ## what differs between two result folders: make compare A=re
 CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG),)
 plan: $(STAMP)  ## jobs, GPU jobs, GPU hours, disk and peak memory of a run: make plan CONFIG=config/paper.yaml
 	$(BIN)/python -m workflow_scripts.resource_plan $(CONFIGFILE) $(PLAN_ARGS)
+
+# The one form of a cluster run, from the repository root on a login node (docs/cluster.md):
+# make cluster CONFIG=config/paper.yaml [JOBS=64] [CLUSTER_ARGS="--unlock" | "-n" | ...].
+JOBS ?= 64
+cluster: $(STAMP)  ## the grid on SLURM (the profile slurm/): make cluster CONFIG=config/paper.yaml JOBS=64
+	$(BIN)/snakemake --profile slurm -j $(JOBS) $(CONFIGFILE) $(CLUSTER_ARGS)
 
 preflight: $(STAMP)  ## config, data, weights, disk (and --slurm: one GPU job) checked before a run
 	$(BIN)/python -m workflow_scripts.preflight $(CONFIGFILE) $(PREFLIGHT_ARGS)
