@@ -24,9 +24,13 @@ mimic = grid.plan("mimic")
 structured = grid.plan("structured")
 aggregate = grid.plan("report")
 
-# config.yaml < config/site.yaml (git-ignored machine settings) < the command line.
+# config.yaml < --configfile files < config/site.yaml (git-ignored machine settings: they win
+# over every shipped grid config) < --config key=value pairs.
 grid.assemble(
-    config, site.config_overrides(), workflow.config_settings.overwrite_config or {}
+    config,
+    site.config_overrides(),
+    workflow.config_settings.overwrite_config or {},
+    getattr(workflow.config_settings, "config", None) or {},
 )
 if site.setting("hf_home"):
     os.environ.setdefault("HF_HOME", str(site.setting("hf_home")))

@@ -99,3 +99,28 @@ def test_site_example_is_valid_and_its_config_passes_the_schema():
     cfg = grid.assemble(default_config(), site.config_overrides(example), {})
     site.load.cache_clear()
     assert validate_config(cfg)["data"]["root"] == data["config"]["data"]["root"]
+
+
+def test_site_settings_win_over_shipped_grid_configs_but_not_over_config_args():
+    """config.yaml < --configfile < config/site.yaml < --config: the site's data root and
+    local model folders reach the paper grid without editing it; a model the grid does not
+    have is never added by the site file."""
+    import yaml
+
+    from workflow_scripts import grid
+    from workflow_scripts.preflight import SITE_PLACEHOLDER, check_data
+
+    paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    assert paper["data"]["root"] == SITE_PLACEHOLDER  # no machine's path in a tracked file
+    site_cfg = {
+        "data": {"root": "/scratch/sc"},
+        "models": {"wavlm-large": {"hf": "/ckpt/wavlm-large"}, "other": {"hf": "/x"}},
+    }
+    cfg = grid.assemble(default_config(), site_cfg, paper)
+    assert cfg["data"]["root"] == "/scratch/sc"
+    assert cfg["models"]["wavlm-large"]["hf"] == "/ckpt/wavlm-large"
+    assert set(cfg["models"]) == set(paper["models"])  # "other" not added
+    cfg = grid.assemble(default_config(), site_cfg, paper, {"data": {"root": "/cli"}})
+    assert cfg["data"]["root"] == "/cli"
+    ok, msg = check_data(grid.assemble(default_config(), {}, paper))
+    assert not ok and "data.root" in msg and "config/site.yaml" in msg

@@ -109,14 +109,35 @@ def unite_configfiles(config_settings) -> None:
             overrides[key] = united[key]
 
 
-def assemble(config: dict, site_config: dict, overrides: dict) -> dict:
-    """The run's config, in place: config.yaml (``config``) < config/site.yaml < the command
-    line (``overrides``), whose grid registries replace rather than merge."""
+def site_settings(site_config: dict, config: dict) -> dict:
+    """The site file's config keys as they apply to this grid: a model, SpeechLLM or decoder
+    entry only for a name the grid has (a site file may list local folders for every model
+    it ever runs; naming one never adds it to a grid)."""
+    out = copy.deepcopy(site_config)
+    for key_path in GRID_KEYS:
+        src, dst = out, config
+        for key in key_path[:-1]:
+            src = src.get(key) if isinstance(src, dict) else None
+            dst = dst.get(key) if isinstance(dst, dict) else None
+        if isinstance(src, dict) and isinstance(src.get(key_path[-1]), dict):
+            have = (dst or {}).get(key_path[-1]) or {}
+            src[key_path[-1]] = {k: v for k, v in src[key_path[-1]].items() if k in have}
+    return out
+
+
+def assemble(config: dict, site_config: dict, overrides: dict,
+             command_line: dict | None = None) -> dict:  # fmt: skip
+    """The run's config, in place: config.yaml (``config``) < the ``--configfile`` files and
+    ``--config`` (``overrides``, merged by Snakemake), whose grid registries replace rather
+    than merge < config/site.yaml (``site_config``: the machine's settings - data roots, local
+    model folders - win over every shipped grid config, so no tracked file is edited) < the
+    ``--config`` key=value pairs (``command_line``), which win over everything."""
     from snakemake.utils import update_config
 
-    update_config(config, copy.deepcopy(site_config))
     update_config(config, copy.deepcopy(overrides))
     replace_grid_keys(config, overrides)
+    update_config(config, site_settings(site_config, config))
+    update_config(config, copy.deepcopy(dict(command_line or {})))
     return config
 
 

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A shipped grid config's value for a key each machine sets in config/site.yaml.
+SITE_PLACEHOLDER = "<site>"
 
 
 def load_config(configfiles: list[str]) -> dict:
@@ -50,6 +52,10 @@ def check_data(config: dict) -> tuple[bool, str]:
         except ImportError as err:
             return False, f"synthetic corpus: espeak-ng not importable ({err})"
         return True, "synthetic corpus (made by the workflow)"
+    if str(root) == SITE_PLACEHOLDER:
+        return False, (f"data.root is {SITE_PLACEHOLDER!r} (the shipped grid config leaves it to "
+                       "the machine): set config.data.root in config/site.yaml "
+                       "(see config/site.example.yaml)")  # fmt: skip
     root = Path(root)
     missing = [w for w in words(config) if not (root / w).is_dir()]
     lists = [f for f in ("validation_list.txt", "testing_list.txt") if not (root / f).is_file()]
