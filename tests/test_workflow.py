@@ -260,7 +260,9 @@ def test_audit_finds_the_cell_edited_by_hand(tiny_project):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = audit_rows(proc.stdout)
     cells = [p for p in rows if p.startswith("results/cells/")]
-    assert len(cells) == 14 and set(rows.values()) == {"current"}, proc.stdout  # 7 per model
+    # 11 per model: baseline, 2 similarity, pruning, mimic (+ curves), structured, and the
+    # per-clip predictions beside baseline, pruning, mimic and structured
+    assert len(cells) == 22 and set(rows.values()) == {"current"}, proc.stdout
 
     # (d) a value changed by hand, metadata and modification time left as they were
     cell = d / "results/cells/similarity/tiny-a/cosine.parquet"
@@ -476,8 +478,9 @@ def test_each_change_reruns_and_flags_exactly_its_dependants(tiny_project):
         assert direct(bad, "workflow_scripts/pruning/sweeps.py") == {
             f"results/{kind}/pruning/{m}/forward{ext}"
             for m in ("tiny-a", "tiny-b")
-            for kind, ext in (("cells", ".parquet"), ("exports", ""))
-        }  # the cells and the checkpoints the same jobs exported
+            for kind, ext in (("cells", ".parquet"), ("cells", ".predictions.parquet"),
+                              ("exports", ""))
+        }  # the cells, their per-clip predictions and the checkpoints the same jobs exported
         assert {rule for _, rule, _ in bad.values()} == set(jobs)
     quiet()
     # comments, a docstring and a reformat: nothing, in a module and in a rule script
