@@ -478,8 +478,11 @@ def test_each_change_reruns_and_flags_exactly_its_dependants(tiny_project):
         assert direct(bad, "workflow_scripts/pruning/sweeps.py") == {
             f"results/{kind}/pruning/{m}/forward{ext}"
             for m in ("tiny-a", "tiny-b")
-            for kind, ext in (("cells", ".parquet"), ("cells", ".predictions.parquet"),
-                              ("exports", ""))
+            for kind, ext in (
+                ("cells", ".parquet"),
+                ("cells", ".predictions.parquet"),
+                ("exports", ""),
+            )
         }  # the cells, their per-clip predictions and the checkpoints the same jobs exported
         assert {rule for _, rule, _ in bad.values()} == set(jobs)
     quiet()
