@@ -516,8 +516,9 @@ def test_each_change_reruns_and_flags_exactly_its_dependants(tiny_project):
         assert all("model=tiny-b" in w for rule in per_model for w in jobs[rule]), jobs
         bad = flagged(d)
         assert direct(bad, "local/tiny-b/model.safetensors) changed since") == {
-            "results/finetuned/tiny-b",
+            "results/finetuned/tiny-b",  # the fine-tuning job's outputs
             "results/cells/baseline/tiny-b.parquet",
+            "results/cells/baseline/tiny-b.predictions.parquet",
         }
         assert {rule for _, rule, _ in bad.values()} == set(jobs)
     quiet()  # the same bytes again, with a new modification time: nothing to do
