@@ -24,8 +24,11 @@ run: $(STAMP)  ## the default grid, offline, with the local profile
 dryrun: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local -n
 
+# Two workers (this machine's cores), one test file per worker at a time, so that a file's
+# module-scoped fixtures (the tiny grids, the real-size smoke run) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)  ## the whole test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
