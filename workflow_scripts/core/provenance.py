@@ -40,16 +40,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_path(path: str | os.PathLike, pattern: str = "*") -> str:
+def sha256_path(path: str | os.PathLike, pattern: str = "*", files=None,
+                file_digest=sha256_file) -> str:  # fmt: skip
     """SHA-256 of a file, or of a directory's sorted (relative path, file hash) list of the
     files matching ``pattern`` at any depth (e.g. ``"*.safetensors"``: a model's weights, not
-    its logs; :func:`folder_files`)."""
+    its logs; :func:`folder_files`), or of the given ``files`` in it. ``file_digest`` hashes
+    one file (a cache's lookup, see :mod:`workflow_scripts.core.sources`)."""
     p = Path(path)
     if p.is_file():
-        return sha256_file(p)
+        return file_digest(p)
     h = hashlib.sha256()
-    for f in folder_files(p, pattern):
-        h.update(f"{f.relative_to(p)}\0{sha256_file(f)}\n".encode())
+    for f in folder_files(p, pattern) if files is None else files:
+        h.update(f"{Path(f).relative_to(p)}\0{file_digest(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from workflow_scripts.core.provenance import folder_files, sha256_file
+from workflow_scripts.core.provenance import sha256_file, sha256_path, write_text_atomic
 
 #: Files in a model folder that do not change what the model computes.
 BOOKKEEPING = {"DONE", "provenance.json", "loss_history.json", ".snakemake_timestamp",
@@ -78,62 +78,39 @@ class DigestCache:
         return digest
 
     def path_digest(self, path: str | os.PathLike, pattern: str = "*") -> str:
-        """As :func:`~workflow_scripts.core.provenance.sha256_path` (a file, or a folder's
-        sorted (relative path, digest) list), from the cache where it can."""
-        import hashlib
-
-        p = Path(path)
-        if p.is_file():
-            return self.file(p)
-        h = hashlib.sha256()
-        for f in folder_files(p, pattern):
-            h.update(f"{f.relative_to(p)}\0{self.file(f)}\n".encode())
-        return h.hexdigest()
+        """:func:`~workflow_scripts.core.provenance.sha256_path`, from the cache where it can."""
+        return sha256_path(path, pattern, file_digest=self.file)
 
     def save(self) -> None:
         if not (self.path and self._dirty) or self.readonly:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._d))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self._d))
             self._dirty = False
         except OSError:  # a read-only checkout still plans, it only hashes again next time
             pass
 
 
-_CACHE: DigestCache | None = None
+_CACHES: dict[bool, DigestCache] = {}
 
 
-def cache() -> DigestCache:
-    """This process's digest cache (``.snakemake/digests.json`` of the working directory)."""
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = DigestCache()
-    return _CACHE
-
-
-_JOB_CACHE: DigestCache | None = None
+def cache(readonly: bool = False) -> DigestCache:
+    """This process's digest cache (``.snakemake/digests.json`` of the working directory).
+    A job reads it ``readonly`` (an unchanged model is not hashed again) and never writes it
+    (jobs run concurrently; the planning process owns the file)."""
+    if readonly not in _CACHES:
+        _CACHES[readonly] = DigestCache(readonly=readonly)
+    return _CACHES[readonly]
 
 
 def job_cache() -> DigestCache:
-    """A job's digests: it reads the plan's cache (an unchanged model is not hashed again) and
-    never writes it (jobs run concurrently; the planning process owns the file)."""
-    global _JOB_CACHE
-    if _JOB_CACHE is None:
-        _JOB_CACHE = DigestCache(readonly=True)
-    return _JOB_CACHE
+    """The digest cache of a job: :func:`cache` read-only."""
+    return cache(readonly=True)
 
 
 def folder_digest(folder: str | os.PathLike) -> str:
     """One digest of a model folder's :func:`model_files` (relative path and SHA-256 each)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in model_files(folder):
-        h.update(f"{Path(f).relative_to(folder)}\0{cache().file(f)}\n".encode())
-    return h.hexdigest()
+    return sha256_path(folder, files=model_files(folder), file_digest=cache().file)
 
 
 def digests(inputs) -> dict[str, str]:
