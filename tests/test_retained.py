@@ -218,22 +218,11 @@ def test_pruning_cell_predictions_recompute_its_accuracies_and_intervals():
 def test_structured_cell_predictions_recompute_its_accuracies(tmp_path):
     """The unpruned, pruned and fine-tuned states' predictions give the cell's accuracies
     exactly and its retained intervals."""
-    import torch
-    from test_structured import teacher_data, tiny_model
+    from test_structured import tiny_prune_setup
 
     from workflow_scripts.structured.run import array_batches, prune_cell
 
-    model = tiny_model("wavlm", dtype=torch.float32)
-    x0, teacher = teacher_data(model, t=24)
-    rng = np.random.default_rng(0)
-    audio = rng.standard_normal((10, 8000)).astype(np.float32)
-    labels = rng.integers(0, 5, 10)
-    cell = {"target": 0.5, "gates": {"heads": True, "head_dims": False, "ffn_units": True},
-            "init_log_alpha": 3.0, "straight_through": True, "steps": 4, "batch_size": 4,
-            "lr": 2e-4, "gate_lr": 0.05, "lambda_lr": 0.5, "warmup_frac": 0.3,
-            "distill": {"loss": "mse", "cos_weight": 1.0}, "seed": 0, "eval_batch_size": 4,
-            "latency": {"batch_size": 2, "warmup": 0, "repeats": 1},
-            "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0}}  # fmt: skip
+    model, x0, teacher, audio, labels, cell = tiny_prune_setup(steps=4)
     row, _, pred = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4), "cpu",
                               train_data=lambda: (audio, labels))  # fmt: skip
     assert list(pred.columns) == ["state", "clip", "predicted", "label"]

@@ -253,18 +253,25 @@ def test_target_warms_up_linearly():
     assert default_distill_layers(12) == [4, 8, 12]
 
 
-def test_prune_cell_on_a_tiny_model(tmp_path):
+def tiny_prune_setup(steps: int):
+    """A tiny WavLM, its teacher data, 10 random clips with labels and a prune_cell config
+    of ``steps`` gate steps (shared by the cell tests)."""
     model = tiny_model("wavlm", dtype=torch.float32)
     x0, teacher = teacher_data(model, t=24)
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((10, 8000)).astype(np.float32)
     labels = rng.integers(0, 5, 10)
     cell = {"target": 0.5, "gates": {"heads": True, "head_dims": False, "ffn_units": True},
-            "init_log_alpha": 3.0, "straight_through": True, "steps": 20, "batch_size": 4,
+            "init_log_alpha": 3.0, "straight_through": True, "steps": steps, "batch_size": 4,
             "lr": 2e-4, "gate_lr": 0.05, "lambda_lr": 0.5, "warmup_frac": 0.3,
             "distill": {"loss": "mse", "cos_weight": 1.0}, "seed": 0, "eval_batch_size": 4,
             "latency": {"batch_size": 2, "warmup": 0, "repeats": 1},
             "finetune": {"steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0}}  # fmt: skip
+    return model, x0, teacher, audio, labels, cell
+
+
+def test_prune_cell_on_a_tiny_model(tmp_path):
+    model, x0, teacher, audio, labels, cell = tiny_prune_setup(steps=20)
     row, hist, _ = prune_cell(model, cell, x0, teacher, array_batches(audio, labels, 4),
                               "cpu", train_data=lambda: (audio, labels),
                               out_dir=tmp_path / "m")  # fmt: skip
