@@ -254,3 +254,74 @@ def test_run_commit_is_dirty_only_when_recorded_so(tmp_path):
         write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "overview.parquet",
                       {"git_commit": "abcdef0123", "git_dirty": dirty})  # fmt: skip
         assert readme.run_commit(tmp_path / "overview.csv") == "abcdef0" + suffix
+
+
+def _encodings(spec) -> list[tuple[str, dict]]:
+    """(channel, encoding) of every field a chart spec encodes, tooltips one by one."""
+    out = []
+    if isinstance(spec, dict):
+        for channel, enc in (spec.get("encoding") or {}).items():
+            for e in enc if isinstance(enc, list) else [enc]:
+                if isinstance(e, dict) and "field" in e:
+                    out.append((channel, e))
+        for v in spec.values():
+            out += _encodings(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            out += _encodings(v)
+    return out
+
+
+def report_charts() -> dict:
+    """Every chart of the report that shows an accuracy, retained share, WER or layer share,
+    from small inputs."""
+    from workflow_scripts.mimic.report import tradeoff_long
+    from workflow_scripts.report import charts
+    from workflow_scripts.report.aggregate import baseline_chart
+    from workflow_scripts.report.overview import overview_chart
+    from workflow_scripts.structured.report import comparison_long
+
+    cell = pruning_cell().assign(latency_ms=lambda d: 10.0 - d.n_removed, accuracy_min=0.5,
+                                 accuracy_max=0.9, healed_accuracy=0.7)  # fmt: skip
+    mimic = pd.DataFrame([{"model": "m", "kind": "linear", "depth": 1, "target_layers": [L],
+                           "accuracy": 0.7, "backbone_accuracy": 0.8, "batch_size": 4,
+                           "stack_params": 800, "mimicker_params": 40, "model_params": 1000,
+                           "mimicked_model_params": 240, "stack_ms": 10.0, "mimicker_ms": 1.0,
+                           "model_ms": 20.0, "mimicked_model_ms": 11.0}])  # fmt: skip
+    structured = pd.DataFrame([{"model": "m", "target_sparsity": 0.6, "achieved_sparsity": 0.61,
+                                "accuracy": 0.78, "base_accuracy": 0.8, "retained": 0.975,
+                                "total_params": 600, "base_total_params": 1000}])  # fmt: skip
+    ov = overview_table(baseline_table(baseline()), pruning=cell, threshold=0.95)
+    prun, _ = speechllm_cells()
+    return {
+        "baseline": baseline_chart(baseline_table(baseline())),
+        "pruning_accuracy": charts.pruning_accuracy_chart(cell, 0.95),
+        "pruning_latency": charts.pruning_latency_chart(cell),
+        "comparison": charts.comparison_chart(comparison_long(structured, cell, mimic)),
+        "mimic_tradeoff": charts.mimic_tradeoff_chart(tradeoff_long(mimic_summary(mimic))),
+        "overview": overview_chart(ov),
+        "speechllm_delta_wer": sllm_report.delta_wer_chart(prun, 0.25),
+    }
+
+
+def test_every_chart_shows_shares_in_percent():
+    """No chart axis or tooltip shows an accuracy, retained share, WER or share of layers as a
+    fraction: every such field is a ``*_pct`` column holding percentages (the 0.8 accuracy is
+    80), and its axis title (and any tooltip title) says "%"."""
+    checked = 0
+    for name, chart in report_charts().items():
+        spec = chart.to_dict()
+        data = pd.DataFrame([r for rows in spec.get("datasets", {}).values() for r in rows])
+        for channel, e in _encodings(spec):
+            field = e["field"]
+            assert not is_fraction_column(field) and "fraction" not in field, (name, field)
+            if not field.endswith("_pct") and field != "value":
+                continue
+            checked += 1
+            if channel in ("x", "y") or "title" in e:
+                assert "%" in str(e.get("title", "")), (name, channel, field, e.get("title"))
+            if "format" in e:
+                assert not e["format"].endswith("%"), (name, field)  # already percent
+            if field in data and data[field].notna().any():
+                assert data[field].abs().max() > 1, (name, field)  # percentages, not 0..1
+    assert checked >= 20

@@ -472,7 +472,7 @@ def test_charts_build_with_threshold_rule():
     spec = charts.pruning_accuracy_chart(df, 0.95).to_dict()
     rows = next(iter(spec["datasets"].values()))
     assert {r["strategy"] for r in rows if r["kind"] == "curve"} == {"forward"}  # seeds dropped
-    assert [r["threshold_accuracy"] for r in rows if r["kind"] == "threshold"] == [
-        pytest.approx(0.76)
-    ]
+    assert [r["threshold_accuracy_pct"] for r in rows if r["kind"] == "threshold"] == [
+        pytest.approx(76.0)
+    ]  # in percent, as every chart
     assert charts.pruning_latency_chart(df).to_dict()["facet"]["column"]["field"] == "model"

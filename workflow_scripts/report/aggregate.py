@@ -43,15 +43,26 @@ def baseline_display(table: pd.DataFrame) -> pd.DataFrame:
 # charts
 # ----------------------------------------------------------------------------------------
 def baseline_chart(table: pd.DataFrame):
-    """Accuracy with its 95% CI per model, one panel per split."""
+    """Accuracy (%) with its 95% CI per model, one panel per split."""
     import altair as alt
 
-    base = alt.Chart(table).encode(y=alt.Y("model:N", title=None))
+    from workflow_scripts.core.tables import percent_columns
+
+    d = percent_columns(table, ["accuracy", "ci_lo", "ci_hi"])
+    base = alt.Chart(d).encode(y=alt.Y("model:N", title=None))
     points = base.mark_point(filled=True, size=60).encode(
-        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["model", "split", alt.Tooltip("accuracy:Q", format=".3f"), "n"],
+        x=alt.X("accuracy_pct:Q", title="accuracy (%, 95% CI)", scale=alt.Scale(domain=[0, 100])),
+        tooltip=[
+            "model",
+            "split",
+            alt.Tooltip("accuracy_pct:Q", title="accuracy (%)", format=".1f"),
+            alt.Tooltip("ci_lo_pct:Q", title="95% CI low (%)", format=".1f"),
+            alt.Tooltip("ci_hi_pct:Q", title="95% CI high (%)", format=".1f"),
+            "n",
+        ],  # fmt: skip
     )
-    bars = base.mark_rule().encode(x="ci_lo:Q", x2="ci_hi:Q")
+    bars = base.mark_rule().encode(x=alt.X("ci_lo_pct:Q", title="accuracy (%, 95% CI)"),
+                                   x2="ci_hi_pct:Q")  # fmt: skip
     return (
         alt.layer(bars, points)
         .properties(width=300, height=alt.Step(24))

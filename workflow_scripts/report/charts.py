@@ -1,4 +1,8 @@
-"""Altair charts of the aggregated tables, saved as offline HTML (inline JS) and PNG."""
+"""Altair charts of the aggregated tables, saved as offline HTML (inline JS) and PNG.
+
+What a reader sees follows the tables' conventions: accuracies, retained shares and parameter
+cuts in percent on every axis and tooltip (the charts' data columns ``*_pct``,
+:func:`~workflow_scripts.core.tables.percent_columns`), layers numbered 1..L."""
 
 from __future__ import annotations
 
@@ -164,60 +168,73 @@ def mimic_curves_chart(curves: pd.DataFrame):
 def _pruning_curves(df: pd.DataFrame) -> pd.DataFrame:
     """The curve rows of the aggregated pruning table (deterministic strategies and the mean over
     random seeds; per-seed random rows dropped), with JSON-safe columns for charts: ``removed``
-    names the removed layers 1..L."""
-    from workflow_scripts.core.tables import layer_text
+    names the removed layers 1..L; accuracies, their CI and the relative accuracy in percent
+    (``accuracy_pct``, ``ci_lo_pct``, ``relative_accuracy_pct``, ...)."""
+    from workflow_scripts.core.tables import layer_text, percent_columns
 
     d = df[df["seed"].isna()].copy()
     d["removed"] = ["mean over seeds" if r is None else layer_text(r) for r in d["removed"]]
     keep = ["model", "strategy", "n_removed", "n_layers", "removed", "accuracy", "ci_lo",
             "ci_hi", "accuracy_min", "accuracy_max", "relative_accuracy", "base_accuracy",
             "total_params", "latency_ms", "healed_accuracy"]  # fmt: skip
-    return d[[c for c in keep if c in d.columns]]
+    return percent_columns(d[[c for c in keep if c in d.columns]])
 
 
 def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
-    """Test accuracy vs number of removed blocks: one line per strategy (random = mean over
+    """Test accuracy (%) vs number of removed blocks: one line per strategy (random = mean over
     seeds with a grey band from the worst to the best seed), one panel per model, a dashed rule at
     ``threshold`` x the unpruned accuracy and triangles for LoRA-healed accuracies."""
     import altair as alt
 
     d = _pruning_curves(df)
     d["kind"] = "curve"
-    rule = d[d.n_removed == 0].drop_duplicates("model")[["model", "base_accuracy"]].copy()
-    rule["threshold_accuracy"] = threshold * rule.base_accuracy
+    rule = d[d.n_removed == 0].drop_duplicates("model")[["model", "base_accuracy_pct"]].copy()
+    rule["threshold_accuracy_pct"] = threshold * rule.base_accuracy_pct
     rule["kind"] = "threshold"
     data = pd.concat([d, rule], ignore_index=True)
     x = alt.X("n_removed:Q", title="layers removed", axis=alt.Axis(tickMinStep=1, format="d"))
     color = alt.Color("strategy:N", title="strategy")
     tip = ["model", "strategy", "n_removed",
            alt.Tooltip("removed:N", title="layers removed (1..L)"),
-           alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("ci_lo:Q", format=".3f"),
-           alt.Tooltip("ci_hi:Q", format=".3f"),
-           alt.Tooltip("relative_accuracy:Q", format=".3f")]  # fmt: skip
+           alt.Tooltip("accuracy_pct:Q", title="test accuracy (%)", format=".1f"),
+           alt.Tooltip("ci_lo_pct:Q", title="95% CI low (%)", format=".1f"),
+           alt.Tooltip("ci_hi_pct:Q", title="95% CI high (%)", format=".1f"),
+           alt.Tooltip("relative_accuracy_pct:Q", title="retained (% of unpruned)",
+                       format=".1f")]  # fmt: skip
     curve = alt.Chart().transform_filter(alt.datum.kind == "curve")
     line = curve.mark_line(point=True).encode(
-        x=x, y=alt.Y("accuracy:Q", title="test accuracy"), color=color, tooltip=tip
+        x=x, y=alt.Y("accuracy_pct:Q", title="test accuracy (%)"), color=color, tooltip=tip
     )
     band = (
         curve.mark_area(opacity=0.15)
-        .encode(x=x, y="accuracy_min:Q", y2="accuracy_max:Q", color=alt.value("gray"))
+        .encode(
+            x=x,
+            y=alt.Y("accuracy_min_pct:Q", title="test accuracy (%)"),
+            y2="accuracy_max_pct:Q",
+            color=alt.value("gray"),
+        )  # fmt: skip
         .transform_filter(alt.datum.strategy == "random")
     )
     healed = (
         curve.mark_point(shape="triangle-up", size=80, filled=True)
         .encode(
             x=x,
-            y="healed_accuracy:Q",
+            y=alt.Y("healed_accuracy_pct:Q", title="test accuracy (%)"),
             color=color,
-            tooltip=["strategy", "n_removed", alt.Tooltip("healed_accuracy:Q", format=".3f")],
+            tooltip=[
+                "strategy",
+                "n_removed",
+                alt.Tooltip("healed_accuracy_pct:Q", title="healed accuracy (%)", format=".1f"),
+            ],
         )  # fmt: skip
-        .transform_filter("isValid(datum.healed_accuracy)")
+        .transform_filter("isValid(datum.healed_accuracy_pct)")
     )
     thr = (
         alt.Chart()
         .mark_rule(strokeDash=[4, 4], color="black")
         .encode(
-            y="threshold_accuracy:Q", tooltip=[alt.Tooltip("threshold_accuracy:Q", format=".3f")]
+            y=alt.Y("threshold_accuracy_pct:Q", title="test accuracy (%)"),
+            tooltip=[alt.Tooltip("threshold_accuracy_pct:Q", title="threshold (%)", format=".1f")],
         )  # fmt: skip
         .transform_filter(alt.datum.kind == "threshold")
     )
@@ -230,8 +247,8 @@ def pruning_accuracy_chart(df: pd.DataFrame, threshold: float = 0.95):
 
 
 def pruning_latency_chart(df: pd.DataFrame):
-    """Test accuracy vs measured latency (median per batch), one line per strategy ordered by
-    the number of removed blocks, one panel per model."""
+    """Test accuracy (%) vs measured latency (median per batch), one line per strategy ordered
+    by the number of removed blocks, one panel per model."""
     import altair as alt
 
     d = _pruning_curves(df)
@@ -245,7 +262,7 @@ def pruning_latency_chart(df: pd.DataFrame):
         .mark_line(point=True)
         .encode(
             x=alt.X("latency_ms:Q", title="latency per batch (ms, median)"),
-            y=alt.Y("accuracy:Q", title="test accuracy"),
+            y=alt.Y("accuracy_pct:Q", title="test accuracy (%)"),
             color=alt.Color("strategy:N"),
             order="n_removed:Q",
             tooltip=[
@@ -254,7 +271,7 @@ def pruning_latency_chart(df: pd.DataFrame):
                 "n_removed",
                 alt.Tooltip("removed:N", title="layers removed (1..L)"),
                 alt.Tooltip("latency_ms:Q", format=".2f"),
-                alt.Tooltip("accuracy:Q", format=".3f"),
+                alt.Tooltip("accuracy_pct:Q", title="test accuracy (%)", format=".1f"),
             ],  # fmt: skip
         )
         .properties(width=260, height=200)
@@ -267,17 +284,21 @@ def pruning_latency_chart(df: pd.DataFrame):
 # Cross-method comparison (rules/structured.smk)
 # ----------------------------------------------------------------------------------------
 def comparison_chart(long: pd.DataFrame):
-    """Test accuracy vs whole-model parameters: structured pruning (points joined in order of
-    size), layer pruning (one line per strategy), mimickers (points), the unpruned model (a
-    black point); one panel per model. ``long`` from ``structured.report.comparison_long``."""
+    """Test accuracy (%) vs whole-model parameters: structured pruning (points joined in order
+    of size), layer pruning (one line per strategy), mimickers (points), the unpruned model (a
+    black point); one panel per model. ``long`` from ``structured.report.comparison_long``
+    (fractions; shown in percent)."""
     import altair as alt
 
-    d = long.copy()
+    from workflow_scripts.core.tables import percent_columns
+
+    d = percent_columns(long, ["accuracy", "retained"])
     tip = ["model", "method", "label", alt.Tooltip("total_params:Q", format=",.0f"),
-           alt.Tooltip("accuracy:Q", format=".3f"),
-           alt.Tooltip("retained:Q", format=".3f")]  # fmt: skip
+           alt.Tooltip("accuracy_pct:Q", title="test accuracy (%)", format=".1f"),
+           alt.Tooltip("retained_pct:Q", title="retained (% of unpruned)",
+                       format=".1f")]  # fmt: skip
     x = alt.X("total_params:Q", title="parameters (whole model)", scale=alt.Scale(zero=False))
-    y = alt.Y("accuracy:Q", title="test accuracy")
+    y = alt.Y("accuracy_pct:Q", title="test accuracy (%)")
     color = alt.Color("method:N", title="method")
     base = alt.Chart()
     lines = (

@@ -338,8 +338,8 @@ def overview_chart(overview: pd.DataFrame, threshold: float = 0.95):
     x_max = 10.0 * math.ceil(top / 10.0)
     pct = f"{100 * threshold:g}%"
     scale = alt.Scale(domain=[0, x_max], nice=False)
-    x = alt.X("value:Q", title="accuracy retained (% of the unpruned model)", stack=None,
-              scale=scale)  # fmt: skip
+    title = "accuracy retained (% of the unpruned model)"
+    x = alt.X("value:Q", title=title, stack=None, scale=scale)
     y = alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=360))
     color = alt.Color(
         "verdict:N", title=None,
@@ -353,7 +353,7 @@ def overview_chart(overview: pd.DataFrame, threshold: float = 0.95):
     text = alt.Chart().mark_text(align="left", dx=3, clip=True).encode(
         x=x, y=y, text=alt.Text("value:Q", format=".1f"))  # fmt: skip
     rule = alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(
-        x=alt.X("min(threshold_pct):Q", scale=scale))  # fmt: skip
+        x=alt.X("min(threshold_pct):Q", title=title, scale=scale))  # fmt: skip
     header = alt.Header(labelAngle=0, labelAlign="left", labelFontWeight="bold")
     return (
         alt.layer(bars, rule, text, data=d)

@@ -348,21 +348,24 @@ def similarity_heatmaps(sim: pd.DataFrame):
 
 
 def delta_wer_chart(df: pd.DataFrame, threshold: float):
-    """ΔWER = (WER_n - WER_0) / WER_0 vs the fraction of decoder layers removed, one line per
+    """ΔWER = (WER_n - WER_0) / WER_0 vs the share of decoder layers removed (%), one line per
     strategy (random: mean over seeds), panels = SpeechLLM (rows) x task (columns); the dashed
-    rule is the threshold, triangles are healed models (an infinite ΔWER is not drawn)."""
+    rule is the threshold, triangles are healed models (an infinite ΔWER is not drawn). WER in
+    the tooltip in percent; ΔWER is a ratio and stays one."""
     import altair as alt
 
     d = add_degradation(mean_over_seeds(df), threshold)
     d = d[["model", "task", "strategy", "fraction_removed", "n_removed", "wer",
            "delta_wer", "healed", "healed_delta_wer"]]  # fmt: skip
     d = d.replace([np.inf, -np.inf], np.nan)
-    base = alt.Chart().encode(
-        x=alt.X("fraction_removed:Q", title="fraction of decoder layers removed")
-    )
+    d["layers_removed_pct"] = 100.0 * d.pop("fraction_removed").astype(float)
+    d["wer_pct"] = 100.0 * d.pop("wer").astype(float)
+    base = alt.Chart().encode(x=alt.X("layers_removed_pct:Q", title="decoder layers removed (%)"))
     lines = base.mark_line(point=True).encode(
         y=alt.Y("delta_wer:Q", title="ΔWER = (WER_n - WER_0) / WER_0"),
-        color="strategy:N", tooltip=["strategy", "n_removed", alt.Tooltip("wer:Q", format=".3f")],
+        color="strategy:N",
+        tooltip=["strategy", "n_removed",
+                 alt.Tooltip("wer_pct:Q", title="WER (%)", format=".1f")],
     )  # fmt: skip
     healed = base.mark_point(shape="triangle-up", size=80, filled=True).encode(
         y="healed_delta_wer:Q", color="strategy:N",
