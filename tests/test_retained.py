@@ -176,6 +176,80 @@ def test_overview_shows_the_point_and_the_confident_count():
     assert conf.also == "2 on the point estimate"
 
 
+def test_pareto_picks_both_ways_and_names_the_headline():
+    """The borderline curve as Pareto points: the smallest frontier point meeting 95% on the
+    point estimate removes 2 layers (the overview's headline), with confidence 1; the table
+    marks both picks, the overview gives both rows and the README both lines."""
+    from workflow_scripts.report import readme
+    from workflow_scripts.report.overview import PARETO, PARETO_CI, overview_table
+    from workflow_scripts.report.pareto import HEADLINE_USES, pareto_table, smallest_meeting
+
+    curve = pruning_curve(*borderline())
+    t = pareto_table(pruning=curve, threshold=0.95)
+    head, conf = t[t.headline], t[t.headline_with_confidence]
+    assert head.setting.tolist() == ["2 of 4 layers removed"]
+    assert bool(head.meets_threshold.iloc[0]) and not bool(head.meets_with_confidence.iloc[0])
+    assert conf.setting.tolist() == ["1 of 4 layers removed"]
+    assert bool(conf.meets_with_confidence.iloc[0])
+    assert smallest_meeting(t).setting.tolist() == head.setting.tolist()
+    assert smallest_meeting(t, confident=True).setting.tolist() == conf.setting.tolist()
+    assert "point estimate" in HEADLINE_USES and HEADLINE_USES.startswith("meets_threshold")
+    baseline = pd.DataFrame([{"model": "m", "split": "testing", "accuracy": 0.8, "ci_lo": 0.7,
+                              "ci_hi": 0.9, "n": 100, "num_layers": 4}])  # fmt: skip
+    ov = overview_table(baseline, pruning=curve, pareto=t, threshold=0.95)
+    point, sure = ov[ov.finding == PARETO].iloc[0], ov[ov.finding == PARETO_CI].iloc[0]
+    assert "(2 of 4 layers removed)" in point.method and point.meets_threshold is True
+    assert not point.meets_with_confidence
+    assert "(1 of 4 layers removed)" in sure.method and bool(sure.meets_with_confidence)
+    table = readme.findings_table(ov)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert "2 of 4 layers removed" in lines[PARETO]
+    [ci_line] = [v for k, v in lines.items() if k.startswith("the same with confidence (Pareto")]
+    assert "1 of 4 layers removed" in ci_line
+    # without intervals (older tables) there is no confident row, not a wrong one
+    old = pareto_table(pruning=curve.drop(columns=["retained_lo", "retained_hi"]))
+    assert not old.headline_with_confidence.any() and old.headline.sum() == 1
+    ov = overview_table(baseline, pareto=old, threshold=0.95)
+    assert PARETO_CI not in set(ov.finding) and PARETO in set(ov.finding)
+
+
+def test_export_names_its_decision_and_the_confident_count(tmp_path):
+    """The exported headline (point estimate: n = 2) says so in export.json, with both
+    verdicts at it and the count its curve keeps with confidence (n = 1, layer 1)."""
+    import json
+
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    from workflow_scripts.backbones.registry import small_config
+    from workflow_scripts.pruning.export import DECISION, export_headline, headline_entries
+    from workflow_scripts.pruning.report import headline_rows
+
+    curve = pruning_curve(*borderline())
+    curve["meets_threshold"] = (curve.relative_accuracy >= 0.95) | (curve.n_removed == 0)
+    curve["meets_with_confidence"] = meets_with_confidence(curve.retained_lo, 0.95)
+    curve["headline"] = headline_rows(curve, 0.95)
+    [e] = headline_entries(curve)
+    assert e["n_removed"] == 2 and e["meets_threshold"] is True
+    assert e["meets_with_confidence"] is False and e["retained_lo"] < 0.95
+    assert e["n_removed_with_confidence"] == 1 and e["removed_layers_with_confidence"] == [1]
+    cfg = small_config("hubert", {"layers": 4, "hidden": 16, "heads": 2, "ffn": 32,
+                                  "conv_dim": [8, 16, 16], "classifier_proj": 8})  # fmt: skip
+    cfg.num_labels = 3
+    torch.manual_seed(0)
+    model = AutoModelForAudioClassification.from_config(cfg).eval()
+    export_headline(model, curve, tmp_path)
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert info["decision"] == DECISION and "point estimate" in DECISION
+    assert "n_removed_with_confidence" in info["with_confidence"]
+    [ck] = info["checkpoints"]
+    assert ck["removed_layers"] == [1, 2] and ck["n_removed_with_confidence"] == 1
+    assert (ck["meets_threshold"], ck["meets_with_confidence"]) == (True, False)
+    # a cell without the verdict columns: no confident count
+    [old] = headline_entries(curve.drop(columns=["meets_threshold", "meets_with_confidence"]))
+    assert old["n_removed_with_confidence"] is None and "meets_threshold" not in old
+
+
 # ----------------------------------------------------------------------------------------
 # predictions of the evaluated states recompute the cells
 # ----------------------------------------------------------------------------------------

@@ -17,6 +17,13 @@ removed and kept layers, numbered 1..L as in every table (``removed_layers``, ``
 the 0-based block indices the code uses in ``removed_index``, ``kept_layer_index``; the
 saved config's ``kept_layer_ids`` are 0-based too), n, test accuracy with CI, relative
 accuracy and the clips it counts.
+
+Both decisions (issue #26, the overview's convention): the exported headline is decided on the
+point estimate (``decision``); each checkpoint also says whether it keeps the threshold with
+confidence (``meets_with_confidence``: the lower end ``retained_lo`` of the retained share's
+paired bootstrap interval over clips keeps it) and which n its curve reaches with confidence
+(``n_removed_with_confidence``, every smaller n too; ``removed_layers_with_confidence``);
+only the point-estimate headline is saved, the confident one is named.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from workflow_scripts.core.files import apply_umask
@@ -34,7 +42,10 @@ from workflow_scripts.pruning.layers import remove_layers
 
 SAMPLING_RATE = 16000
 _FIELDS = ("n_removed", "n_layers", "accuracy", "ci_lo", "ci_hi", "relative_accuracy",
+           "retained_lo", "retained_hi", "meets_threshold", "meets_with_confidence",
            "base_accuracy", "eval_clips", "total_params")  # fmt: skip
+#: Which decision the exported headline uses (``decision`` in export.json).
+DECISION = "point estimate (relative_accuracy >= threshold)"
 
 
 def save_feature_extractor(folder: str | Path) -> None:
@@ -51,7 +62,8 @@ def save_feature_extractor(folder: str | Path) -> None:
 def headline_entries(df: pd.DataFrame) -> list[dict]:
     """One entry per exported checkpoint: the ``headline`` rows that remove a concrete set
     (every row of a deterministic strategy's curve, each seed's of a seeded one), with the
-    folder (relative to the export) it goes to."""
+    folder (relative to the export) it goes to, both decisions at it and the count its curve
+    keeps with confidence (:func:`confident_headline`)."""
     rows = df[df["headline"] & df["removed"].notna()]
     entries = []
     for r in rows.itertuples(index=False):
@@ -59,9 +71,35 @@ def headline_entries(df: pd.DataFrame) -> list[dict]:
         entry = {"folder": "." if seed is None else f"seed-{seed}", "seed": seed,
                  "removed_layers": layer_numbers(r.removed),
                  "removed_index": [int(i) for i in r.removed],
-                 **{k: _plain(getattr(r, k)) for k in _FIELDS if hasattr(r, k)}}  # fmt: skip
+                 **{k: _plain(getattr(r, k)) for k in _FIELDS if hasattr(r, k)},
+                 **confident_headline(_curve(df, r))}  # fmt: skip
         entries.append(entry)
     return entries
+
+
+def _curve(df: pd.DataFrame, row) -> pd.DataFrame:
+    """The rows of ``row``'s curve: same model, strategy and seed (null: null)."""
+    keep = pd.Series(True, index=df.index)
+    for k in ("model", "strategy", "seed"):
+        if k in df.columns:
+            v = getattr(row, k)
+            keep &= df[k].isna() if pd.isna(v) else (df[k] == v).fillna(False).astype(bool)
+    return df[keep]
+
+
+def confident_headline(curve: pd.DataFrame) -> dict:
+    """The largest n of one curve such that every n' <= n keeps the threshold with
+    confidence (the cell's ``meets_with_confidence``; n = 0 always keeps it) and the layers it
+    removes (1..L); None for cells without the column."""
+    if "meets_with_confidence" not in curve.columns:
+        return {"n_removed_with_confidence": None, "removed_layers_with_confidence": None}
+    c = curve.sort_values("n_removed")
+    n = c.n_removed.to_numpy(int)
+    ok = c.meets_with_confidence.fillna(False).to_numpy(bool) | (n == 0)
+    best = int(n[np.cumprod(ok).astype(bool)].max())
+    removed = c[c.n_removed == best].removed.iloc[0]
+    return {"n_removed_with_confidence": best,
+            "removed_layers_with_confidence": layer_numbers(removed) or []}  # fmt: skip
 
 
 def _plain(v):
@@ -78,6 +116,9 @@ def export_headline(model, df: pd.DataFrame, out_dir: str | Path,
     out.mkdir(parents=True)
     entries = headline_entries(df)
     info = {"headline": "largest n such that every n' <= n keeps the threshold",
+            "decision": DECISION,
+            "with_confidence": "n_removed_with_confidence: the same rule with "
+                               "meets_with_confidence (retained_lo >= threshold); not exported",
             "numbering": "removed_layers / kept_layers: layers 1..L of the unpruned stack; "
                          "*_index and the config's kept_layer_ids: 0-based block indices",
             "model": _plain(df["model"].iloc[0]) if "model" in df else None,

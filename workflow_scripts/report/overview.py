@@ -13,7 +13,8 @@ Conventions, stated once and followed by every table and chart of the report:
   clips, on the point estimate (``meets_threshold``) and with confidence
   (``meets_with_confidence``: the lower end of the retained share's paired bootstrap interval
   over clips, ``retained_ci_pct``, keeps it; :mod:`workflow_scripts.core.retained`). Layers
-  removable are counted both ways, in two rows.
+  removable and the Pareto pick are given both ways, in two rows each; the one without "with
+  confidence" in its finding (the point estimate) is the headline.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ COLUMNS = [
 #: with confidence (every smaller number too, both).
 REMOVABLE = "layers removable (every smaller number too)"
 REMOVABLE_CI = "layers removable with confidence (every smaller number too, retained CI lower end)"
+#: The Pareto pick both ways: on the point estimate (the headline) and with confidence.
+PARETO = "smallest model keeping the threshold (Pareto frontier)"
+PARETO_CI = (
+    "smallest model keeping the threshold with confidence (Pareto frontier, retained CI lower end)"
+)
 
 
 def _pct(x) -> float:
@@ -178,26 +184,35 @@ def structured_rows(structured: pd.DataFrame, threshold: float) -> list[dict]:
 
 
 def pareto_rows(pareto: pd.DataFrame) -> list[dict]:
+    """Per model the smallest frontier point keeping the threshold (:data:`PARETO`, on the
+    point estimate: the headline) and, when the Pareto table has the interval, the one
+    keeping it with confidence (:data:`PARETO_CI`)."""
     from workflow_scripts.report.pareto import smallest_meeting
 
-    best = smallest_meeting(pareto)
+    confident = pareto.retained_lo_pct.notna().any() if "retained_lo_pct" in pareto else False
     out = []
-    for model in dict.fromkeys(pareto.model):
-        r = best[best.model == model]
-        if r.empty:
-            out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
-                            "none", "no compressed model keeps it", meets=False))  # fmt: skip
+    for finding, ci in ((PARETO, False), (PARETO_CI, True)):
+        if ci and not confident:
             continue
-        r = r.iloc[0]
-        size = (f"{r.params_pct:.0f}% of the whole model's parameters" if pd.notna(r.params_pct)
-                else f"{int(r.total_params):,} parameters")  # fmt: skip
-        result = f"{size}, {r.speedup:.2f}x faster"
-        lo, hi = (r.get(k) for k in ("retained_lo_pct", "retained_hi_pct"))
-        ci = (None, None) if lo is None else (lo / 100, hi / 100)
-        out.append(_row(model, "smallest model keeping the threshold (Pareto frontier)",
-                        f"{r.family}: {r.method} ({r.setting})", result, r.accuracy_pct / 100,
-                        None, None, r.retained_pct / 100, r.eval_clips, True, "", ci,
-                        r.get("meets_with_confidence")))  # fmt: skip
+        best = smallest_meeting(pareto, ci)
+        for model in dict.fromkeys(pareto.model):
+            r = best[best.model == model]
+            if r.empty:
+                out.append(_row(model, finding, "none", "no compressed model keeps it",
+                                meets=None if ci else False,
+                                meets_ci=False if ci else None))  # fmt: skip
+                continue
+            r = r.iloc[0]
+            size = (f"{r.params_pct:.0f}% of the whole model's parameters"
+                    if pd.notna(r.params_pct)
+                    else f"{int(r.total_params):,} parameters")  # fmt: skip
+            result = f"{size}, {r.speedup:.2f}x faster"
+            lo, hi = (r.get(k) for k in ("retained_lo_pct", "retained_hi_pct"))
+            interval = (None, None) if lo is None else (lo / 100, hi / 100)
+            out.append(_row(model, finding, f"{r.family}: {r.method} ({r.setting})", result,
+                            r.accuracy_pct / 100, None, None, r.retained_pct / 100,
+                            r.eval_clips, bool(r.meets_threshold), "", interval,
+                            r.get("meets_with_confidence")))  # fmt: skip
     return out
 
 
@@ -299,7 +314,8 @@ def overview_markdown(overview: pd.DataFrame, threshold: float, stages: list[str
 #: before " (").
 _CHART_FINDING = {
     "fine-tuned model (test accuracy)": "fine-tuned model",
-    "smallest model keeping the threshold (Pareto frontier)": "Pareto pick",
+    PARETO: "Pareto pick",
+    PARETO_CI: "Pareto pick with confidence",
 }
 #: Bar colours: meets the threshold (blue, good), below it (orange), no verdict (grey: the
 #: unpruned reference, or nothing removable).

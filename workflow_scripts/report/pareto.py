@@ -4,7 +4,14 @@ the shared evaluation clips, with the Pareto frontier (fewer parameters, higher 
 Points: the unpruned fine-tuned model, every layer-pruning setting (strategy x layers removed;
 ``random`` as its mean over seeds), every mimicker and every structured-pruning target.
 Written to ``results/tables/pareto.{csv,md}`` by the overview rule; the overview names the
-frontier point with the fewest parameters that keeps the threshold. Torch-free.
+frontier point with the fewest parameters that keeps the threshold.
+
+Both decisions (issue #26, the overview's convention): ``meets_threshold`` on the point
+estimate of the retained share, ``meets_with_confidence`` where the lower end of its paired
+bootstrap interval over clips keeps the threshold. ``headline`` marks the point the overview's
+headline names (:func:`smallest_meeting`: the smallest frontier point meeting the threshold
+on the point estimate), ``headline_with_confidence`` the one the same rule picks with
+confidence (:data:`HEADLINE_USES` says which decision the headline uses). Torch-free.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ from workflow_scripts.core.retained import meets_with_confidence
 COLUMNS = [
     "model", "family", "method", "setting", "total_params", "params_pct", "speedup",
     "accuracy_pct", "retained_pct", "retained_lo_pct", "retained_hi_pct", "eval_clips",
-    "meets_threshold", "meets_with_confidence", "frontier",
+    "meets_threshold", "meets_with_confidence", "frontier", "headline",
+    "headline_with_confidence",
 ]  # fmt: skip
+#: Which decision the Pareto headline (the overview's "smallest model keeping the threshold")
+#: uses; ``headline_with_confidence`` is the same pick with ``meets_with_confidence``.
+HEADLINE_USES = "meets_threshold (point estimate)"
 
 
 def _col(df: pd.DataFrame, name: str, default=math.nan) -> pd.Series:
@@ -144,10 +155,15 @@ def pareto_table(pruning=None, mimic=None, structured=None, threshold: float = 0
     for k in ("retained_lo", "retained_hi"):
         d[f"{k}_pct"] = 100.0 * d[k].astype(float) if k in d else math.nan
     d["meets_with_confidence"] = meets_with_confidence(d.retained_lo_pct / 100.0, threshold)
+    for col, confident in (("headline", False), ("headline_with_confidence", True)):
+        d[col] = d.index.isin(smallest_meeting(d, confident).index)
     return d[COLUMNS]
 
 
-def smallest_meeting(table: pd.DataFrame) -> pd.DataFrame:
-    """Per model the frontier point with the fewest parameters that keeps the threshold."""
-    ok = table[table.frontier & table.meets_threshold & (table.family != "unpruned")]
-    return ok.sort_values("total_params").groupby("model", sort=False).head(1)
+def smallest_meeting(table: pd.DataFrame, confident: bool = False) -> pd.DataFrame:
+    """Per model the frontier point with the fewest parameters that keeps the threshold: on
+    the point estimate (``meets_threshold``: the overview's headline), or with confidence
+    (``confident``: ``meets_with_confidence``)."""
+    meets = table.meets_with_confidence if confident else table.meets_threshold
+    ok = table[table.frontier & meets.astype(bool) & (table.family != "unpruned")]
+    return ok.sort_values("total_params", kind="stable").groupby("model", sort=False).head(1)

@@ -4,6 +4,13 @@ readme-numbers``) rewrites the block between :data:`START` and :data:`END` in ``
 the SpeechLLM stage), naming the commit of the run (the overview's provenance), so that no
 number there is typed by hand. The prose around the block is left as it is.
 
+Latency ratios ("1.35x faster") carry their run-to-run spread when
+``results/tables/latency_spread.csv`` (beside the overview) exists, written by
+``benchmarks/latency_spread.py`` (the same cells timed again on the saved models): the range
+over the stored and the re-measured runs, and that range relative to the median; a ratio the
+spread file does not hold, or holds with another stored value (a file from another run), says
+so instead. Without the file every ratio says :data:`NO_SPREAD`.
+
 Conventions are the tables': layers numbered 1..L, accuracies, retained shares, WER and
 parameter cuts in percent, each parameter share naming its denominator (whole model or
 transformer stack). Torch-free.
@@ -22,6 +29,11 @@ START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 #: The pruning strategies the findings row names, in this order (those the run has).
 STRATEGIES = ("block_influence", "knn_block_influence", "backward")
 _SHORT = {"block_influence": "Block Influence", "knn_block_influence": "kNN-BI"}
+#: What a latency ratio says without a spread file.
+NO_SPREAD = "(run-to-run spread: run benchmarks/latency_spread.py)"
+#: The Pareto table's families -> the spread file's stages.
+_STAGE = {"structured pruning": "structured", "mimicker": "mimic", "layer pruning": "pruning"}
+_FASTER = re.compile(r"(\d+(?:\.\d+)?)x faster")
 
 
 def _pct(v, digits: int = 1) -> str:
@@ -55,9 +67,59 @@ def _removable(overview: pd.DataFrame, model: str, strategies,
     return text + (f" (layers {' / '.join(named)})" if any(n != "none" for n in named) else "")
 
 
-def findings_table(overview: pd.DataFrame, strategies=STRATEGIES) -> str:
+def spread_text(spread: pd.DataFrame | None, quoted: str, stage: str, model: str,
+                method: str, n_removed: int | None = None) -> str:  # fmt: skip
+    """The run-to-run spread of one latency ratio (``quoted``: as the overview writes it,
+    e.g. "1.35") from the spread file (:mod:`benchmarks.latency_spread`): "(run-to-run
+    1.31-1.37x over 3 runs: 4.4% of the ratio)"; :data:`NO_SPREAD` without a file; a note when
+    the file lacks the setting or stores another ratio for it."""
+    if spread is None:
+        return NO_SPREAD
+    d = spread[(spread.stage == stage) & (spread.model == model) & (spread.method == method)]
+    if stage == "pruning":
+        d = d[(d.n_removed == n_removed) & d.seed.isna()]
+    if d.empty:
+        return "(run-to-run spread: not re-measured by benchmarks/latency_spread.py)"
+    r = d.iloc[0]
+    if f"{float(r.stored):.2f}" != f"{float(quoted):.2f}":
+        return (f"(run-to-run spread: the spread file holds {float(r.stored):.2f}x, of another "
+                "run; rerun benchmarks/latency_spread.py)")  # fmt: skip
+    return (f"(run-to-run {r.lo:.2f}-{r.hi:.2f}x over {int(r.runs)} runs: "
+            f"{r.spread_pct:.1f}% of the ratio)")  # fmt: skip
+
+
+def with_spread(result: str, spread: pd.DataFrame | None, stage: str, model: str,
+                method: str, n_removed: int | None = None) -> str:  # fmt: skip
+    """``result`` with the run-to-run spread (:func:`spread_text`) after its "x faster"."""
+    m = _FASTER.search(result)
+    if not m:
+        return result
+    text = spread_text(spread, m[1], stage, model, method, n_removed)
+    return f"{result[: m.end()]} {text}{result[m.end() :]}"
+
+
+def _pareto_setting(method: str) -> tuple[str, str, int | None]:
+    """(stage, method, n removed) of an overview Pareto row's method, e.g. "structured
+    pruning: target 0.6 (61% of ...)" -> ("structured", "target 0.6", None), "layer pruning:
+    backward (2 of 10 layers removed)" -> ("pruning", "backward", 2)."""
+    family, _, rest = str(method).partition(": ")
+    name, _, setting = rest.partition(" (")
+    n = re.match(r"(\d+) of", setting)
+    return _STAGE.get(family, family), name, int(n[1]) if n else None
+
+
+def _target_method(method: str) -> str:
+    """The spread file's name of a structured cell from the overview's ("target 60%" ->
+    "target 0.6")."""
+    m = re.match(r"target ([\d.]+)%", str(method))
+    return f"target {float(m[1]) / 100:g}" if m else str(method)
+
+
+def findings_table(overview: pd.DataFrame, strategies=STRATEGIES,
+                   spread: pd.DataFrame | None = None) -> str:  # fmt: skip
     """The findings table: one row per question, one column per model (the overview's
-    order), every cell from the overview's rows."""
+    order), every cell from the overview's rows; each latency ratio with its run-to-run
+    spread (``spread``: the spread file, :func:`with_spread`)."""
     from workflow_scripts.core.tables import markdown_table
 
     models = list(dict.fromkeys(overview.model))
@@ -88,18 +150,27 @@ def findings_table(overview: pd.DataFrame, strategies=STRATEGIES) -> str:
         st = _rows(overview, m, "structured pruning")
         if len(st):
             r = st.iloc[0]
+            result = with_spread(r.result, spread, "structured", m, _target_method(r.method))
             put(f"structured pruning ({r.method}): result, accuracy retained", m,
-                f"{r.result}; {_pct(r.retained_pct)} retained")  # fmt: skip
+                f"{result}; {_pct(r.retained_pct)} retained")  # fmt: skip
         mim = _rows(overview, m, "best mimicker")
         if len(mim):
             r = mim.iloc[0]
+            result = with_spread(r.result, spread, "mimic", m, str(r.method))
             put("best mimicker (chosen on validation): result, accuracy retained", m,
-                f"{r.method}: {r.result}; {_pct(r.retained_pct)} retained")  # fmt: skip
-        par = _rows(overview, m, "smallest model keeping")
-        if len(par):
-            r = par.iloc[0]
-            put("smallest model keeping the threshold (Pareto frontier)", m,
-                f"{r.method}: {r.result}")  # fmt: skip
+                f"{r.method}: {result}; {_pct(r.retained_pct)} retained")  # fmt: skip
+        for question, finding in (
+            ("smallest model keeping the threshold (Pareto frontier)",
+             "smallest model keeping the threshold ("),
+            ("the same with confidence (Pareto frontier; the retained share's 95% CI lower end "
+             "keeps the threshold)", "smallest model keeping the threshold with confidence"),
+        ):  # fmt: skip
+            par = _rows(overview, m, finding)
+            if len(par):
+                r = par.iloc[0]
+                stage, method, n = _pareto_setting(r.method)
+                result = with_spread(r.result, spread, stage, m, method, n)
+                put(question, m, f"{r.method}: {result}")
     table = pd.DataFrame([{"question": q, **{m: v.get(m, "") for m in models}}
                           for q, v in questions.items()])  # fmt: skip
     return markdown_table(table)
@@ -128,15 +199,24 @@ def speechllm_table(summary: pd.DataFrame) -> str:
 
 
 def findings_block(overview: pd.DataFrame, commit: str,
-                   speechllm: pd.DataFrame | None = None) -> str:  # fmt: skip
-    """The text between the markers: the commit line, the findings table and (with the
-    SpeechLLM stage) the SpeechLLM table."""
+                   speechllm: pd.DataFrame | None = None,
+                   spread: pd.DataFrame | None = None) -> str:  # fmt: skip
+    """The text between the markers: the commit line, the findings table (latency ratios
+    with their run-to-run ``spread``, the spread file) and (with the SpeechLLM stage) the
+    SpeechLLM table."""
+    timing = (
+        "Latency ratios with their run-to-run spread from `results/tables/latency_spread.csv` "
+        "(`benchmarks/latency_spread.py`: the same cells timed again on the saved models)."
+        if spread is not None else
+        "Latency ratios are single runs (their run-to-run spread: run "
+        "`benchmarks/latency_spread.py`)."
+    )  # fmt: skip
     parts = [
         f"Generated by `make readme-numbers` from `results/tables/overview.csv` of the run at "
         f"commit `{commit}`. Accuracies, retained shares, WER and parameter cuts in percent; "
-        "layers numbered 1..L.",
+        f"layers numbered 1..L. {timing}",
         "",
-        findings_table(overview),
+        findings_table(overview, spread=spread),
     ]
     if speechllm is not None and len(speechllm):
         parts += ["SpeechLLM decoders (`results/tables/speechllm_summary.csv`):", "",
@@ -172,11 +252,16 @@ def main(argv=None) -> int:
     p.add_argument("--overview", default="results/tables/overview.csv", type=Path)
     p.add_argument("--speechllm", default="results/tables/speechllm_summary.csv", type=Path)
     p.add_argument("--readme", default="README.md", type=Path)
+    p.add_argument("--spread", type=Path, help="the latency ratios' run-to-run spread "
+                   "(benchmarks/latency_spread.py; default: latency_spread.csv beside the "
+                   "overview)")  # fmt: skip
     p.add_argument("--commit", help="the run's commit (default: the overview's provenance)")
     a = p.parse_args(argv)
     overview = pd.read_csv(a.overview)
     sllm = pd.read_csv(a.speechllm) if a.speechllm.is_file() else None
-    block = findings_block(overview, a.commit or run_commit(a.overview), sllm)
+    spread_csv = a.spread or a.overview.with_name("latency_spread.csv")
+    spread = pd.read_csv(spread_csv) if spread_csv.is_file() else None
+    block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread)
     a.readme.write_text(rewrite(a.readme.read_text(), block))
     print(f"{a.readme}: findings rewritten from {a.overview}", file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from workflow_scripts.report.overview import (
     overview_table,
     speechllm_rows,
 )
-from workflow_scripts.report.pareto import pareto_table
+from workflow_scripts.report.pareto import HEADLINE_USES, pareto_table
 
 ctx = RuleContext(snakemake)
 out, inputs = snakemake.output, dict(snakemake.input.items())
@@ -29,7 +29,10 @@ write_parquet(overview, out.table, ctx.provenance())
 write_text_atomic(out.csv, overview.to_csv(index=False))
 write_text_atomic(out.md, overview_markdown(overview, threshold, ctx.slice["stages"], sllm))
 write_text_atomic(out.pareto_csv, pareto.to_csv(index=False))
-write_text_atomic(out.pareto_md, "# Pareto table\n\n" + markdown_table(pareto, ".1f"))
+write_text_atomic(out.pareto_md, "# Pareto table\n\n"
+                  f"`headline`: the overview's pick, on {HEADLINE_USES}; "
+                  "`headline_with_confidence`: the same pick with `meets_with_confidence`.\n\n"
+                  + markdown_table(pareto, ".1f"))  # fmt: skip
 ctx.log.info("overview:\n%s", overview.to_string())
 save_chart(overview_chart(overview, threshold), out.html, out.png)
 ctx.seal()
