@@ -200,12 +200,13 @@ def speechllm_table(summary: pd.DataFrame) -> str:
 
 def findings_block(overview: pd.DataFrame, commit: str,
                    speechllm: pd.DataFrame | None = None,
-                   spread: pd.DataFrame | None = None) -> str:  # fmt: skip
+                   spread: pd.DataFrame | None = None,
+                   spread_file: str = "results/tables/latency_spread.csv") -> str:  # fmt: skip
     """The text between the markers: the commit line, the findings table (latency ratios
-    with their run-to-run ``spread``, the spread file) and (with the SpeechLLM stage) the
-    SpeechLLM table."""
+    with their run-to-run ``spread``, read from ``spread_file``) and (with the SpeechLLM stage)
+    the SpeechLLM table."""
     timing = (
-        "Latency ratios with their run-to-run spread from `results/tables/latency_spread.csv` "
+        f"Latency ratios with their run-to-run spread from `{spread_file}` "
         "(`benchmarks/latency_spread.py`: the same cells timed again on the saved models)."
         if spread is not None else
         "Latency ratios are single runs (their run-to-run spread: run "
@@ -261,7 +262,8 @@ def main(argv=None) -> int:
     sllm = pd.read_csv(a.speechllm) if a.speechllm.is_file() else None
     spread_csv = a.spread or a.overview.with_name("latency_spread.csv")
     spread = pd.read_csv(spread_csv) if spread_csv.is_file() else None
-    block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread)
+    block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread,
+                           str(spread_csv))  # fmt: skip
     a.readme.write_text(rewrite(a.readme.read_text(), block))
     print(f"{a.readme}: findings rewritten from {a.overview}", file=sys.stderr)
     return 0
