@@ -306,16 +306,20 @@ def pruning_cell(path: Path, results: Path, root: Path, device: str | None = Non
 
 def find_cells(results: Path, stages=STAGES, root: str | None = None, device: str | None = None,
                pruning_rows: str = "headline") -> list[Cell]:  # fmt: skip
-    """Every cell of ``stages`` under ``results`` that reports a latency ratio."""
+    """Every cell of ``stages`` under ``results`` that reports a latency ratio (one that
+    cannot be read, e.g. without provenance or latency columns, is listed as skipped)."""
     where = data_root(results, root)
     out = []
     for stage in stages:
         for path in cell_files(results, stage):
-            if stage == "pruning":
-                out.append(pruning_cell(path, results, where, device, pruning_rows))
-            else:
-                make = structured_cell if stage == "structured" else mimic_cell
-                out.append(make(path, results, where, device))
+            try:
+                if stage == "pruning":
+                    out.append(pruning_cell(path, results, where, device, pruning_rows))
+                else:
+                    make = structured_cell if stage == "structured" else mimic_cell
+                    out.append(make(path, results, where, device))
+            except (KeyError, ValueError, AttributeError) as e:  # e.g. a cell of older code
+                out.append(Cell(stage, path, [], None, {}, f"cannot be read: {e!r}"))
     return out
 
 

@@ -209,3 +209,14 @@ def test_readme_puts_the_spread_next_to_each_latency_ratio(measured, tmp_path):
                  "--speechllm", str(tmp_path / "none.csv"), "--commit", "abc1234"])  # fmt: skip
     assert copy.read_text().count("(run-to-run ") == 4
     assert "latency_spread.csv" in copy.read_text()
+
+
+def test_a_cell_without_provenance_is_listed_not_fatal(results, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(results / "data", res / "data")
+    bare = res / "cells/structured" / MODEL / "0.3.parquet"
+    bare.parent.mkdir(parents=True)
+    pd.read_parquet(results / "cells/structured" / MODEL / "0.5.parquet").to_parquet(bare)
+    [cell] = bench.find_cells(res, ["structured"])
+    assert cell.measure is None and "no provenance" in cell.skipped
+    assert bench.spread_table([cell], res).empty
