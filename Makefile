@@ -41,36 +41,46 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-audit: $(STAMP)  ## is every result current (config, code, inputs, content)? exit 1 if not
-	$(BIN)/python -m workflow_scripts.audit $(AUDIT_ARGS)
+# CONFIG=config/paper.yaml (default: config.yaml alone; CONFIG="config/paper.yaml
+# config/speechllm-paper.yaml": both grids) names the run's grid for every target below.
+CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG),)
+# The results root (docs/configuration.md): `results_dir` in config/site.yaml, else results/;
+# $LAYER_REDUNDANCY_RESULTS wins over the file. Printed absolute; a target fails if the config does.
+RESULTS_ROOT = $(BIN)/python -m workflow_scripts.results_root $(CONFIGFILE)
+
+audit: $(STAMP)  ## is every result current (config, code, inputs, content)? exit 1 if not: make audit [CONFIG=...]
+	$(BIN)/python -m workflow_scripts.audit $(AUDIT_ARGS) $(CONFIGFILE)
 
 rerun-stale: $(STAMP)  ## rerun exactly what `make audit` flags (snakemake --forcerun), then audit again
-	$(BIN)/python -m workflow_scripts.audit --rerun $(AUDIT_ARGS)
+	$(BIN)/python -m workflow_scripts.audit --rerun $(AUDIT_ARGS) $(CONFIGFILE)
 
-report: $(STAMP)  ## one offline HTML report of every chart and table (after `make run`)
-	$(BIN)/snakemake --profile profiles/local --report results/report.html
+report: $(STAMP)  ## one offline HTML report of every chart and table (after `make run`): <results root>/report.html
+	root="$$($(RESULTS_ROOT))" && \
+	  $(BIN)/snakemake --profile profiles/local $(CONFIGFILE) --report "$$root/report.html"
 
-readme-numbers: $(STAMP)  ## README's findings block (<!-- findings:start/end -->) from results/tables/overview.csv
-	$(BIN)/python -m workflow_scripts.report.readme
+readme-numbers: $(STAMP)  ## README's findings block (<!-- findings:start/end -->) from <results root>/tables/overview.csv
+	root="$$($(RESULTS_ROOT))" && $(BIN)/python -m workflow_scripts.report.readme \
+	  --overview "$$root/tables/overview.csv" --speechllm "$$root/tables/speechllm_summary.csv"
 
-clean:
+clean:  ## results/ and .snakemake/ of this folder (never a results_dir elsewhere)
 	rm -rf results .snakemake
 
-compare: $(STAMP)  ## what differs between two result folders: make compare A=results B=other/results
-	$(BIN)/python -m workflow_scripts.compare $(A) $(B) $(COMPARE_ARGS)
+compare: $(STAMP)  ## what differs between two result folders: make compare B=other/results [A=...; default: the results root]
+	a="$(A)"; test -n "$$a" || a="$$($(RESULTS_ROOT))" && \
+	  $(BIN)/python -m workflow_scripts.compare "$$a" $(B) $(COMPARE_ARGS)
 
-# Before a cluster run: what it will cost, and whether it can start. CONFIG=config/paper.yaml
-# (default: config.yaml alone; CONFIG="config/paper.yaml config/speechllm-paper.yaml" plans both
-# grids); PLAN_ARGS/PREFLIGHT_ARGS: more options (--slurm: a test job).
-CONFIGFILE := $(if $(CONFIG),--configfile $(CONFIG),)
+# Before a cluster run: what it will cost, and whether it can start (CONFIG as above);
+# PLAN_ARGS/PREFLIGHT_ARGS: more options (--slurm: a test job).
 plan: $(STAMP)  ## jobs, GPU jobs, GPU hours, disk and peak memory of a run: make plan CONFIG=config/paper.yaml
 	$(BIN)/python -m workflow_scripts.resource_plan $(CONFIGFILE) $(PLAN_ARGS)
 
 # The one form of a cluster run, from the repository root on a login node (docs/cluster.md):
 # make cluster CONFIG=config/paper.yaml [JOBS=64] [CLUSTER_ARGS="--unlock" | "-n" | ...].
+# The SLURM logs go to <results root>/logs/slurm/.
 JOBS ?= 64
 cluster: $(STAMP)  ## the grid on SLURM (the profile slurm/): make cluster CONFIG=config/paper.yaml JOBS=64
-	$(BIN)/snakemake --profile slurm -j $(JOBS) $(CONFIGFILE) $(CLUSTER_ARGS)
+	root="$$($(RESULTS_ROOT))" && $(BIN)/snakemake --profile slurm -j $(JOBS) \
+	  --slurm-logdir "$$root/logs/slurm" $(CONFIGFILE) $(CLUSTER_ARGS)
 
 preflight: $(STAMP)  ## config, data, weights, disk (and --slurm: one GPU job) checked before a run
 	$(BIN)/python -m workflow_scripts.preflight $(CONFIGFILE) $(PREFLIGHT_ARGS)
@@ -82,7 +92,8 @@ real-models: $(STAMP)  ## wav2vec2-base/-large, wavlm-base/-large, hubert-base a
 	$(BIN)/python -m workflow_scripts.backbones.architectures $(REAL_MODELS)
 
 # config/paper-smoke.yaml end to end on CPU in its own folder (smoke/paper/: results, logs,
-# Snakemake's metadata), so the default grid's results/ stay untouched; every failing job is
+# Snakemake's metadata; results_dir=results there, whatever the site file says), so the
+# default grid's results root stays untouched; every failing job is
 # reported (--keep-going). SMOKE_MEM_MB caps the rules' planned memory (mem_mb, scaled by the
 # model) summed over concurrent jobs: 24000 never runs two large-model jobs at once. Wall time
 # and the largest job's peak RSS go to smoke/paper/time.txt (GNU time, where installed).
@@ -94,5 +105,6 @@ smoke-paper: real-models  ## the five at real size through every stage (SMOKE_AR
 	ln -sfn $(CURDIR)/config.yaml $(SMOKE)/config.yaml
 	ln -sfn $(CURDIR)/models $(SMOKE)/models
 	$(TIME) $(BIN)/snakemake --profile profiles/local --directory $(SMOKE) --keep-going \
-	  --resources mem_mb=$(SMOKE_MEM_MB) --configfile $(CURDIR)/config/paper-smoke.yaml $(SMOKE_ARGS)
+	  --resources mem_mb=$(SMOKE_MEM_MB) --configfile $(CURDIR)/config/paper-smoke.yaml \
+	  --config results_dir=results $(SMOKE_ARGS)
 	@test ! -f $(SMOKE)/time.txt || grep -E "Elapsed|Maximum resident" $(SMOKE)/time.txt

@@ -14,7 +14,6 @@ from workflow_scripts.core import paths, site
 from workflow_scripts.core.code import planned_code
 from workflow_scripts.core.sources import Source, digests as source_digests
 from workflow_scripts.core.config import ConfigError, cell_json
-from workflow_scripts.core.paths import RESULTS
 
 data = grid.plan("data")
 backbones = grid.plan("backbones")
@@ -25,7 +24,8 @@ structured = grid.plan("structured")
 aggregate = grid.plan("report")
 
 # config.yaml < --configfile files < config/site.yaml (git-ignored machine settings: they win
-# over every shipped grid config) < --config key=value pairs.
+# over every shipped grid config; $LAYER_REDUNDANCY_RESULTS over its results_dir) < --config
+# key=value pairs.
 grid.assemble(
     config,
     site.config_overrides(),
@@ -40,9 +40,13 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+# The results root (config `results_dir`, default results/): every output, log and benchmark
+# path below is under it; relative = relative to the working directory.
+RESULTS = paths.results_root(config)
+
 
 def path(name, **wildcards):
-    """An output path template (``core.paths.FILES``) under results/."""
+    """An output path template (``core.paths.FILES``) under the results root."""
     return paths.path(name, RESULTS, **wildcards)
 
 

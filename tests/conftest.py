@@ -11,6 +11,7 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.pop("LAYER_REDUNDANCY_RESULTS", None)  # the developer's results root: not the tests'
 
 # A complete (validated) corpus section: 9 identities (3 voices x 3 variants; f2 has espeak-ng's
 # seeded breath noise), 16 sessions dealt 8/4/4, every augmentation of the default on.

@@ -24,7 +24,8 @@ def default_config() -> dict:
 
 def smk_env() -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT"):
+    # the developer's cluster settings and results root never reach a test's run
+    for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "LAYER_REDUNDANCY_RESULTS"):
         env.pop(var, None)
     return env
 
@@ -44,14 +45,16 @@ def run_smk(cwd, *args, check=True, timeout=900) -> subprocess.CompletedProcess:
 
 def project_copy(d: Path, cfg: dict | None = None) -> Path:
     """A copy of the workflow in ``d`` (the shipped models linked, not copied), with ``cfg``
-    as its config.yaml when given."""
+    as its config.yaml when given; the checkout's own config/site.yaml (machine settings:
+    data root, results root) is not copied."""
     d.mkdir(parents=True, exist_ok=True)
     for name in COPY:
         src = ROOT / name
         if name == "models":
             (d / name).symlink_to(src)
         elif src.is_dir():
-            shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, d / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "site.yaml"))  # fmt: skip
         else:
             shutil.copy(src, d / name)
     write_config(d, default_config() if cfg is None else cfg)

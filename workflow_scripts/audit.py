@@ -1,8 +1,9 @@
 """Provenance audit: is each output still what the current config, code, inputs and
 environment would give?
 
-``python -m workflow_scripts.audit [results/...] [--lineage PATH]`` (or ``make audit``) checks
-every output of the current DAG under the given paths (default ``results/``) - parquet cells and
+``python -m workflow_scripts.audit [results/...] [--lineage PATH] [--configfile F ...]`` (or
+``make audit [CONFIG=F]``) checks every output of the current DAG under the given paths (default:
+the results root, ``results/`` unless ``results_dir`` moves it) - parquet cells and
 tables, hidden-state caches, fine-tuned and exported models, block tables, feature files,
 charts - each through the provenance it carries (parquet metadata) or its sidecar
 (``<folder>/.provenance/<name>.json``, :func:`~workflow_scripts.core.provenance.write_sidecar`):
@@ -95,7 +96,8 @@ def parse_summary(text: str) -> dict[str, Job]:
 
 
 def snakemake_summary(project: Path, extra: list[str] | None = None, timeout=600) -> str:
-    """The stdout of ``snakemake --detailed-summary`` run in ``project``."""
+    """The stdout of ``snakemake --detailed-summary`` run in ``project`` (``extra``: more
+    options, e.g. ``--configfile``)."""
     cmd = [sys.executable, "-m", "snakemake", "--detailed-summary", "--cores", "1", *(extra or [])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env,
@@ -316,10 +318,14 @@ def audit(paths: list[str], jobs: dict[str, Job], root: Path,
         full = root / p
         found = full.rglob("*.parquet") if full.is_dir() else [full] if full.is_file() else []
         for f in found:
-            rel = os.path.relpath(f, root)
-            if f.suffix == ".parquet" and not any(part.startswith(".") for part in Path(rel).parts):
+            # named as the audited path is (as Snakemake names outputs: relative to the
+            # project, or absolute for a results root given as an absolute path)
+            below = os.path.relpath(f, full)
+            rel = norm(os.path.join(p, below))
+            if f.suffix == ".parquet" and not any(part.startswith(".")
+                                                  for part in Path(below).parts):  # fmt: skip
                 if not inside_directory_output(rel, jobs):
-                    outputs.add(norm(rel))
+                    outputs.add(rel)
     findings = []
     for out in sorted(outputs):
         job = jobs.get(out)
@@ -423,13 +429,29 @@ def format_findings(findings: list[Finding], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def results_dir(configfiles: list[str], project: Path) -> str:
+    """The run's results root as the rules name it (``results_dir``: relative to ``project``
+    or absolute), from ``project``'s config.yaml, ``configfiles``, site file and
+    ``$LAYER_REDUNDANCY_RESULTS``; ``results`` when the config cannot be read (Snakemake's
+    own error then says why)."""
+    from workflow_scripts.core.paths import RESULTS, results_root
+    from workflow_scripts.resource_plan import load_config
+
+    try:
+        return results_root(load_config(configfiles, project))
+    except Exception:
+        return RESULTS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m workflow_scripts.audit",
         description="Is each result current (config, code, inputs, content)? Exit 1 if not.",
     )
-    ap.add_argument("paths", nargs="*", default=["results"],
-                    help="result files or folders (default: results)")  # fmt: skip
+    ap.add_argument("paths", nargs="*",
+                    help="result files or folders (default: the results root)")  # fmt: skip
+    ap.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[],
+                    help="the run's config files, as for snakemake")  # fmt: skip
     ap.add_argument("--lineage", metavar="PATH", help="print this result's lineage")
     ap.add_argument("-C", "--directory", default=".", help="the project (default: .)")
     ap.add_argument("--no-code", action="store_true",
@@ -442,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snakemake-args", default="", help="extra snakemake arguments (quoted)")
     args = ap.parse_args(argv)
     root = Path(args.directory)
+    extra = [*(["--configfile", *args.configfile] if args.configfile else []),
+             *args.snakemake_args.split()]  # fmt: skip
+    if not args.paths:
+        args.paths = [results_dir(args.configfile, root)]
     try:
-        jobs = parse_summary(snakemake_summary(root, args.snakemake_args.split()))
+        jobs = parse_summary(snakemake_summary(root, extra))
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         print(f"audit: cannot ask snakemake: {err}", file=sys.stderr)
         return 2
@@ -452,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun:
         targets = rerun_targets(findings, jobs)
         print(f"\nrerunning {len(targets)} flagged outputs (and anything missing)", flush=True)
-        cmd = [sys.executable, "-m", "snakemake", "--profile", args.profile,
-               *args.snakemake_args.split()]  # fmt: skip
+        cmd = [sys.executable, "-m", "snakemake", "--profile", args.profile, *extra]
         if targets:
             cmd += ["--forcerun", *targets]
         if subprocess.run(cmd, cwd=root).returncode != 0:

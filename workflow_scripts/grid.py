@@ -130,7 +130,8 @@ def assemble(config: dict, site_config: dict, overrides: dict,
     """The run's config, in place: config.yaml (``config``) < the ``--configfile`` files and
     ``--config`` (``overrides``, merged by Snakemake), whose grid registries replace rather
     than merge < config/site.yaml (``site_config``: the machine's settings - data roots, local
-    model folders - win over every shipped grid config, so no tracked file is edited) < the
+    model folders, the results root (``$LAYER_REDUNDANCY_RESULTS`` over the file's
+    ``results_dir``) - win over every shipped grid config, so no tracked file is edited) < the
     ``--config`` key=value pairs (``command_line``), which win over everything."""
     from snakemake.utils import update_config
 
@@ -149,8 +150,9 @@ def plan(stage: str) -> ModuleType:
 
 
 def validate(config: dict) -> dict:
-    """Validate ``config`` in place before any job runs: the JSON schema (filling defaults),
-    then every stage's cross-field checks. Raises ConfigError naming each bad key."""
+    """Validate ``config`` in place before any job runs: the JSON schema (filling defaults;
+    the results root resolved), then every stage's cross-field checks. Raises ConfigError
+    naming each bad key."""
     validate_config(config)
     problems = [p for stage in STAGES for p in plan(stage).config_problems(config)]
     if problems:

@@ -11,7 +11,8 @@
    not checked;
 4. the jobs that will run (``snakemake -n`` without ``--forceall``: not those whose outputs
    exist and are up to date) have a known ``disk_mb`` (a ``<TBD>`` names the rule and its
-   file), and the free disk under ``results/`` covers their sum;
+   file), and the free disk of the results root's file system (``results_dir``: ``results/``
+   unless config/site.yaml or ``$LAYER_REDUNDANCY_RESULTS`` moves it) covers their sum;
 5. their estimated peak GPU memory (``workflow_scripts.core.gpu_memory``) fits the site's
    ``gpu_mem_gb`` (config/site.yaml or ``$GPU_MEM_GB``; unchecked when unset);
 6. with ``--slurm``: one tiny GPU job through ``sbatch`` sees CUDA (partition, account and the
@@ -202,14 +203,18 @@ def check_unknown(plan: list) -> list[tuple[bool, str]]:
     ]
 
 
-def check_disk(plan: list) -> tuple[bool, str]:
+def check_disk(plan: list, results: Path | None = None) -> tuple[bool, str]:
+    """The summed ``disk_mb`` of the jobs to run against the free space of the file system
+    that holds ``results`` (the results root; its nearest existing folder when it is not
+    made yet)."""
     need_mb = sum(r.disk_mb for r in plan)
     jobs = sum(r.jobs for r in plan)
-    results = ROOT / "results"
-    free_mb = shutil.disk_usage(results if results.exists() else ROOT).free / 1e6
+    results = Path(results) if results is not None else ROOT / "results"
+    where = next(p for p in (results, *results.parents) if p.exists())
+    free_mb = shutil.disk_usage(where).free / 1e6
     ok = free_mb >= need_mb
     return ok, (f"disk: the {jobs} jobs to run need {need_mb / 1000:,.1f} GB, "
-                f"{free_mb / 1000:,.1f} GB free")  # fmt: skip
+                f"{free_mb / 1000:,.1f} GB free on the results root {results}")  # fmt: skip
 
 
 def check_gpu_memory(plan: list) -> tuple[bool, str]:
@@ -234,8 +239,9 @@ def check_gpu_memory(plan: list) -> tuple[bool, str]:
                    "batch) or use a larger GPU")  # fmt: skip
 
 
-def check_slurm_gpu(timeout: int = 1800) -> tuple[bool, str]:
-    """Submit one tiny GPU job and wait for it: does it see CUDA?"""
+def check_slurm_gpu(timeout: int = 1800, results: Path | None = None) -> tuple[bool, str]:
+    """Submit one tiny GPU job and wait for it: does it see CUDA? Its log:
+    ``<results>/logs/preflight_gpu.log``."""
     from workflow_scripts.core import site
 
     if not shutil.which("sbatch"):
@@ -248,7 +254,7 @@ def check_slurm_gpu(timeout: int = 1800) -> tuple[bool, str]:
         value = site.setting(key, env, "")
         if value:
             cmd += [flag, str(value)]
-    out = ROOT / "results" / "logs" / "preflight_gpu.log"
+    out = Path(results if results is not None else ROOT / "results") / "logs/preflight_gpu.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     probe = f"{sys.executable} -c 'import torch; print(\"cuda\", torch.cuda.is_available())'"
     proc = subprocess.run([*cmd, "-o", str(out), "--wrap", probe], capture_output=True,
@@ -265,10 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="slurm")
     ap.add_argument("--slurm", action="store_true", help="also submit one GPU test job")
     args = ap.parse_args(argv)
+    from workflow_scripts.results_root import absolute
+
     checks: list[tuple[bool, str]] = []
+    results = None
     try:
         config = load_config(args.configfile)
-        checks.append((True, "config valid"))
+        results = absolute(config, ROOT)
+        checks.append((True, f"config valid; results root {results}"))
     except Exception as err:  # the config's own message names the key
         checks.append((False, f"config: {err}"))
         config = None
@@ -277,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         checks += check_models(config)
         plan = planned_jobs(args.configfile, args.profile)
         checks += check_unknown(plan)
-        checks.append(check_disk(plan))
+        checks.append(check_disk(plan, results))
         checks.append(check_gpu_memory(plan))
     if args.slurm:
-        checks.append(check_slurm_gpu())
+        checks.append(check_slurm_gpu(results=results))
     for ok, text in checks:
         print(f"{'OK  ' if ok else 'FAIL'}  {text}")
     return 0 if all(ok for ok, _ in checks) else 1

@@ -176,8 +176,9 @@ def dry_run(profile: str, extra: list[str], cwd: Path = ROOT, forceall: bool = T
 
 
 def load_config(configfiles: list[str], directory: Path = ROOT) -> dict:
-    """The run's config as the Snakefile builds it (``directory``/config.yaml <
-    config/site.yaml < the ``configfiles``, whose ``outputs`` unite), validated."""
+    """The run's config as the Snakefile builds it (``directory``/config.yaml < the
+    ``configfiles``, whose ``outputs`` unite < ``directory``/config/site.yaml and
+    ``$LAYER_REDUNDANCY_RESULTS``), validated."""
     import yaml
 
     from workflow_scripts import grid
@@ -185,14 +186,16 @@ def load_config(configfiles: list[str], directory: Path = ROOT) -> dict:
 
     overrides = grid.command_line_overrides([Path(directory) / f for f in configfiles])
     config = yaml.safe_load((Path(directory) / "config.yaml").read_text())
-    return grid.validate(grid.assemble(config, site.config_overrides(), overrides))
+    site_config = site.config_overrides(site.site_file(directory))
+    return grid.validate(grid.assemble(config, site_config, overrides))
 
 
 def clip_source(config: dict, directory: Path = ROOT) -> str:
     """One line: the clips per split the disk figures assume, and where they come from."""
     from workflow_scripts.core import paths, sizes
+    from workflow_scripts.results_root import absolute
 
-    results = str(Path(directory) / paths.RESULTS)
+    results = str(absolute(config, directory))
     counts, source = sizes.clip_counts(config, paths.path("manifest", results))
     per = ", ".join(f"{split} {n:,}" for split, n in counts.items())
     return f"Clips per split: {per} - from {source}."
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="as for snakemake; several files combine their grids")  # fmt: skip
     ap.add_argument("-C", "--directory", type=Path, default=ROOT, help="project folder")
     args = ap.parse_args(argv)
+    from workflow_scripts.results_root import absolute
+
     config = load_config(args.configfile, args.directory)
     extra = configfile_args(args.configfile)
     plan = summarize(parse_jobs(dry_run(args.profile, extra, args.directory)), config)
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Plan of {title} under the `{args.profile}` profile\n")
     print(format_table(plan))
     print(f"\n{clip_source(config, args.directory)}")
+    print(f"Results root (the disk above is written there): {absolute(config, args.directory)}")
     return 0
 
 

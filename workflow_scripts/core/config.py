@@ -70,16 +70,20 @@ def describe_error(err, root: str = "config") -> str:
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate ``config`` against the JSON schema in place (filling defaults) and return it,
     or raise ConfigError listing every problem with the key's path and the allowed values.
-    The stages' cross-field checks run after it in :func:`workflow_scripts.grid.validate`."""
+    The results root is checked and resolved in place (``results_dir`` normalised, a leading
+    ``<results>`` of ``pretrained_dir`` replaced: :mod:`workflow_scripts.core.paths`). The
+    stages' cross-field checks run after it in :func:`workflow_scripts.grid.validate`."""
     from jsonschema import Draft202012Validator
+
+    from workflow_scripts.core.paths import resolve_results, results_problems
 
     schema = schema or load_schema()
     validator = _fill_defaults(Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
-    problems = [describe_error(e) for e in errors]
+    problems = [describe_error(e) for e in errors] or results_problems(config)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    return config
+    return resolve_results(config)
 
 
 def registry_problems(section: dict, schemas: dict[str, dict], where: str) -> list[str]:

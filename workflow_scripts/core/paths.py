@@ -11,9 +11,16 @@ are its aggregation rule's outputs, by role (``table``, ``summary_csv``, ``html`
 
 from __future__ import annotations
 
+import os
 import string
 
+#: The default results root: every output, log and benchmark lies under it.
 RESULTS = "results"
+#: The environment variable that sets the results root (over config/site.yaml's
+#: ``results_dir``, under ``--config results_dir=...``).
+RESULTS_ENV = "LAYER_REDUNDANCY_RESULTS"
+#: A path key's prefix that stands for the results root (``pretrained_dir: <results>/...``).
+RESULTS_PLACEHOLDER = "<results>"
 
 FILES = {
     # data
@@ -160,6 +167,38 @@ class _KeepMissing(dict):
 def fill(template: str, **wildcards) -> str:
     """``template`` with the given wildcards filled in; the others stay ``{name}``."""
     return string.Formatter().vformat(template, (), _KeepMissing(wildcards))
+
+
+def results_root(config: dict | None = None) -> str:
+    """The run's results root: ``config["results_dir"]`` (default ``results``), normalised;
+    relative = relative to the working directory of the run. Set in config/site.yaml, by
+    ``$LAYER_REDUNDANCY_RESULTS`` or ``--config results_dir=...``
+    (:func:`workflow_scripts.core.site.config_overrides`)."""
+    return os.path.normpath(str((config or {}).get("results_dir") or RESULTS))
+
+
+def results_problems(config: dict) -> list[str]:
+    """What is wrong with ``results_dir``: it must name a folder written out (no ``~``,
+    ``$VAR`` or Snakemake wildcard braces: jobs re-read the config on other hosts)."""
+    value = str(config.get("results_dir") or RESULTS)
+    bad = [c for c in ("~", "$", "{", "}") if c in value]
+    if bad:
+        return [f"config.results_dir: {value!r} holds {' '.join(bad)}; write the folder out "
+                "(an absolute path, or one relative to the working directory)"]  # fmt: skip
+    if results_root(config) in (".", ""):
+        return [f"config.results_dir: {value!r} is the working directory; name a folder"]
+    return []
+
+
+def resolve_results(config: dict) -> dict:
+    """``config`` in place with ``results_dir`` normalised and a leading ``<results>`` of
+    ``pretrained_dir`` replaced by it (idempotent)."""
+    if "results_dir" in config:
+        config["results_dir"] = results_root(config)
+    pre = config.get("pretrained_dir")
+    if isinstance(pre, str) and pre.split("/", 1)[0] == RESULTS_PLACEHOLDER:
+        config["pretrained_dir"] = results_root(config) + pre[len(RESULTS_PLACEHOLDER) :]
+    return config
 
 
 def path(name: str, results: str = RESULTS, **wildcards) -> str:

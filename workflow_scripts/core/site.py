@@ -7,6 +7,10 @@ account, GPU request style) and by ``make preflight`` (``gpu_mem_gb``: one GPU's
 which the plan's GPU memory estimates must fit), so a cluster user never edits a tracked
 file - editing ``config/paper.yaml`` would mark every result ``git_dirty``. An environment
 variable, where one is named, wins over the file.
+
+``results_dir`` (top level) is the results root (e.g. a scratch folder): it joins the config
+keys the file sets, with ``$LAYER_REDUNDANCY_RESULTS`` over it; ``--config results_dir=...``
+wins over both (:func:`config_overrides`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from functools import cache
 from pathlib import Path
 
 SITE_FILE = Path(__file__).resolve().parents[2] / "config" / "site.yaml"
-TOP_KEYS = ("config", "slurm", "hf_home", "gpu_mem_gb")
+TOP_KEYS = ("config", "slurm", "hf_home", "gpu_mem_gb", "results_dir")
 #: Keys whose value must be a positive number.
 NUMBERS = ("gpu_mem_gb",)
 
@@ -39,7 +43,18 @@ def load(path: str | os.PathLike | None = None) -> dict:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value <= 0):  # fmt: skip
             raise ValueError(f"{path}: {key} must be a positive number (GB), not {value!r}")
+    if "results_dir" in (data.get("config") or {}):
+        raise ValueError(f"{path}: results_dir is a top-level key of the site file (beside "
+                         "hf_home), not one under config:")  # fmt: skip
     return data
+
+
+def site_file(directory: str | os.PathLike | None = None) -> Path:
+    """The site file of the project in ``directory`` (None: this module's project,
+    :data:`SITE_FILE`)."""
+    if directory is None or Path(directory).resolve() == SITE_FILE.parents[1]:
+        return SITE_FILE
+    return Path(directory).resolve() / "config" / "site.yaml"
 
 
 def setting(key: str, env: str | None = None, default=None, path=None):
@@ -76,5 +91,12 @@ def slurm_cpus_per_task(n: int) -> int:
 
 
 def config_overrides(path=None) -> dict:
-    """The config keys the site file sets (its ``config:`` section)."""
-    return dict(load(path).get("config") or {})
+    """The config keys the site file sets: its ``config:`` section and the results root
+    (``$LAYER_REDUNDANCY_RESULTS``, else the file's ``results_dir``)."""
+    from workflow_scripts.core.paths import RESULTS_ENV
+
+    out = dict(load(path).get("config") or {})
+    results = setting("results_dir", RESULTS_ENV, path=path)
+    if results not in (None, ""):
+        out["results_dir"] = str(results)
+    return out
