@@ -334,9 +334,11 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def load_speechllm(folder: str | os.PathLike, with_encoder: bool = True, merge: bool = True,
-                   device="cpu") -> SpeechLLM:  # fmt: skip
+                   device="cpu", adapter: bool = True) -> SpeechLLM:  # fmt: skip
     """A saved SpeechLLM in eval mode: the decoder with its LoRA adapter merged (``merge``, a
-    plain decoder whose layers can be removed) or kept as a peft model; the encoder only when
+    plain decoder whose layers can be removed) or kept as a peft model, or without it
+    (``adapter=False``: the base decoder exactly as its folder holds it, the adapter never
+    loaded; the text-only condition of the paper's Fig. 1a); the encoder only when
     ``with_encoder`` (cells that read cached features do not need it)."""
     from safetensors.torch import load_file
 
@@ -345,7 +347,7 @@ def load_speechllm(folder: str | os.PathLike, with_encoder: bool = True, merge: 
     cfg = read_config(folder)
     dec_src = resolve(cfg["decoder"], folder)
     decoder = load_decoder(dec_src)
-    if cfg.get("lora"):
+    if cfg.get("lora") and adapter:
         from peft import PeftModel
 
         decoder = PeftModel.from_pretrained(decoder, str(Path(folder) / LORA_DIR))

@@ -33,7 +33,7 @@ from workflow_scripts.speechllm.settings import (
     STRATEGIES,
     resolve_train,
 )
-from workflow_scripts.speechllm.text import SPLITS, TASKS
+from workflow_scripts.speechllm.text import SPLITS, TASKS, extra_test_sentences
 
 
 def section(config: dict) -> dict:
@@ -101,20 +101,30 @@ def pretrained_targets(config: dict) -> list[str]:
     return [_out_dir(config, n) for n in names]
 
 
+def text_slice(config: dict) -> dict:
+    """The text config as the jobs read it: ``extra_test_sentences`` (a file) replaced by its
+    sentences, so that editing the file reruns what depends on it (the speech splits, the
+    decoders' pretraining); without them, the config as it is."""
+    text = dict(section(config)["text"])
+    if text.get("extra_test_sentences"):
+        text["extra_test_sentences"] = extra_test_sentences(text)
+    return text
+
+
 def speech_slice(config: dict, split: str) -> dict:
     """A speech split's slice: the corpus's sessions and augmentations, the text config, the
     speech seed and augmentation switch, the split's utterance count."""
     s = section(config)
     sp = s["speech"]
     return {"split": split, "utterances": sp["utterances"][split], "seed": sp["seed"],
-            "augment": sp["augment"], "sessions": sp["sessions"], "text": s["text"],
+            "augment": sp["augment"], "sessions": sp["sessions"], "text": text_slice(config),
             "corpus": config["corpus"]}  # fmt: skip
 
 
 def decoder_slice(config: dict, decoder: str) -> dict:
     """A decoder's pretraining slice: its ``pretrain`` spec and the text config."""
     s = section(config)
-    return {"pretrain": s["decoders"][decoder]["pretrain"], "text": s["text"]}
+    return {"pretrain": s["decoders"][decoder]["pretrain"], "text": text_slice(config)}
 
 
 def train_slice(config: dict, sllm: str) -> dict:
@@ -224,8 +234,11 @@ def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str |
     s = section(config)
     if input is not None:
         sim = s["similarity"]
-        return {"task": task, "input": input, "reduce": sim["reduce"],
-                "utterances": sim["utterances"], "batch_size": s["batch_size"]}  # fmt: skip
+        out = {"task": task, "input": input, "reduce": sim["reduce"],
+               "utterances": sim["utterances"], "batch_size": s["batch_size"]}  # fmt: skip
+        if input == "text":  # also the decoder without its adapter (condition base)
+            out["base_decoder"] = bool(sim.get("base_decoder"))
+        return out
     p = s["pruning"]
     own = registry.resolve_settings(strategy, p["strategies"][strategy])
     own.pop("heal", None)
@@ -336,6 +349,7 @@ def config_problems(config: dict) -> list[str]:
     chosen = (s.get("pruning") or {}).get("strategies") or {}
     problems = registry.config_problems(chosen)
     problems = [p.replace("config.pruning.", f"{where}.pruning.") for p in problems]
+    problems += _text_and_task_problems(config)
     bad = [k for k in chosen if k in registry.STRATEGIES and k not in STRATEGIES]
     if bad:
         problems.append(f"{where}.pruning.strategies: {bad} are not decoder strategies; "
@@ -356,6 +370,51 @@ def config_problems(config: dict) -> list[str]:
             f"{where}.speech.utterances.training: 0, but healing or training needs "
             "training utterances"
         )
+    return problems
+
+
+def _local_prompts(folder: str) -> list[str] | None:
+    """The tasks a SpeechLLM folder's ``config.json`` has prompts for (None: no such file)."""
+    f = Path(folder) / "config.json"
+    return list(json.loads(f.read_text()).get("prompts") or {}) if f.is_file() else None
+
+
+def _text_and_task_problems(config: dict) -> list[str]:
+    """The extra test sentences (a readable file of sentences of the language, in neither
+    held-out set) and the tasks: every cell task is one each SpeechLLM was trained for (a
+    ``train`` spec's ``tasks``, a local folder's prompts), and a SpeechLLM on the small
+    decoder's token prompts only has tasks its pretrained decoder learnt (its ``tasks``)."""
+    from workflow_scripts.speechllm.settings import PRETRAIN_TASKS
+    from workflow_scripts.speechllm.text import Sentences
+
+    s, where, problems = section(config), "config.speechllm", []
+    try:
+        Sentences(text_slice(config))
+    except ValueError as e:
+        problems.append(f"{where}.text.extra_test_sentences: {e}")
+    want = tasks(config)
+    decoders = s.get("decoders") or {}
+    for m, spec in (s.get("models") or {}).items():
+        if "train" in spec:
+            t = resolve_train(spec["train"])
+            if missing := [x for x in want if x not in t["tasks"]]:
+                problems.append(f"{where}.models.{m}.train.tasks: {t['tasks']} lacks "
+                                f"{missing} of {where}.tasks")  # fmt: skip
+            dec = decoders.get(t["decoder"]) or {}
+            if t["prompts"] is None and "pretrain" in dec:
+                learnt = dec["pretrain"].get("tasks") or list(PRETRAIN_TASKS)
+                if missing := [x for x in t["tasks"] if x not in learnt]:
+                    problems.append(
+                        f"{where}.models.{m}.train.tasks: {missing} are not tasks of its "
+                        f"decoder {t['decoder']!r} (its pretrain.tasks: {learnt})"
+                    )
+            if t["prompts"] is not None:
+                if missing := [x for x in t["tasks"] if x not in t["prompts"]]:
+                    problems.append(f"{where}.models.{m}.train.prompts: no prompt for {missing}")
+        elif (have := _local_prompts(spec["hf"])) is not None:
+            if missing := [x for x in want if x not in have]:
+                problems.append(f"{where}.models.{m}: {spec['hf']} was trained for {have}, "
+                                f"not for {missing} of {where}.tasks")  # fmt: skip
     return problems
 
 

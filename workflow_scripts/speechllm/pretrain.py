@@ -1,22 +1,36 @@
 """Text pretraining of the small decoder: a Llama- (or Qwen2-) architecture causal LM with the
 word-level tokenizer, trained as a language model on the command language's training sentences
-(:func:`workflow_scripts.speechllm.text.pretraining_text`: English, German, and the task
-prompts with the text standing in for the speech). Held-out sentences are never seen.
+(:func:`workflow_scripts.speechllm.text.pretraining_text`: English, the target languages of
+the spec's ``tasks`` (default ``asr``, ``st``: German), and the task prompts with the text
+standing in for the speech). Held-out sentences are never seen.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from workflow_scripts.speechllm.settings import ARCHS, DEFAULT_PROMPTS
-from workflow_scripts.speechllm.text import Sentences, pretraining_formats, pretraining_text
+from workflow_scripts.speechllm.settings import ARCHS, DEFAULT_PROMPTS, PRETRAIN_TASKS
+from workflow_scripts.speechllm.text import (
+    TASKS,
+    Sentences,
+    pretraining_examples,
+    pretraining_formats,
+    pretraining_text,
+)
+
+
+def pretraining_prompts(spec: dict) -> dict[str, str]:
+    """The small decoder's token prompts of the spec's ``tasks`` (:data:`PRETRAIN_TASKS` by
+    default), in task order."""
+    tasks = spec.get("tasks") or PRETRAIN_TASKS
+    return {t: DEFAULT_PROMPTS[t] for t in TASKS if t in tasks}
 
 
 def decoder_config(spec: dict, tokenizer):
@@ -68,27 +82,25 @@ def text_batch(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
 
 def pretrain_decoder(spec: dict, text_cfg: dict, out_dir: str | os.PathLike, log=print) -> dict:
     """Pretrain a decoder of ``spec`` (``steps``, ``batch_size``, ``lr``, ``warmup_frac``,
-    ``seed``, ``save_dtype``) on sentences of ``text_cfg``; saved with its tokenizer into
+    ``seed``, ``save_dtype``, ``tasks``: the prompts and languages it learns, with the
+    tokenizer's vocabulary) on sentences of ``text_cfg``; saved with its tokenizer into
     ``<out_dir>.partial``. Returns ``{"summary": ..., "partial_dir": ...}`` (finish with
     :func:`workflow_scripts.backbones.pretrain.finalize`)."""
     from workflow_scripts.backbones.finetune import lr_at
     from workflow_scripts.speechllm.tokenizer import build_tokenizer
 
-    tok = build_tokenizer()
+    prompts = pretraining_prompts(spec)
+    tok = build_tokenizer(list(prompts))
     seed, steps, bs = spec.get("seed", 0), spec["steps"], spec["batch_size"]
     model = build_decoder(spec, tok, seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"], weight_decay=0.01)
-    rng = np.random.default_rng([seed, 51])
-    sentences = Sentences(text_cfg)
-    formats = pretraining_formats(DEFAULT_PROMPTS)
+    examples = pretraining_examples(Sentences(text_cfg), seed, pretraining_formats(prompts))
     history, t0 = [], time.time()
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, spec["lr"], spec.get("warmup_frac", 0.05))
-        texts = [pretraining_text(sentences.draw("training", rng),
-                                  formats[int(rng.integers(len(formats)))], DEFAULT_PROMPTS)
-                 for _ in range(bs)]  # fmt: skip
+        texts = [pretraining_text(s, kind, prompts) for s, kind in itertools.islice(examples, bs)]
         x, mask, labels = text_batch(tok, texts)
         loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)

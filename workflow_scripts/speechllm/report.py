@@ -1,9 +1,10 @@
 """The SpeechLLM stage's tables and charts (torch-free): the pruning summary (how many decoder
 layers can be removed within the ΔWER threshold, on the point estimate and with confidence),
 the block-overlap table (which contiguous block of n decoder layers the angular distance calls
-redundant, per SpeechLLM x task x input type, and the Jaccard overlap of those blocks between
-pairs labelled by what differs: encoder, decoder, both, task, input or language), the
-decoder-similarity heatmaps and the ΔWER curves. The markdown is :func:`markdown`.
+redundant, per SpeechLLM x task x input type x condition, and the Jaccard overlap of those
+blocks between pairs labelled by what differs: encoder, decoder, both, task, input, condition
+or language), the decoder-similarity heatmaps and the ΔWER curves. The markdown is
+:func:`markdown`.
 
 ΔWER is :func:`workflow_scripts.speechllm.metrics.delta_wer`, (WER_n - WER_0) / WER_0. Intervals
 come from :func:`bootstrap`: the test *sentences* are resampled with replacement (every
@@ -21,9 +22,12 @@ import pandas as pd
 from workflow_scripts.pruning.strategies import STRATEGIES
 from workflow_scripts.speechllm.metrics import delta_wer
 
-#: What the overlap table compares, in its order (``both`` = encoder and decoder).
-FACTORS = ("encoder", "decoder", "task", "input", "language")
-LABELS = ("encoder", "decoder", "both", "task", "input", "language")
+#: What the overlap table compares, in its order (``both`` = encoder and decoder;
+#: ``condition``: the paper's Fig. 1 conditions base / frozen / lora; ``condition+input``: text
+#: through the base decoder vs speech through a SpeechLLM, its Fig. 1a vs 1b / 1c).
+FACTORS = ("encoder", "decoder", "task", "condition", "input", "language")
+LABELS = ("encoder", "decoder", "both", "task", "input", "condition", "condition+input",
+          "language")  # fmt: skip
 
 #: How every SpeechLLM table numbers decoder layers.
 NUMBERING = (
@@ -42,7 +46,12 @@ NOTES = {
     ),
     "overlap": (
         "Pairs are labelled by what differs between them (encoder, decoder, both = encoder and "
-        "decoder, task, input, language; from each SpeechLLM's config). Blocks of decoders of "
+        "decoder, task = transcription vs translation, input = text vs speech, condition = "
+        "base (text through the decoder without any adapter) / frozen (a SpeechLLM whose "
+        "decoder was kept frozen) / lora (a LoRA-adapted decoder), language = of the speech, "
+        "or the translation's target language between two translation tasks; from each "
+        "SpeechLLM's config). A base block is the decoder's alone: one row per decoder, no "
+        "encoder. Blocks of decoders of "
         "equal depth are compared as layer sets; of unequal depth as intervals of the fraction "
         "of depth (`compared`). `runner_up_margin`: the angular distance of the second-best "
         "block minus the best's (small = a near tie)."
@@ -184,26 +193,42 @@ def summary_table(df: pd.DataFrame, threshold: float,
 # Redundant blocks and their overlap
 # ----------------------------------------------------------------------------------------
 def redundant_blocks(sim: pd.DataFrame) -> pd.DataFrame:
-    """Per SpeechLLM, task, input type and n: the contiguous block l*..l*+n-1 with the smallest
-    angular distance d(h_l*, h_l*+n) (lowest l* on ties), i.e. what ``angular_block`` removes,
-    the runner-up margin (second-smallest distance minus the smallest; null with one
-    candidate) and the SpeechLLM's factors (``encoder``, ``decoder``, ``language`` of the
-    cells; the model's name, "" and "en" when a cell lacks them)."""
+    """Per SpeechLLM, task, input type, condition and n: the contiguous block l*..l*+n-1 with
+    the smallest angular distance d(h_l*, h_l*+n) (lowest l* on ties), i.e. what
+    ``angular_block`` removes, the runner-up margin (second-smallest distance minus the
+    smallest; null with one candidate) and the SpeechLLM's factors (``encoder``, ``decoder``,
+    ``language`` of the speech, ``condition`` of the cells; the model's name, "", "en" and ""
+    when a cell lacks them) with the task's ``kind`` (asr / st) and ``target`` language. A base
+    block (text through the decoder alone) is its decoder's: one row per decoder, named by it
+    (SpeechLLMs sharing a decoder measure the same thing)."""
+    from workflow_scripts.speechllm.text import TASK_LANGUAGE, task_kind
+
     a = sim[sim.metric == "angular"]
+    if "condition" not in a:
+        a = a.assign(condition="")
     rows = []
-    for (model, task, inp, n), g in a.groupby(["model", "task", "input", "n"], sort=False):
+    keys = ["model", "task", "input", "condition", "n"]
+    for (model, task, inp, cond, n), g in a.groupby(keys, sort=False):
         g = g.sort_values("layer")
         v = g.value.to_numpy(float)
         best = g.iloc[int(np.argmin(v))]
         start = int(best.layer)
         margin = float(np.sort(v)[1] - np.sort(v)[0]) if len(v) > 1 else np.nan
-        rows.append({"model": model, "task": task, "input": inp, "n": int(n), "start": start,
+        language = str(best.get("language", "en"))
+        decoder = str(best.get("decoder", ""))
+        base = cond == "base"
+        rows.append({"model": (decoder or model) if base else model, "task": task,
+                     "input": inp, "condition": cond, "n": int(n), "start": start,
                      "blocks": list(range(start, start + int(n))), "distance": float(best.value),
                      "runner_up_margin": margin, "n_layers": int(best.n_layers),
-                     "encoder": str(best.get("encoder", model)),
-                     "decoder": str(best.get("decoder", "")),
-                     "language": str(best.get("language", "en"))})  # fmt: skip
-    return pd.DataFrame(rows)
+                     "encoder": "" if base else str(best.get("encoder", model)),
+                     "decoder": decoder, "language": language, "kind": task_kind(task),
+                     "target": TASK_LANGUAGE.get(task, language)})  # fmt: skip
+    out = pd.DataFrame(rows)
+    if len(out):
+        same = ["model", "task", "input", "condition", "n", "decoder", "language"]
+        out = out.drop_duplicates(same).reset_index(drop=True)
+    return out
 
 
 def _jaccard(a, b) -> float:
@@ -217,14 +242,36 @@ def _interval_jaccard(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 1.0
 
 
+def _differs(x: dict, y: dict, factor: str) -> bool:
+    """Whether two block choices differ in ``factor``: ``task`` compares the kinds
+    (transcription / translation), ``language`` the speech languages and, between two
+    translations, the target languages; ``encoder`` only when both have one (a base block has
+    none); a factor a row lacks does not differ."""
+    if factor == "task":
+        return x.get("kind", x["task"]) != y.get("kind", y["task"])
+    if factor == "language":
+        same_kind = x.get("kind", x["task"]) == y.get("kind", y["task"])
+        target = same_kind and x.get("target", "") != y.get("target", "")
+        return x.get("language", "en") != y.get("language", "en") or target
+    if factor == "encoder" and not (x.get("encoder") and y.get("encoder")):
+        return False
+    return x.get(factor, "") != y.get(factor, "")
+
+
 def pair_label(x: dict, y: dict) -> str:
-    """What differs between two block choices, from :data:`FACTORS`: one factor's name,
-    ``both`` for encoder and decoder together, ``+``-joined otherwise, ``none`` when nothing
-    does (e.g. two SpeechLLMs of the same parts trained differently)."""
-    diff = [k for k in FACTORS if x[k] != y[k]]
+    """What differs between two block choices, from :data:`FACTORS` (:func:`_differs`): one
+    factor's name, ``both`` for encoder and decoder together, ``+``-joined otherwise, ``none``
+    when nothing does (e.g. two SpeechLLMs of the same parts trained differently)."""
+    diff = [k for k in FACTORS if _differs(x, y, k)]
     if diff == ["encoder", "decoder"]:
         return "both"
     return "+".join(diff) or "none"
+
+
+def _choice(r: dict) -> str:
+    """A block choice's name in the pairs table: SpeechLLM (or decoder) / task / input, and the
+    condition when known."""
+    return "/".join(str(v) for v in (r["model"], r["task"], r["input"], r.get("condition")) if v)
 
 
 def overlap_pairs(blocks: pd.DataFrame) -> pd.DataFrame:
@@ -235,7 +282,7 @@ def overlap_pairs(blocks: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for n, g in blocks.groupby("n", sort=True):
         for x, y in itertools.combinations(g.to_dict("records"), 2):
-            if (x["model"], x["task"], x["input"]) == (y["model"], y["task"], y["input"]):
+            if _choice(x) == _choice(y):
                 continue
             same = x["n_layers"] == y["n_layers"]
             if same:
@@ -245,8 +292,7 @@ def overlap_pairs(blocks: pd.DataFrame) -> pd.DataFrame:
                 fy = (y["start"] / y["n_layers"], (y["start"] + n) / y["n_layers"])
                 j = _interval_jaccard(fx, fy)
             rows.append({"n": int(n), "factor": pair_label(x, y),
-                         "a": f"{x['model']}/{x['task']}/{x['input']}",
-                         "b": f"{y['model']}/{y['task']}/{y['input']}",
+                         "a": _choice(x), "b": _choice(y),
                          "blocks_a": x["blocks"], "blocks_b": y["blocks"],
                          "depth_a": x["n_layers"], "depth_b": y["n_layers"],
                          "compared": "layers" if same else "fraction of depth",
@@ -261,7 +307,8 @@ def overlap_table(blocks: pd.DataFrame, n: int) -> pd.DataFrame:
     the mean Jaccard overlap, the share of identical choices and how the blocks were
     compared."""
     at = blocks[blocks.n == n]
-    rows = [{"model": r.model, "task": r.task, "input": r.input, "encoder": r.encoder,
+    rows = [{"model": r.model, "task": r.task, "input": r.input,
+             "condition": getattr(r, "condition", ""), "encoder": r.encoder,
              "decoder": r.decoder, "n": n, "blocks": r.blocks, "distance": r.distance,
              "runner_up_margin": r.runner_up_margin} for r in at.itertuples()]  # fmt: skip
     pairs = overlap_pairs(at)
@@ -326,11 +373,13 @@ def markdown(name: str, table: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------
 def similarity_heatmaps(sim: pd.DataFrame):
     """Angular distance d(h_l, h_l+n) as a heatmap of layer l (x) vs n (y), one panel per
-    SpeechLLM (rows) and task / input type (columns), as the paper's Figure 1."""
+    SpeechLLM (rows) and task / input type / condition (columns), as the paper's Figure 1."""
     import altair as alt
 
     d = sim[sim.metric == "angular"].copy()
     d["panel"] = d.task + " / " + d.input
+    if "condition" in d:  # text through the LoRA decoder and through the base decoder apart
+        d["panel"] += " / " + d.condition.fillna("").astype(str)
     return (
         alt.Chart(d)
         .mark_rect()

@@ -17,7 +17,12 @@ similarity cell and one decoder-pruning cell.
   recomputed (tests/test_speechllm_records.py) and the tables bootstrap over sentences.
 
 Both cells carry the SpeechLLM's factors as its ``config.json`` names them (:func:`factors`):
-``encoder``, ``decoder`` (names), ``language`` (of the speech; ``en`` unless the config says).
+``encoder``, ``decoder`` (names), ``language`` (of the speech; ``en`` unless the config says)
+and ``condition``, the paper's Fig. 1 conditions: ``lora`` (a LoRA-adapted decoder, whatever
+the input), ``frozen`` (speech through a SpeechLLM whose decoder was kept frozen: projector
+only) and ``base`` (text through the decoder without any adapter: a frozen SpeechLLM's text
+cells, and with ``base_decoder`` in a text cell's slice, a LoRA SpeechLLM's decoder with its
+adapter left out; ``encoder`` is empty there, the encoder takes no part).
 """
 
 from __future__ import annotations
@@ -108,13 +113,16 @@ def _name(ref: str, folder: str) -> str:
 
 def factors(model_dir: str) -> dict[str, str]:
     """What a SpeechLLM is built of, from its ``config.json``: ``encoder`` and ``decoder``
-    (folder names or hub ids) and ``language`` (of its speech; ``en`` unless set)."""
+    (folder names or hub ids), ``language`` (of its speech; ``en`` unless set) and
+    ``condition``: ``lora`` when it has a LoRA adapter, else ``frozen`` (the decoder was kept
+    frozen, only the projector trained)."""
     from workflow_scripts.speechllm.model import read_config
 
     cfg = read_config(model_dir)
     return {"encoder": _name(cfg["encoder"], model_dir),
             "decoder": _name(cfg["decoder"], model_dir),
-            "language": str(cfg.get("language") or "en")}  # fmt: skip
+            "language": str(cfg.get("language") or "en"),
+            "condition": "lora" if cfg.get("lora") else "frozen"}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,29 +131,43 @@ def factors(model_dir: str) -> dict[str, str]:
 def similarity_cell(cell: dict, *, sllm: str, task: str, input_type: str, model_dir: str,
                     features: str, speech_dir: str, log: Log = _quiet) -> pd.DataFrame:  # fmt: skip
     """The similarity cell's table (see the module docstring) for the ``cell`` slice of
-    :func:`~workflow_scripts.speechllm.plan.cell_slice`."""
+    :func:`~workflow_scripts.speechllm.plan.cell_slice`: the SpeechLLM's decoder, and for a
+    text cell with ``base_decoder`` of a SpeechLLM with an adapter, also its decoder without
+    the adapter (rows of condition ``base``)."""
     from workflow_scripts.speechllm.model import load_speechllm
     from workflow_scripts.speechllm.similarity import decoder_similarity, distance_rows
 
-    model = load_speechllm(model_dir, with_encoder=False)
+    own = factors(model_dir)
+    adapted = own["condition"] == "lora"
+    runs = [(own["condition"] if input_type == "speech" or adapted else "base", True)]
+    if input_type == "text" and adapted and cell.get("base_decoder"):
+        runs.append(("base", False))
     feats, texts = _split_data(features, speech_dir, cell["utterances"])
-    t0 = time.time()
-    sim = decoder_similarity(model, feats, texts, task, input_type, cell["reduce"],
-                             cell["batch_size"])  # fmt: skip
-    L = sim["angular"].shape[0] - 1
-    log(f"{sllm} / {task} / {input_type}: {len(texts)} utterances, {time.time() - t0:.1f} s")
-    rows = [{"metric": "angular", **r, "value": r.pop("distance")}
-            for r in distance_rows(sim["angular"])]  # fmt: skip
-    rows += [{"metric": "block_influence", "layer": i, "n": 1, "value": float(v)}
-             for i, v in enumerate(sim["block_influence"])]  # fmt: skip
-    df = pd.DataFrame(rows)
-    for col, v in (("model", sllm), ("task", task), ("input", input_type)):
-        df.insert(0 if col == "model" else df.columns.get_loc("metric"), col, v)
-    df["n_layers"], df["utterances"], df["reduce"] = L, len(texts), cell["reduce"]
-    for k, v in factors(model_dir).items():
-        df[k] = v
-    return df[["model", "task", "input", "metric", "layer", "n", "value", "n_layers",
-               "utterances", "reduce", "encoder", "decoder", "language"]]  # fmt: skip
+    parts = []
+    for condition, adapter in runs:
+        model = load_speechllm(model_dir, with_encoder=False, adapter=adapter)
+        t0 = time.time()
+        sim = decoder_similarity(model, feats, texts, task, input_type, cell["reduce"],
+                                 cell["batch_size"])  # fmt: skip
+        L = sim["angular"].shape[0] - 1
+        log(f"{sllm} / {task} / {input_type} / {condition}: {len(texts)} utterances, "
+            f"{time.time() - t0:.1f} s")  # fmt: skip
+        rows = [{"metric": "angular", **r, "value": r.pop("distance")}
+                for r in distance_rows(sim["angular"])]  # fmt: skip
+        rows += [{"metric": "block_influence", "layer": i, "n": 1, "value": float(v)}
+                 for i, v in enumerate(sim["block_influence"])]  # fmt: skip
+        df = pd.DataFrame(rows)
+        for col, v in (("model", sllm), ("task", task), ("input", input_type)):
+            df.insert(0 if col == "model" else df.columns.get_loc("metric"), col, v)
+        df["n_layers"], df["utterances"], df["reduce"] = L, len(texts), cell["reduce"]
+        for k, v in {**own, "condition": condition}.items():
+            df[k] = v
+        if condition == "base":
+            df["encoder"] = ""  # text through the decoder alone: no encoder takes part
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)[
+        ["model", "task", "input", "condition", "metric", "layer", "n", "value", "n_layers",
+         "utterances", "reduce", "encoder", "decoder", "language"]]  # fmt: skip
 
 
 def _score(model, feats, texts, task, cell) -> dict:

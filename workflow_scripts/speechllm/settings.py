@@ -7,7 +7,11 @@ from __future__ import annotations
 ARCHS = ("llama", "qwen2")
 #: The prompts of the small decoder (tokens of its vocabulary); a template has one ``{speech}``.
 DEFAULT_PROMPTS = {"asr": "<bos> <speech> {speech} </speech> <asr>",
-                   "st": "<bos> <speech> {speech} </speech> <st>"}  # fmt: skip
+                   "st": "<bos> <speech> {speech} </speech> <st>",
+                   "st_es": "<bos> <speech> {speech} </speech> <st_es>"}  # fmt: skip
+#: The tasks a small decoder's text pretraining covers unless its spec lists ``tasks`` (the
+#: shipped decoder's: English, German and the asr / st prompts).
+PRETRAIN_TASKS = ("asr", "st")
 
 #: Training settings a ``train`` spec may leave out.
 TRAIN_DEFAULTS = {

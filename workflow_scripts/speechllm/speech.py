@@ -3,8 +3,9 @@ speaker-identity-disjoint splits.
 
 Utterance ``i`` of a split is spoken by a session of that split (the corpus's sessions,
 :func:`workflow_scripts.data.sessions.make_sessions`, so no voice+variant identity is heard in
-two splits), says a sentence of that split (:class:`~workflow_scripts.speechllm.text.Sentences`:
-held-out sentences for validation and testing) and, with ``augment`` on, gets the corpus's
+two splits), says a sentence of that split (:meth:`~workflow_scripts.speechllm.text.Sentences.
+sentence`: held-out sentences for validation, the test sentences in their seeded order for
+testing; :func:`utterance_draws`) and, with ``augment`` on, gets the corpus's
 per-clip augmentations: rate and pitch jitter, speed perturbation, reverberation with the
 corpus's probability and noise from the corpus's noise banks at the session's SNR plus jitter.
 Its draws come from a generator seeded by ``(seed, split, i)``; espeak-ng's flutter phase carries
@@ -102,6 +103,25 @@ def speech_sessions(corpus_cfg: dict, sessions: int | None = None):
     return make_sessions({**corpus_cfg, "speakers": sessions or corpus_cfg["speakers"]})
 
 
+def utterance_draws(split: str, n: int, split_sessions: list, sentences: Sentences,
+                    seed: int) -> Iterator[tuple[np.random.Generator, object, str]]:  # fmt: skip
+    """Per utterance ``i < n`` of ``split``: its generator (seeded by ``(seed, split, i)``;
+    the audio's draws continue from it), its session of ``split_sessions`` and its sentence.
+    What :func:`synthesize_split` speaks and :func:`split_sentences` replays."""
+    for i in range(n):
+        rng = np.random.default_rng([seed, 41, SPLITS.index(split), i])
+        s = split_sessions[int(rng.integers(len(split_sessions)))]
+        yield rng, s, sentences.sentence(split, i, rng)
+
+
+def split_sentences(split: str, n: int, corpus_cfg: dict, text_cfg: dict, seed: int,
+                    sessions: int | None = None) -> list[str]:  # fmt: skip
+    """The sentences the first ``n`` utterances of ``split`` say (:func:`synthesize_split`'s,
+    without making audio)."""
+    mine = [s for s in speech_sessions(corpus_cfg, sessions) if s.split == split]
+    return [t for _, _, t in utterance_draws(split, n, mine, Sentences(text_cfg), seed)]
+
+
 def synthesize_split(
     folder: str | os.PathLike,
     split: str,
@@ -131,10 +151,7 @@ def synthesize_split(
     rows = []
     try:
         render = UtteranceRenderer(corpus_cfg, all_sessions, augment)
-        for i in range(n):
-            rng = np.random.default_rng([seed, 41, SPLITS.index(split), i])
-            s = mine[int(rng.integers(len(mine)))]
-            text = sentences.draw(split, rng)
+        for i, (rng, s, text) in enumerate(utterance_draws(split, n, mine, sentences, seed)):
             audio, draws = render(text, s, rng)
             rel = f"{i:05d}.wav"
             sf.write(folder / rel, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
