@@ -162,6 +162,34 @@ rule speechllm_pruning:
         "../workflow_scripts/scripts/speechllm_pruning.py"
 
 
+rule speechllm_heal:
+    input:
+        unpack(inputs_of(speechllm.heal_inputs)),
+    output:
+        cell=path("speechllm_heal_cell"),
+        records=path("speechllm_heal_records"),
+    log:
+        log("speechllm_heal_cell"),
+    benchmark:
+        bench("speechllm_heal_cell")
+    wildcard_constraints:
+        **speechllm.wildcard_constraints(config),
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        disk_mb=10,  # parquet cells: kilobytes
+        mem_mb=speechllm.resource(config, "mem_mb"),
+        runtime=speechllm.resource(config, "runtime", 2),  # joint: every task, before + after
+        gpu=speechllm.resource(config, "gpu"),
+    params:
+        slice=slice_of(speechllm.heal_slice),
+        sources=sources_of(speechllm.heal_inputs),
+        code=code_of("speechllm_heal"),
+    script:
+        "../workflow_scripts/scripts/speechllm_heal.py"
+
+
 rule speechllm_tables:
     input:
         **speechllm.tables_inputs(config, RESULTS),

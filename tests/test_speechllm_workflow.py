@@ -18,13 +18,15 @@ TINY_SPEECHLLM = {
     "speech": {"utterances": {"training": 8, "validation": 6, "testing": 4}},
     "decoders": {"dec": {"pretrain": {"layers": 3, "hidden": 16, "heads": 2, "ffn": 32,
                                       "steps": 3, "batch_size": 4}}},
-    "models": {"tiny": {"train": {"encoder": "hubert-small", "decoder": "dec", "tasks": ["st"],
-                                  "projector": {"hidden": 16}, "steps": 3, "batch_size": 4}}},
-    "tasks": ["st"],
+    "models": {"tiny": {"train": {"encoder": "hubert-small", "decoder": "dec",
+                                  "tasks": ["asr", "st"], "projector": {"hidden": 16},
+                                  "steps": 3, "batch_size": 4}}},
+    "tasks": ["asr", "st"],
     "batch_size": 4,
     "max_new_tokens": 3,
     "pruning": {"strategies": {"angular_block": {}, "backward": {}},
-                "heal": {"n": [1], "steps": 2, "batch_size": 4}},
+                # the sweep over every n of L = 3, its n = 0 control, joint healing
+                "heal": {"n": [1, 2], "steps": 2, "batch_size": 4, "joint": True}},
     "overlap_n": 1,
 }  # fmt: skip
 
@@ -44,9 +46,20 @@ def test_tiny_speechllm_grid_end_to_end(tmp_path):
     for f in tables.values():
         assert f.is_file(), f
     prun = pd.read_parquet(tables["pruning"])
-    assert set(prun.strategy) == {"angular_block", "backward"} and set(prun.task) == {"st"}
+    assert set(prun.strategy) == {"angular_block", "backward"} and set(prun.task) == {"asr", "st"}
     assert prun.groupby("strategy").n_removed.max().tolist() == [2, 2]  # L = 3
-    assert prun[prun.n_removed == 1].healed.all()
+    assert prun[prun.n_removed > 0].healed.all()
+    # healing against its n = 0 control, per task and jointly, removable after healing
+    for healing in ("control", "joint-angular_block", "joint-backward"):
+        for f in ("speechllm_heal_cell", "speechllm_heal_records"):
+            assert (d / paths.path(f, str(res), sllm="tiny", healing=healing)).is_file()
+    heal = pd.read_csv(tables["healing_csv"])
+    assert len(heal) == 2 * 2 * 2 * 2  # tasks x strategies x (task, joint) x n = 1, 2
+    assert heal.control_wer_pct.notna().all() and heal.delta_wer_control.notna().all()
+    summary = pd.read_csv(tables["summary_csv"])
+    assert (summary.healed_upto == 2).all()
+    for col in ("max_removed_healed_prefix", "max_removed_joint_prefix"):
+        assert summary[col].between(0, 2).all() and summary[f"{col}_ci"].between(0, 2).all()
     sim = pd.read_parquet(tables["similarity"])
     assert set(sim.input) == {"text", "speech"} and sim.value.notna().all()
     cell = paths.path("speechllm_pruning_cell", str(res), sllm="tiny", task="st",
@@ -70,7 +83,9 @@ def test_paper_speechllm_dry_run_plans_the_grid_with_gpus():
     inputs, strategies = len(paper["similarity"]["inputs"]), len(paper["pruning"]["strategies"])
     assert counts == {"speechllm_speech": 3, "speechllm_train": m, "speechllm_features": 3 * m,
                       "speechllm_similarity": m * t * inputs,
-                      "speechllm_pruning": m * t * strategies, "speechllm_tables": 1}  # fmt: skip
+                      "speechllm_pruning": m * t * strategies,
+                      "speechllm_heal": m * (1 + strategies),  # control, joint per strategy
+                      "speechllm_tables": 1}  # fmt: skip
     for j in jobs:
         gpu = j["resources"].get("gpu", "0")
         assert gpu == ("0" if j["rule"] in ("speechllm_speech", "speechllm_tables") else "1"), j

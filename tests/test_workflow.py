@@ -46,6 +46,7 @@ def test_default_config_plans_the_whole_grid(default_plan):
         "speechllm_speech": 3, "speechllm_features": 3 * sllms,
         "speechllm_similarity": sllms * tasks * len(sl["similarity"]["inputs"]),
         "speechllm_pruning": sllms * tasks * len(sl["pruning"]["strategies"]),
+        "speechllm_heal": sllms * bool(sl["pruning"]["heal"]["n"]),  # the n = 0 control
         "speechllm_tables": 1,
     }  # fmt: skip
     counts = {rule: n for rule, n in default_plan.items() if rule != "model_groups"}

@@ -81,6 +81,7 @@ GPU_RULES = (
     "speechllm_features",
     "speechllm_similarity",
     "speechllm_pruning",
+    "speechllm_heal",
 )
 
 
@@ -451,6 +452,7 @@ def estimate(config: dict, rule: str, wildcards: dict[str, str]) -> int | None:
         "speechllm_features": lambda: _speechllm_features(config, w["sllm"]),
         "speechllm_similarity": lambda: _speechllm_cell(config, w["sllm"], pruning=False),
         "speechllm_pruning": lambda: _speechllm_cell(config, w["sllm"], pruning=True),
+        "speechllm_heal": lambda: _speechllm_cell(config, w["sllm"], pruning=True),
     }
     if rule not in per_rule:
         return None

@@ -55,6 +55,8 @@ FILES = {
     "speechllm_similarity_cell": "cells/speechllm_similarity/{sllm}/{task}-{input}.parquet",
     "speechllm_pruning_cell": "cells/speechllm_pruning/{sllm}/{task}-{strategy}.parquet",
     "speechllm_pruning_records": "cells/speechllm_pruning/{sllm}/{task}-{strategy}.records.parquet",
+    "speechllm_heal_cell": "cells/speechllm_heal/{sllm}/{healing}.parquet",
+    "speechllm_heal_records": "cells/speechllm_heal/{sllm}/{healing}.records.parquet",
     # the jobs writing into pretrained_dir (their logs and benchmarks are named by these)
     "speechllm_decoder": "speechllm/decoders/{decoder}",
     "speechllm_train": "speechllm/trained/{sllm}",
@@ -109,6 +111,8 @@ TABLES = {
         "overlap_md": "tables/speechllm_overlap.md",
         "pairs_csv": "tables/speechllm_overlap_pairs.csv",
         "pairs_md": "tables/speechllm_overlap_pairs.md",
+        "healing_csv": "tables/speechllm_healing.csv",
+        "healing_md": "tables/speechllm_healing.md",
         "similarity_html": "charts/speechllm_similarity.html",
         "similarity_png": "charts/speechllm_similarity.png",
         "delta_wer_html": "charts/speechllm_delta_wer.html",

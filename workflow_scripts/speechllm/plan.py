@@ -26,7 +26,10 @@ from workflow_scripts.core.paths import RESULTS
 from workflow_scripts.core.sources import Source, local_model
 from workflow_scripts.pruning import strategies as registry
 from workflow_scripts.speechllm.settings import (
+    HEAL_BUDGET,
+    HEAL_CONTROL,
     HEAL_DEFAULTS,
+    HEAL_JOINT,
     INPUTS,
     REDUCE,
     SCORED,
@@ -222,7 +225,65 @@ def heal_settings(config: dict) -> dict | None:
     if not heal["n"]:
         return None
     heal["n"] = sorted(int(n) for n in heal["n"])
+    if heal["joint_removal_task"] is None and tasks(config):
+        heal["joint_removal_task"] = tasks(config)[0]
     return heal
+
+
+def _pruning_heal(config: dict) -> dict | None:
+    """A pruning cell's healing settings: the budget and ``n`` (per-task healing; the joint
+    switch is the healing cells', so turning it on reruns no pruning cell)."""
+    heal = heal_settings(config)
+    return heal and {k: v for k, v in heal.items() if k not in ("joint", "joint_removal_task")}
+
+
+def heal_cells(config: dict) -> list[dict[str, str]]:
+    """The healing cells' wildcards: the n = 0 control per SpeechLLM whenever healing is on,
+    and joint healing per SpeechLLM x strategy when ``heal.joint`` is set."""
+    heal = heal_settings(config)
+    if not heal:
+        return []
+    names = [HEAL_CONTROL]
+    if heal["joint"]:
+        names += [f"{HEAL_JOINT}-{s}" for s in strategies(config)]
+    return [{"sllm": m, "healing": h} for m in speechllms(config) for h in names]
+
+
+def heal_slice(config: dict, *, healing: str, sllm: str | None = None) -> dict:
+    """A healing cell's slice (the same for every SpeechLLM). The control: the budget only
+    (:data:`HEAL_BUDGET`: listing another n reruns no control), the tasks, the joint switch and
+    the decoding settings; a joint cell: also ``n``, the strategy and ``removal_task``."""
+    s, heal = section(config), heal_settings(config)
+    out = {"healing": healing, "tasks": tasks(config), "joint": bool(heal["joint"]),
+           "heal": {k: heal[k] for k in HEAL_BUDGET}, "batch_size": s["batch_size"],
+           "max_new_tokens": s["max_new_tokens"],
+           "test_utterances": s["pruning"]["test_utterances"]}  # fmt: skip
+    if healing != HEAL_CONTROL:
+        out["heal"]["n"] = heal["n"]
+        out["strategy"] = healing.removeprefix(f"{HEAL_JOINT}-")
+        out["removal_task"] = heal["joint_removal_task"]
+    return out
+
+
+def heal_inputs(config: dict, results: str = RESULTS, *, sllm: str, healing: str) -> dict:
+    """The SpeechLLM, the test and training features and speech, and for a joint cell the
+    pruning cell whose removal sets it heals (``joint_removal_task``'s, the same strategy)."""
+    out = model_inputs(config, sllm)
+    out.update(_features(results, sllm, "testing"))
+    out.update(_features(results, sllm, "training"))
+    if healing != HEAL_CONTROL:
+        task = heal_settings(config)["joint_removal_task"]
+        strategy = healing.removeprefix(f"{HEAL_JOINT}-")
+        out["pruning"] = cell_path(results, sllm=sllm, task=task, strategy=strategy)
+    return out
+
+
+def heal_path(results: str = RESULTS, **w) -> str:
+    return paths.path("speechllm_heal_cell", results, **w)
+
+
+def heal_records_path(results: str = RESULTS, **w) -> str:
+    return paths.path("speechllm_heal_records", results, **w)
 
 
 def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str | None = None,
@@ -245,7 +306,7 @@ def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str |
     keep_first = own.pop("keep_first", None)
     cell = {"task": task, "strategy": strategy, "settings": own, "keep_first": keep_first,
             "batch_size": s["batch_size"], "max_new_tokens": s["max_new_tokens"],
-            "test_utterances": p["test_utterances"], "heal": heal_settings(config)}  # fmt: skip
+            "test_utterances": p["test_utterances"], "heal": _pruning_heal(config)}  # fmt: skip
     if strategy in SCORED:
         cell.update(
             calibration_input=p["calibration_input"],
@@ -298,6 +359,7 @@ def wildcard_constraints(config: dict, trained: bool = False) -> dict[str, str]:
         "input": alt(inputs(config), "NO_INPUT"),
         "strategy": alt(strategies(config), "NO_STRATEGY"),
         "split": "|".join(SPLITS),
+        "healing": alt(sorted({c["healing"] for c in heal_cells(config)}), "NO_HEALING"),
     }
 
 
@@ -329,13 +391,18 @@ def records_path(results: str = RESULTS, **w) -> str:
 def tables_inputs(config: dict, results: str = RESULTS) -> dict[str, list[str]]:
     return {"similarity": [cell_path(results, **w) for w in similarity_cells(config)],
             "pruning": [cell_path(results, **w) for w in pruning_cells(config)],
-            "records": [records_path(results, **w) for w in pruning_cells(config)]}  # fmt: skip
+            "records": [records_path(results, **w) for w in pruning_cells(config)],
+            "heal": [heal_path(results, **w) for w in heal_cells(config)],
+            "heal_records": [heal_records_path(results, **w)
+                             for w in heal_cells(config)]}  # fmt: skip
 
 
 def targets(config: dict, results: str = RESULTS) -> list[str]:
     """The family ``speechllm``: every cell and the tables and charts."""
     records = [records_path(results, **w) for w in pruning_cells(config)]
-    return cell_paths(config, results) + records + list(paths.tables("speechllm", results).values())
+    healing = [f(results, **w) for w in heal_cells(config) for f in (heal_path, heal_records_path)]
+    return (cell_paths(config, results) + records + healing
+            + list(paths.tables("speechllm", results).values()))  # fmt: skip
 
 
 def config_problems(config: dict) -> list[str]:
@@ -370,6 +437,13 @@ def config_problems(config: dict) -> list[str]:
             f"{where}.speech.utterances.training: 0, but healing or training needs "
             "training utterances"
         )
+    if heal and heal["joint"] and len(tasks(config)) < 2:
+        problems.append(f"{where}.pruning.heal.joint: joint healing needs two or more "
+                        f"{where}.tasks, not {tasks(config)}")  # fmt: skip
+    if heal and heal["joint"] and heal["joint_removal_task"] not in tasks(config):
+        problems.append(f"{where}.pruning.heal.joint_removal_task: "
+                        f"{heal['joint_removal_task']!r} is not one of {where}.tasks "
+                        f"{tasks(config)}")  # fmt: skip
     return problems
 
 

@@ -270,7 +270,7 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
     """Heal the set of every row whose n is listed in ``heal.n`` on the training utterances of
     ``train`` and fill its healed columns from the test utterances ``test_data``; returns the
     (row, scores) of each healed set."""
-    from workflow_scripts.speechllm.heal import heal
+    from workflow_scripts.speechllm.heal import adapter_digest, budget, heal
 
     hc = cell.get("heal")
     todo = [r for r in rows if hc and 0 < r["n_removed"] and r["n_removed"] in hc["n"]]
@@ -285,7 +285,8 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
         healed = heal(model, r["removed"], task, feats, texts, hc)
         res = _score(healed, *test_data, task, cell)
         r.update(healed=True, healed_wer=res["wer"], healed_bleu=res["bleu"],
-                 heal_seconds=time.time() - t0)  # fmt: skip
+                 heal_seconds=time.time() - t0, adapter_sha256=adapter_digest(healed),
+                 **budget(hc, len(texts)))  # fmt: skip
         log(f"healed {r['removed']}: WER {r['wer']:.4f} -> {res['wer']:.4f}")
         done.append((r, res))
     return done

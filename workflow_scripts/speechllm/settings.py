@@ -28,10 +28,20 @@ TRAIN_DEFAULTS = {
     "train_utterances": None,
 }
 
-#: Healing settings a config may leave out.
+#: Healing settings a config may leave out (``joint``: also one adapter per removal set trained
+#: on every task at once; ``joint_removal_task``: whose removal sets it heals, null = the first
+#: configured task).
 HEAL_DEFAULTS = {"n": [], "steps": 60, "lr": 1e-3, "r": 8, "alpha": 16,
                  "targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "batch_size": 16,
-                 "warmup_frac": 0.05, "seed": 0, "train_utterances": None}  # fmt: skip
+                 "warmup_frac": 0.05, "seed": 0, "train_utterances": None, "joint": False,
+                 "joint_removal_task": None}  # fmt: skip
+#: The healing budget: what a healed model and its n = 0 control share (the control's slice
+#: holds only these, so listing another n reruns no control).
+HEAL_BUDGET = ("steps", "lr", "r", "alpha", "targets", "batch_size", "warmup_frac", "seed",
+               "train_utterances")  # fmt: skip
+#: The healing cells: the healed n = 0 control (per SpeechLLM), joint healing (per strategy).
+HEAL_CONTROL = "control"
+HEAL_JOINT = "joint"
 
 #: Similarity input types and the token reductions of the angular distance.
 INPUTS = ("text", "speech")
