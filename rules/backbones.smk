@@ -1,5 +1,8 @@
 """Backbones: keyword fine-tuning (+ baseline evaluation) and the hidden-state cache."""
 
+# what the caches store, as every stage asks (plan-only: no job imports it)
+from workflow_scripts.backbones import cache_plan
+
 
 rule finetune:
     input:
@@ -33,7 +36,7 @@ rule finetune:
 
 rule hidden_cache:
     input:
-        **backbones.cache_inputs("{model}", RESULTS),
+        unpack(inputs_of(cache_plan.cache_inputs)),
     output:
         path("cache"),
     log:
@@ -46,11 +49,11 @@ rule hidden_cache:
     resources:
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(60),
-        disk_mb=disk_mb(backbones.cache_bytes),
+        disk_mb=disk_mb(cache_plan.cache_bytes),
         gpu=gpu_request,
     params:
-        slice=slice_of(backbones.cache_slice),
+        slice=slice_of(cache_plan.cache_slice),
         root=data.data_root(config, RESULTS),
-        code=code_of("hidden_cache"),
+        code=code_of("hidden_cache", cache_plan.cache_modules),
     script:
         "../workflow_scripts/scripts/hidden_cache.py"

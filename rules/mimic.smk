@@ -22,7 +22,8 @@ rule mimic_cell:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=disk_mb(backbones.model_bytes),  # the mimicked model: less than the whole
+        # the exported mimicked model: front end, mimicker and head, not the whole model
+        disk_mb=disk_mb(mimic.export_bytes),
         mem_mb=model_mem_mb(8000, 20),
         runtime=model_runtime(120),
         gpu=gpu_request,

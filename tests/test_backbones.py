@@ -347,6 +347,7 @@ def test_every_stage_tests_on_the_same_clips(tmp_path, monkeypatch):
     import pandas as pd
     import yaml
 
+    from workflow_scripts.backbones import cache_plan
     from workflow_scripts.backbones import plan as bplan
     from workflow_scripts.backbones import run as brun
     from workflow_scripts.data.loader import split_rows
@@ -379,7 +380,7 @@ def test_every_stage_tests_on_the_same_clips(tmp_path, monkeypatch):
         validate_config(cfg)
         model = next(iter(cfg["models"]))
         cached.clear()
-        brun.run_cache(bplan.cache_slice(cfg, model, "testing"), "m", str(tmp_path /
+        brun.run_cache(cache_plan.cache_slice(cfg, model, "testing"), "m", str(tmp_path /
                        "manifest.parquet"), "root", "out", {}, lambda _: None)  # fmt: skip
         return {
             "baseline": list(brun.evaluation_rows(manifest, bplan.finetune_slice(cfg, model),

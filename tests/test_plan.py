@@ -72,7 +72,10 @@ def test_paper_plan_has_the_same_disk_in_a_clean_and_a_used_clone(tmp_path):
     clean = plan_disk(d, "config/paper.yaml")
     make_used_clone(d)
     used = plan_disk(d, "config/paper.yaml")
-    assert used == clean and clean > 700_000  # the official counts: ~0.8 TB, not ~0.13 TB
+    # the official counts (a used clone's synthetic manifest would give a small fraction),
+    # within a 250 GB budget (issue 27: the training caches store the states their readers
+    # need, not all L+1; docs/scaling.md)
+    assert used == clean and 150_000 < clean <= 250_000
     # the default config in the used clone does read its own manifest
     cfg = rp.load_config([], d)
     counts, source = sizes.clip_counts(cfg, str(d / "results/data/manifest.parquet"))

@@ -346,7 +346,7 @@ def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project, monk
     grid's real files and jobs: cache sizes within 5%; every job's requested memory above
     the peak its benchmark measured."""
     from workflow_scripts import grid
-    from workflow_scripts.backbones import plan as backbones_plan
+    from workflow_scripts.backbones import cache_plan
     from workflow_scripts.resource_plan import dry_run, parse_jobs
 
     d = tiny_project
@@ -356,7 +356,7 @@ def test_plan_predicts_cache_sizes_and_covers_measured_memory(tiny_project, monk
     assert len(caches) == 6
     for path in caches:
         model, split = path.parent.name, path.stem
-        predicted = backbones_plan.cache_bytes(cfg, model, split, results=str(d / "results"))
+        predicted = cache_plan.cache_bytes(cfg, model, split, results=str(d / "results"))
         assert abs(predicted - path.stat().st_size) / path.stat().st_size < 0.05, path
     # the smallest request of each rule against every benchmark of that rule's jobs
     requested: dict[str, int] = {}

@@ -6,7 +6,7 @@ Plans the whole grid with a Snakemake dry run (``--forceall``; no data or checkp
 under a profile (default: ``slurm``, so GPU rules show their GPU) and prints, per rule and in
 total: jobs, GPU or CPU, the largest ``mem_mb`` and ``runtime`` requested, the summed
 requested runtime, the disk its outputs take (``disk_mb``, from the same estimates as the
-rules' requests: ``workflow_scripts.core.sizes``, ``backbones.plan.cache_bytes``) and the
+rules' requests: ``workflow_scripts.core.sizes``, ``backbones.cache_plan.cache_bytes``) and the
 estimated peak GPU memory of its largest job (``workflow_scripts.core.gpu_memory``). It says
 where the clip counts behind the disk figures come from (``core.sizes.clip_counts``). A
 resource Snakemake cannot know before the run (``<TBD>``: a default computed from input files

@@ -7,7 +7,7 @@ Layout (``results/cache/{model}/{split}.safetensors``, any safetensors reader op
   ``states`` (hidden-state indices: 0 = the input of the first transformer block, i = the
   output of block i, as ``output_hidden_states``). The validation split stores every state
   (similarity needs all pairs); training and testing store only the states their consumers
-  need (``backbones.plan.cache_slice``);
+  need (``backbones.cache_plan.cache_slice``);
 - ``final`` (N, T, D) float16, only when the encoder's output differs from state L (pre-LN,
   "stable layer norm" models apply a final LayerNorm after the last block): what the
   classifier head reads. ``read_state(..., "final")`` gives state L when it is not stored;

@@ -1,6 +1,9 @@
 """The backbone stage's plan (``rules/pretrain.smk``, ``rules/backbones.smk``): pretraining
 of the small shipped backbones, keyword fine-tuning with its baseline cell per model, and the
-hidden-state caches. Torch-free: Snakemake imports it on every run."""
+hidden-state caches. Torch-free: Snakemake imports it on every run, and jobs import its
+run-time helpers (``resolve_finetune``, ``layer_fraction``, ``resolve_states``). What the
+caches store, as the whole grid asks, is planned in the plan-only
+:mod:`workflow_scripts.backbones.cache_plan`, which no job imports."""
 
 from __future__ import annotations
 
@@ -128,48 +131,6 @@ def resolve_states(states, n_layers: int) -> list[int]:
     return sorted(out)
 
 
-def cache_store(config: dict, model: str, split: str) -> dict:
-    """What one model's cache of one split stores: ``states`` (``"all"`` or indices/tokens)
-    and whether the feature projection is kept. Validation keeps every state (similarity
-    needs all pairs; mimicker and pruning scores select on it); training and testing keep
-    the union of what the enabled stages ask for (``<stage>.plan.cache_needs``), plus state L
-    (the head's reference). Pre-LN models also store ``final`` (what the head reads)."""
-    if split == "validation":
-        return {"states": "all", "feature_projection": True}
-    from workflow_scripts import grid
-
-    states: set | str = {"L"}
-    fp = False
-    for stage in grid.STAGES:
-        needs_of = getattr(grid.plan(stage), "cache_needs", None)
-        needs = needs_of(config, model, split) if needs_of else {}
-        fp = fp or bool(needs.get("feature_projection"))
-        wanted = needs.get("states", [])
-        if wanted == "all" or states == "all":
-            states = "all"
-        else:
-            states |= set(wanted)
-    order = sorted(states, key=lambda s: (isinstance(s, str), str(s) if isinstance(s, str) else s))
-    return {"states": states if states == "all" else order, "feature_projection": fp}
-
-
-def cache_slice(config: dict, model: str, split: str) -> dict:
-    """Hidden-state cache slice: which split, how many clips (:func:`cache_clips`: the
-    testing split's cache holds the evaluation set, ``evaluation.test_clips``), batch size,
-    what is stored. Each slice holds only its own count, so changing one never reruns the
-    other splits' caches."""
-    return {"split": split, "clips": cache_clips(config, split),
-            "batch_size": config["cache"]["batch_size"],
-            "store": cache_store(config, model, split)}  # fmt: skip
-
-
-def cache_inputs(model: str, results: str = RESULTS) -> dict[str, str]:
-    return {
-        "model": paths.path("finetuned", results, model=model),
-        "manifest": paths.path("manifest", results),
-    }
-
-
 def cells(config: dict) -> list[dict[str, str]]:
     """The baseline cells: one per model."""
     return [{"model": m} for m in config["models"]]
@@ -208,7 +169,9 @@ def config_problems(config: dict) -> list[str]:
     return problems
 
 
-def _architecture(config: dict, model: str) -> dict:
+def architecture(config: dict, model: str) -> dict:
+    """A model's architecture in transformers' config keys, as far as it is known without
+    loading it (its ``config.json``, pretrain spec or the hub architectures table)."""
     from workflow_scripts.core import resources
     from workflow_scripts.core.config import model_config
 
@@ -230,20 +193,6 @@ def split_size(config: dict, split: str, limit: int | None = None,
     return sizes.limited(n, limit)
 
 
-def cache_bytes(config: dict, model: str, split: str, results: str = RESULTS) -> int:
-    """Predicted size of one model's cache file of one split (what ``make plan`` reports and
-    the cache job's ``disk_mb`` asks for)."""
-    from workflow_scripts.core import sizes
-
-    dims = sizes.model_dims(config["models"][model])
-    store = cache_store(config, model, split)
-    n = split_size(config, split, cache_clips(config, split), results)
-    states = len(resolve_states(store["states"], dims["layers"]))
-    final = bool(_architecture(config, model).get("do_stable_layer_norm"))
-    return sizes.cache_bytes(n, dims["frames"], dims["hidden"], states,
-                             store["feature_projection"], final)  # fmt: skip
-
-
 def finetune_bytes(config: dict, model: str, results: str = RESULTS, **_wildcards) -> int:
     """Disk of a fine-tuning job: the saved model, plus the frozen CNN's features of the
     training split while it runs (``cache_features``)."""
@@ -253,7 +202,7 @@ def finetune_bytes(config: dict, model: str, results: str = RESULTS, **_wildcard
     dims = sizes.model_dims(config["models"][model])
     total = sizes.model_bytes(dims["params"])
     if spec.get("cache_features", True) and spec.get("freeze_feature_encoder", True):
-        conv = _architecture(config, model).get("conv_dim") or [512]
+        conv = architecture(config, model).get("conv_dim") or [512]
         total += 2 * split_size(config, "training", None, results) * conv[-1] * dims["frames"]
     return total
 

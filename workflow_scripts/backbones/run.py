@@ -103,14 +103,25 @@ def save_finetuned(model, out_dir: str, meta: dict, manifest_path: str, history:
 
 
 def run_cache(slice_: dict, model_dir: str, manifest_path: str, root: str, out: str,
-              meta: dict, log: Callable[[str], None]) -> dict:  # fmt: skip
+              meta: dict, log: Callable[[str], None],
+              picked: Callable[[int], list[int]] | None = None) -> dict:  # fmt: skip
     """One forward pass of the fine-tuned model over ``slice_['clips']`` clips of
     ``slice_['split']``, streamed batch by batch into the cache file ``out`` (see
-    :mod:`.cachefile`), storing what ``slice_['store']`` says."""
+    :mod:`.cachefile`), storing what ``slice_['store']`` says. A store with
+    ``block_targets`` (the mimickers' targets from the similarity blocks) also stores the
+    states ``picked(n_layers)`` gives (the cache job's script passes
+    :func:`workflow_scripts.mimic.targets.block_target_states` on the blocks tables)."""
     rows = split_rows(pd.read_parquet(manifest_path), slice_["split"], slice_["clips"])
     model = load_classifier(model_dir)
     store = slice_["store"]
-    states = resolve_states(store["states"], model.config.num_hidden_layers)
+    n_layers = model.config.num_hidden_layers
+    states = resolve_states(store["states"], n_layers)
+    if store.get("block_targets"):
+        if picked is None:
+            raise ValueError("this cache stores the mimickers' block targets: pass `picked`")
+        targets = picked(n_layers)
+        log(f"mimic targets from the similarity blocks: {targets}")
+        states = sorted(set(states) | set(targets))
     log(f"{len(rows)} clips of {slice_['split']}; states {states}, feature projection "
         f"{store['feature_projection']}")  # fmt: skip
     meta = {**meta, "slice_hash": config_hash(slice_), "model_sha256": sha256_path(model_dir)}

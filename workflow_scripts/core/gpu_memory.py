@@ -354,6 +354,11 @@ def _structured(config: dict, model: str) -> int:
         + training_state_bytes(trainable)
         + activation_bytes(batch, m["frames"], m["hidden"], m["heads"], m["layers"])
     )
+    if ((s.get("distill") or {}).get("teacher") or "cached") == "computed":
+        # the frozen teacher blocks (float32) and one layer's forward pass of the batch
+        train += 4 * trainable + layer_transient_bytes(
+            batch, m["frames"], m["hidden"], m["heads"], m["ffn"]
+        )
     evaluation = max(
         int(s.get("eval_batch_size", 128)), int((s.get("latency") or {}).get("batch_size", 16))
     )

@@ -225,15 +225,18 @@ def config_problems(config: dict) -> list[str]:
 
 def cache_needs(config: dict, model: str, split: str) -> dict:
     """What this model's mimic cells read from its training and testing caches: the feature
-    projection (every mimicker's input) and the teacher states of the targets (training; the
-    last state, or every state when a depth-2 target comes from the detected groups, which
-    are not known before the similarity stage has run) or the last state (testing: the head's
-    reference accuracy). The validation cache stores everything anyway."""
+    projection (every mimicker's input) and the teacher states of the targets (training: the
+    last state, explicit or evenly spaced intermediate layers, and ``block_targets`` - a spec
+    per way a depth-2 target is picked from the detected groups, which are not known before
+    the similarity stage has run, so the cache job resolves them from the blocks tables,
+    ``backbones.cache_plan.cache_store``) or the last state (testing: the head's reference
+    accuracy). The validation cache stores everything anyway."""
     if "mimic" not in config.get("outputs", []) or split not in ("training", "testing"):
         return {}
     if split == "testing":
         return {"feature_projection": True, "states": ["L"]}
     states: set = set()
+    block_targets: list[dict] = []
     for m, kind, depth in grid(config):
         if m != model or kind == NO_MIMIC:
             continue
@@ -241,7 +244,66 @@ def cache_needs(config: dict, model: str, split: str) -> dict:
         if depth < 2:
             continue
         if uses_blocks(config, model, kind, depth):
-            return {"feature_projection": True, "states": "all"}
+            spec = {"depth": depth, **cell_slice(config, model, kind, depth)["targets"]}
+            if spec not in block_targets:
+                block_targets.append(spec)
+            continue
         explicit = config["mimic"]["targets"]["layers"].get(model)
         states.add(int(explicit) if explicit is not None else "L/2")
-    return {"feature_projection": True, "states": sorted(states, key=str)}
+    needs = {"feature_projection": True, "states": sorted(states, key=str)}
+    if block_targets:
+        needs["block_targets"] = block_targets
+    return needs
+
+
+# --------------------------------------------------------------------------------------------
+# disk
+# --------------------------------------------------------------------------------------------
+def mimicker_params(layer: dict, kind: str, depth: int, dim: int) -> int:
+    """Parameters of a mimicker (``mimic.model.Mimicker``) of ``depth`` layers of ``kind`` at
+    width ``dim`` with the type's settings ``layer`` (:func:`layer_slice`): a linear layer
+    ``2 D h + 3 h + D`` (down, LayerNorm, up), a transformer layer ``4 D^2 + 2 D f + 9 D + f``
+    (attention, feed-forward of width f, two LayerNorms), plus ``D (k + 1)`` for conv
+    positions. 0 for ``no_mimic``."""
+    if kind == NO_MIMIC or depth == 0:
+        return 0
+    if kind == "linear":
+        h = int(layer.get("width", 64))
+        per = 2 * dim * h + 3 * h + dim
+    else:
+        f = int(layer.get("ffn") or layer.get("width", 64))
+        per = 4 * dim * dim + 2 * dim * f + 9 * dim + f
+    pos = dim * (int(layer.get("conv_kernel", 16)) + 1) if layer.get("positions") == "conv" else 0
+    return depth * per + pos
+
+
+def export_bytes(config: dict, results: str = RESULTS, *, model: str, kind: str,
+                 depth: int | str, **_wildcards) -> int:  # fmt: skip
+    """Disk of a cell's exported mimicked model (the rule's ``disk_mb``): float32 weights of
+    what the mimicked model runs - the CNN front end (weights, biases, norms), the feature
+    projection, the mimicker (:func:`mimicker_params`) and the head - plus its small JSON
+    files. Not the fine-tuned model's size: the export leaves the transformer stack out
+    (``mimic.model.MimickedModel``). That estimate asked 4 bytes per parameter of the whole
+    model, 18.3 GB for the paper grid's 25 cells, when the default grid's exports are 0.9-1.3
+    MB against the 9.4 MB it asked per cell (hubert-small, 128-wide)."""
+    from workflow_scripts.backbones.plan import architecture
+    from workflow_scripts.core import resources, sizes
+    from workflow_scripts.data.plan import words
+
+    spec = config["models"][model]
+    arch = architecture(config, model)
+    conv = resources.SMALL_CONV if "pretrain" in spec else resources.REAL_CONV
+    conv_dim = list(arch.get("conv_dim") or conv["conv_dim"])
+    kernel = list(arch.get("conv_kernel") or conv["conv_kernel"])
+    dim = sizes.model_dims(spec)["hidden"]
+    front, c_in = 0, 1
+    for c_out, k in zip(conv_dim, kernel, strict=False):
+        front += c_in * c_out * k + 3 * c_out
+        c_in = c_out
+    front += 2 * c_in + c_in * dim + dim
+    proj = int(arch.get("classifier_proj_size") or 256)
+    labels = len(words(config))
+    head = dim * proj + proj + proj * labels + labels
+    layer = layer_slice(config["mimic"]["types"].get(kind, {}))
+    params = front + head + mimicker_params(layer, kind, int(depth), dim)
+    return 4 * params + 100_000

@@ -136,3 +136,24 @@ def target_layers(
             raise
         even = choose_targets(depth, n_layers)
         return even, f"even (fallback: {metric} blocks {[list(s) for s in spans]}: {err})"
+
+
+def block_target_states(specs, n_layers: int, model: str, blocks) -> list[int]:
+    """The intermediate hidden states that the mimic cells of ``model`` whose target comes
+    from the similarity blocks will be trained to predict: :func:`target_layers` of each spec
+    (``{"depth", "metric", "pick", "fallback"}``, ``backbones.cache_plan.cache_store``'s
+    ``block_targets``) on the blocks table ``blocks``, the last layer left out. What the
+    training-split cache stores for them, so the cells read the very states an all-states
+    cache would give them. A spec whose blocks give no target and may not fall back (or a
+    table without this model's blocks) adds nothing: the mimic cell stops with that error."""
+    if specs and blocks is None:
+        raise ValueError("the mimickers' block targets need the blocks table")
+    out: set[int] = set()
+    for spec in specs:
+        cfg = {k: v for k, v in spec.items() if k != "depth"}
+        try:
+            layers, _ = target_layers(int(spec["depth"]), n_layers, model, cfg, blocks)
+        except ValueError:
+            continue
+        out.update(layers[:-1])
+    return sorted(out)

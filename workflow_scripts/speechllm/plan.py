@@ -493,7 +493,7 @@ def _text_and_task_problems(config: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------
-# Disk: the rules' disk_mb and `make plan` (estimates, like backbones.plan.cache_bytes)
+# Disk: the rules' disk_mb and `make plan` (estimates, like backbones.cache_plan.cache_bytes)
 # ----------------------------------------------------------------------------------------
 #: Mean seconds of a spoken command sentence (2-6 words: about 2 s, docs/speechllm.md), with
 #: a margin; the features are 50 frames per second.

@@ -86,9 +86,15 @@ def cell_slice(config: dict, *, model: str, sparsity: str | float) -> dict:
     """The config slice one (model, sparsity) cell depends on: the whole ``structured``
     section except the list of targets, plus this cell's target (so adding a target never
     reruns the other cells) and ``test_clips``, the evaluation set (``evaluation.test_clips``,
-    as every stage). The short fine-tune's settings enter only when it is on. The model
-    enters through the cell's inputs."""
+    as every stage). The short fine-tune's settings enter only when it is on, and
+    ``distill.teacher`` only when it is ``computed`` (``cached``, the default, is the
+    computation from before the key existed, so those cells stay current). The model enters
+    through the cell's inputs."""
     s = {k: v for k, v in config["structured"].items() if k != "targets"}
+    distill = dict(s.get("distill") or {})
+    if distill.get("teacher", "cached") == "cached":
+        distill.pop("teacher", None)
+    s["distill"] = distill
     s["test_clips"] = test_clips(config)
     s["target"] = float(sparsity)
     ft = dict(s.get("finetune") or {})
@@ -148,10 +154,21 @@ def config_problems(config: dict) -> list[str]:
     return problems
 
 
+def teacher_computed(config_or_cell: dict) -> bool:
+    """Whether the teacher states are computed in the cell (``structured.distill.teacher:
+    computed``) rather than read from the training cache; takes the config or a cell slice."""
+    s = config_or_cell.get("structured", config_or_cell)
+    return (s.get("distill") or {}).get("teacher", "cached") == "computed"
+
+
 def cache_needs(config: dict, model: str, split: str) -> dict:
     """What this model's structured cells read from its training cache: state 0 (the gated
-    blocks' input) and the distilled states (``distill.layers`` or about L/3, 2L/3, L)."""
+    blocks' input) and, unless the teacher is computed in the cell
+    (:func:`teacher_computed`), the distilled states (``distill.layers`` or about L/3, 2L/3,
+    L)."""
     if "structured" not in config.get("outputs", []) or split != "training":
         return {}
+    if teacher_computed(config):
+        return {"states": [0]}
     layers = config["structured"]["distill"]["layers"]
     return {"states": [0, *(layers if layers else ["L/3", "2L/3", "L"])]}

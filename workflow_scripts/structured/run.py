@@ -38,7 +38,10 @@ Distillation targets and pre-LN models: the student's state i is block i's raw o
 (:class:`~workflow_scripts.structured.stack.GatedStack`), and the teacher's cached state i is
 the same quantity (``output_hidden_states``), also for i = L: in pre-LN ("stable layer norm")
 models both sides are taken before the encoder's final LayerNorm (which the pruned classifier
-keeps and applies after its blocks), never the cache's ``final``.
+keeps and applies after its blocks), never the cache's ``final``. With
+``distill.teacher: computed`` the training cache holds only state 0, and the teacher states
+are computed from each mini-batch of it by the frozen blocks
+(:class:`~workflow_scripts.structured.train.ComputedTeacher`), the same quantity.
 """
 
 from __future__ import annotations
@@ -64,10 +67,10 @@ from workflow_scripts.core.timing import compare_latency
 from workflow_scripts.data.loader import iter_batches, load_split, split_rows
 from workflow_scripts.pruning.layers import transformer_parameters
 from workflow_scripts.structured.gates import GATE_KINDS
-from workflow_scripts.structured.plan import distill_layers
+from workflow_scripts.structured.plan import distill_layers, teacher_computed
 from workflow_scripts.structured.pruned import pruned_model, save_pruned, structure_report
 from workflow_scripts.structured.stack import GatedStack
-from workflow_scripts.structured.train import train_gates
+from workflow_scripts.structured.train import ComputedTeacher, train_gates
 
 Log = Callable[[str], None]
 # a zero-argument callable that returns a fresh iterable of (audio (b, samples) float32,
@@ -90,11 +93,16 @@ def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model:
     device = pick_device()
     classifier = load_classifier(inputs["model"]).to(device).eval()
     layers = distill_layers(cell, classifier.config.num_hidden_layers)
-    x0, teacher = training_views(inputs["train_cache"], layers, cell["train_clips"])
+    if teacher_computed(cell):
+        x0 = CachedRows(CacheFile(inputs["train_cache"]), 0, cell["train_clips"])
+        teacher = ComputedTeacher(classifier, layers)
+    else:
+        x0, teacher = training_views(inputs["train_cache"], layers, cell["train_clips"])
     manifest = pd.read_parquet(inputs["manifest"])
     test_rows = evaluation_rows(manifest, cell)
     log(f"{model}, target {cell['target']}: {len(x0)} cached training clips, distilled layers "
-        f"{layers}, {len(test_rows)} test clips, device {device}")  # fmt: skip
+        f"{layers} ({'computed' if teacher_computed(cell) else 'cached'} teacher states), "
+        f"{len(test_rows)} test clips, device {device}")  # fmt: skip
 
     def test_batches():
         return iter_batches(root, test_rows, cell["eval_batch_size"])
@@ -137,7 +145,9 @@ def prune_cell(model, cell: dict, x0, teacher: dict, test_batches: TestBatches, 
                log: Log | None = None) -> tuple[dict, list[dict], pd.DataFrame]:  # fmt: skip
     """One structured-pruning cell: train the gates of a copy of ``model``'s blocks on the
     cached states (``x0`` = hidden state 0, ``teacher`` = index -> teacher states of the
-    distilled layers; arrays or :func:`training_views`), make them deterministic, shrink the
+    distilled layers, arrays or :func:`training_views`; or a
+    :class:`~workflow_scripts.structured.train.ComputedTeacher`, which computes them from each
+    mini-batch of ``x0``), make them deterministic, shrink the
     blocks, evaluate the pruned classifier (the fine-tuned head) end to end on the test clips
     (``test_batches()``, streamed, one forward pass per batch: batches of
     ``cell["eval_batch_size"]`` clips) against the unpruned one on the same clips, time both
@@ -280,7 +290,7 @@ def _structure_columns(rep: dict, cell: dict, teacher: dict) -> dict:
         "ffn_kept": rep["ffn_kept"],
         "gates": ",".join(k for k in GATE_KINDS if cell["gates"].get(k)),
         "straight_through": bool(cell["straight_through"]),
-        "distill_layers": sorted(int(i) for i in teacher),
+        "distill_layers": sorted(int(i) for i in getattr(teacher, "layers", teacher)),
     }
 
 
