@@ -83,6 +83,9 @@ def test_tiny_mimic_grid_end_to_end(tmp_path):
     from workflow_scripts.backbones.cachefile import cache_info
 
     n_train = cache_info(res / "cache/tiny-a/training.safetensors")["shapes"]["labels"][0]
+    # and only the states the cells read (issue 27): the target picked from the blocks and L
+    stored = cache_info(res / "cache/tiny-a/training.safetensors")["states"]
+    assert stored == sorted({targets["linear-2"][0], 3}), stored
     assert n_train == pd.read_parquet(res / "cells/mimic/tiny-a/linear-1.parquet").train_clips[0]
     summary = pd.read_csv(res / "tables/mimic_summary.csv")
     assert list(summary.mimicker) == names
