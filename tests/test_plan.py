@@ -179,7 +179,9 @@ def test_two_configfiles_plan_both_grids():
         plans[len(files), files[0]] = _counts(rp.summarize(rp.parse_jobs(out)))
     paper, sllm = plans[1, "config/paper.yaml"], plans[1, "config/speechllm-paper.yaml"]
     both = plans[2, "config/paper.yaml"]
-    assert paper["finetune"] == 5 and sllm["speechllm_train"] == 4
+    assert paper["finetune"] == 5
+    # four LoRA SpeechLLMs + two frozen-decoder ones (the paper's Fig. 1b condition)
+    assert sllm["speechllm_train"] == 6
     assert both == {r: paper.get(r, 0) + sllm.get(r, 0) for r in {*paper, *sllm}}
     merged = grid.command_line_overrides([ROOT / "config/paper.yaml",
                                           ROOT / "config/speechllm-paper.yaml"])  # fmt: skip
