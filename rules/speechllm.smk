@@ -6,27 +6,58 @@ encoders' features, decoder-similarity and decoder-pruning cells and their table
 speechllm = grid.plan("speechllm")
 
 
-rule speechllm_speech:
-    output:
-        directory(path("speechllm_speech")),
-    log:
-        log("speechllm_speech"),
-    benchmark:
-        bench("speechllm_speech")
-    wildcard_constraints:
-        **speechllm.wildcard_constraints(config),
-    conda:
-        "../envs/torch.yaml"
-    threads: 1
-    resources:
-        disk_mb=disk_mb(speechllm.speech_bytes),
-        mem_mb=attempt_mem_mb(3000),
-        runtime=60,
-    params:
-        slice=lambda w: cell_json(speechllm.speech_slice(config, w.split)),
-        code=code_of("speechllm_speech"),
-    script:
-        "../workflow_scripts/scripts/speechllm_speech.py"
+if speechllm.speech_source(config) == "corpora":
+
+    # the speech splits from real corpora (speechllm.speech.source: corpora): each task's
+    # utterances from its corpus part, resampled to 16 kHz; the same split folders
+    rule speechllm_speech:
+        input:
+            unpack(inputs_of(speechllm.speech_inputs)),
+        output:
+            directory(path("speechllm_speech")),
+        log:
+            log("speechllm_speech"),
+        benchmark:
+            bench("speechllm_speech")
+        wildcard_constraints:
+            **speechllm.wildcard_constraints(config),
+        conda:
+            "../envs/torch.yaml"
+        threads: 1
+        resources:
+            disk_mb=disk_mb(speechllm.speech_bytes),
+            mem_mb=attempt_mem_mb(3000),
+            runtime=240,
+        params:
+            slice=lambda w: cell_json(speechllm.corpus_slice(config, w.split)),
+            sources=sources_of(speechllm.speech_inputs),
+            code=code_of("speechllm_corpus_speech"),
+        script:
+            "../workflow_scripts/scripts/speechllm_corpus_speech.py"
+
+else:
+
+    rule speechllm_speech:
+        output:
+            directory(path("speechllm_speech")),
+        log:
+            log("speechllm_speech"),
+        benchmark:
+            bench("speechllm_speech")
+        wildcard_constraints:
+            **speechllm.wildcard_constraints(config),
+        conda:
+            "../envs/torch.yaml"
+        threads: 1
+        resources:
+            disk_mb=disk_mb(speechllm.speech_bytes),
+            mem_mb=attempt_mem_mb(3000),
+            runtime=60,
+        params:
+            slice=lambda w: cell_json(speechllm.speech_slice(config, w.split)),
+            code=code_of("speechllm_speech"),
+        script:
+            "../workflow_scripts/scripts/speechllm_speech.py"
 
 
 rule speechllm_decoder:

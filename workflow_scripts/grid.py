@@ -51,6 +51,7 @@ GRID_KEYS = (
     ("speechllm", "models"),
     ("speechllm", "decoders"),
     ("speechllm", "pruning", "strategies"),
+    ("speechllm", "speech", "corpora"),  # a site file sets the roots of the grid's corpora
 )
 
 
@@ -110,9 +111,9 @@ def unite_configfiles(config_settings) -> None:
 
 
 def site_settings(site_config: dict, config: dict) -> dict:
-    """The site file's config keys as they apply to this grid: a model, SpeechLLM or decoder
-    entry only for a name the grid has (a site file may list local folders for every model
-    it ever runs; naming one never adds it to a grid)."""
+    """The site file's config keys as they apply to this grid: a model, SpeechLLM, decoder or
+    SpeechLLM corpus entry only for a name the grid has (a site file may list local folders for
+    every model and corpus it ever runs; naming one never adds it to a grid)."""
     out = copy.deepcopy(site_config)
     for key_path in GRID_KEYS:
         src, dst = out, config

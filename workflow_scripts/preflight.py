@@ -3,7 +3,8 @@
 
 1. the config is valid (the same validation as the Snakefile's);
 2. the data is there (``data.root``: the word folders and the split lists), or the synthetic
-   corpus can be made (espeak-ng loads);
+   corpus can be made (espeak-ng loads); with ``speechllm.speech.source: corpora``, each
+   corpus root (set, not ``<site>``) and the subsets / TSVs the splits read in it;
 3. every model the grid's result families need is there: the backbones and, for the SpeechLLM
    families, each SpeechLLM's encoder, decoder and the decoder's tokenizer - as safetensors
    weights in a local folder, or a hub id already in the Hugging Face cache (compute nodes are
@@ -64,6 +65,45 @@ def check_data(config: dict) -> tuple[bool, str]:
         what = missing[:5] + lists or "the folder"
         return False, f"data.root {root}: missing {what}; unpack speech_commands_v0.02 there"
     return True, f"data.root {root}: {len(words(config))} word folders and both split lists"
+
+
+def check_speechllm_corpora(config: dict) -> list[tuple[bool, str]]:
+    """With ``speechllm.speech.source: corpora`` (and a SpeechLLM family in ``outputs``): each
+    corpus the splits read, by its key - a root that is set (not ``<site>``), a folder on this
+    host, and each part the grid names in it (a LibriSpeech subset folder; a CoVoST TSV and
+    the ``clips`` folder)."""
+    from workflow_scripts.speechllm import plan as sp
+    from workflow_scripts.speechllm.text import SPLITS
+
+    if not _families(config) & SPEECHLLM_FAMILIES or sp.speech_source(config) != "corpora":
+        return []
+    used: dict[str, list[dict]] = {}
+    counts = sp.section(config)["speech"]["utterances"]
+    for split in SPLITS:
+        for part in sp.corpus_parts(config, split).values() if counts[split] else ():
+            used.setdefault(part["corpus"], []).append(part)
+    out = []
+    for name, parts in used.items():
+        key, root = f"config.speechllm.speech.corpora.{name}.root", parts[0]["root"]
+        if root == SITE_PLACEHOLDER:
+            out.append((False, f"{key} is {SITE_PLACEHOLDER!r} (the shipped grid config leaves "
+                               "it to the machine): set it in config/site.yaml (see "
+                               "config/site.example.yaml)"))  # fmt: skip
+            continue
+        if not Path(root).is_dir():
+            out.append((False, f"{key} {root}: no such folder on this host"))
+            continue
+        names = sorted({p.get("subset") or p.get("tsv") for p in parts})
+        need = [Path(root) / n for n in names]
+        if parts[0]["reader"] == "covost":
+            need.append(Path(root) / "clips")
+            missing = [str(p) for p in need if not p.exists()]
+        else:
+            missing = [str(p) for p in need if not p.is_dir()]
+        what = f"{parts[0]['reader']} corpus {name} ({key}) {root}"
+        out.append((False, f"{what}: missing {missing}") if missing
+                   else (True, f"{what}: {', '.join(names)}"))  # fmt: skip
+    return out
 
 
 #: Weight files ``from_pretrained(..., use_safetensors=True)`` reads (one file or shards).
@@ -284,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         config = None
     if config is not None:
         checks.append(check_data(config))
+        checks += check_speechllm_corpora(config)
         checks += check_models(config)
         plan = planned_jobs(args.configfile, args.profile)
         checks += check_unknown(plan)

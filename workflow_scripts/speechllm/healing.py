@@ -49,7 +49,7 @@ def healing_strategy(name: str) -> str | None:
 
 
 def _frames(rows: list[dict], records: list[dict], sllm: str, model_dir: str,
-            n_test: int) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+            n_test: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     from workflow_scripts.speechllm.run import factors
 
     df, rec = pd.DataFrame(rows), pd.DataFrame(records)
@@ -58,7 +58,7 @@ def _frames(rows: list[dict], records: list[dict], sllm: str, model_dir: str,
         d["seed"] = d["seed"].astype("Int64")
     for k, v in factors(model_dir).items():
         df[k] = v
-    df["test_utterances"] = n_test
+    df["test_utterances"] = df.task.map(n_test)  # each row's task's test utterances
     return df, rec
 
 
@@ -94,15 +94,16 @@ def heal_cell(
     model = load_speechllm(model_dir, with_encoder=False)
     L = len(decoder_layers(model.decoder))
     hc, tasks = cell["heal"], list(cell["tasks"])
-    test_data = _split_data(*test, cell["test_utterances"])
-    ids = utterance_ids(test[1], len(test_data[1]))
-    train_data = _split_data(*train, hc["train_utterances"])
+    # per task: its test utterances (a split made from corpora holds each task's own)
+    test_data = {t: _split_data(*test, cell["test_utterances"], [t]) for t in tasks}
+    ids = {t: utterance_ids(test[1], len(test_data[t][1]), t) for t in tasks}
+    train_data = _split_data(*train, hc["train_utterances"], tasks)
     n_train = len(train_data[1])
     rows: list[dict] = []
     records: list[dict] = []
 
     def scored(m, task):
-        return _score(m, *test_data, task, cell)
+        return _score(m, *test_data[task], task, cell)
 
     strategy = healing_strategy(healing)
     if strategy is None:  # the n = 0 control: one adapter per task, one for all when joint
@@ -111,7 +112,10 @@ def heal_cell(
             modes.append((HEAL_CONTROL, HEAL_JOINT, tasks))
         for name, mode, trained_on in modes:
             t0 = time.time()
-            healed = heal(model, [], trained_on, *train_data, hc)
+            data = train_data
+            if trained_on != tasks:  # one task's adapter: its utterances (corpora: its own)
+                data = _split_data(*train, hc["train_utterances"], trained_on)
+            healed = heal(model, [], trained_on, *data, hc)
             seconds = time.time() - t0
             for task in trained_on:
                 state = {"task": task, "strategy": name, "healing": mode, "seed": None,
@@ -119,8 +123,9 @@ def heal_cell(
                 res = scored(healed, task)
                 rows.append({**state, "n_layers": L, "wer": math.nan, "bleu": math.nan,
                              "ser": math.nan,
-                             **_healed(state, res, healed, seconds, hc, n_train)})  # fmt: skip
-                records += _records({**state, "healed": True}, res, ids)
+                             **_healed(state, res, healed, seconds, hc,
+                                       len(data[1]))})  # fmt: skip
+                records += _records({**state, "healed": True}, res, ids[task])
                 log(f"control ({mode}, {task}): healed WER {res['wer']:.4f} ({seconds:.1f} s)")
     else:  # joint healing of the removal task's sets
         sets = pd.read_parquet(pruning)
@@ -135,7 +140,7 @@ def heal_cell(
                 for task in tasks:
                     before[task] = scored(model, task)
                     records += _records({"task": task, **base, "healed": False},
-                                        before[task], ids)  # fmt: skip
+                                        before[task], ids[task])  # fmt: skip
             t0 = time.time()
             healed = heal(model, removed, tasks, *train_data, hc)  # one adapter, every task
             seconds = time.time() - t0
@@ -145,9 +150,9 @@ def heal_cell(
                 rows.append({**state, "n_layers": L, "wer": b["wer"], "bleu": b["bleu"],
                              "ser": b["ser"],
                              **_healed(state, res, healed, seconds, hc, n_train)})  # fmt: skip
-                records += _records({**state, "healed": True}, res, ids)
+                records += _records({**state, "healed": True}, res, ids[task])
                 log(f"joint {removed} ({task}): WER {b['wer']:.4f} -> {res['wer']:.4f}")
-    df, rec = _frames(rows, records, sllm, model_dir, len(test_data[1]))
+    df, rec = _frames(rows, records, sllm, model_dir, {t: len(d[1]) for t, d in test_data.items()})
     if strategy is not None:
         df["removal_task"] = cell["removal_task"]
     return df, rec

@@ -81,21 +81,33 @@ def read_features(path: str, limit: int | None = None):
     return Features(path, limit)
 
 
-def _split_data(features: str, speech_dir: str, limit: int | None = None):
-    feats = read_features(features, limit)
-    return feats, list(read_manifest(speech_dir, len(feats)).text)
+def _split_data(features: str, speech_dir: str, limit: int | None = None,
+                tasks: list[str] | None = None):  # fmt: skip
+    """(features, texts) of the utterances a job of ``tasks`` reads: the first ``limit``; of a
+    split made from corpora, the first ``limit`` of each of ``tasks``, whose texts carry their
+    references (:mod:`~workflow_scripts.speechllm.splits`)."""
+    from workflow_scripts.speechllm import splits
+
+    rows = read_manifest(speech_dir)
+    if not splits.by_task(rows):
+        feats = read_features(features, limit)
+        return feats, list(rows.text[: len(feats)])
+    pos = splits.positions(rows, tasks, limit)
+    return splits.Rows(read_features(features), pos), splits.texts(rows, pos)
 
 
-def utterance_ids(speech_dir: str, n: int) -> tuple[list[str], list[str]]:
-    """(utterance ids, sentence ids) of the first ``n`` utterances of a speech folder: the
-    manifest's ``utterance_id`` / ``sentence_id`` columns when it has them (a real corpus),
-    else the audio file's stem and :func:`~workflow_scripts.speechllm.text.sentence_id` of
-    the sentence."""
+def utterance_ids(speech_dir: str, n: int, task: str | None = None) -> tuple[list[str], list[str]]:
+    """(utterance ids, sentence ids) of the first ``n`` utterances of a speech folder (of a
+    split made from corpora: of ``task``): the manifest's ``utterance_id`` / ``sentence_id``
+    columns when it has them (a real corpus), else the audio file's stem and
+    :func:`~workflow_scripts.speechllm.text.sentence_id` of the sentence."""
     from pathlib import Path
 
+    from workflow_scripts.speechllm import splits
     from workflow_scripts.speechllm.text import sentence_id
 
-    rows = read_manifest(speech_dir, n)
+    rows = read_manifest(speech_dir)
+    rows = rows.iloc[splits.positions(rows, [task] if task else None, n)]
     utt = rows.utterance_id if "utterance_id" in rows else rows.path.map(lambda p: Path(p).stem)
     sent = rows.sentence_id if "sentence_id" in rows else rows.text.map(sentence_id)
     return [str(u) for u in utt], [str(s) for s in sent]
@@ -142,7 +154,7 @@ def similarity_cell(cell: dict, *, sllm: str, task: str, input_type: str, model_
     runs = [(own["condition"] if input_type == "speech" or adapted else "base", True)]
     if input_type == "text" and adapted and cell.get("base_decoder"):
         runs.append(("base", False))
-    feats, texts = _split_data(features, speech_dir, cell["utterances"])
+    feats, texts = _split_data(features, speech_dir, cell["utterances"], [task])
     parts = []
     for condition, adapter in runs:
         model = load_speechllm(model_dir, with_encoder=False, adapter=adapter)
@@ -211,12 +223,12 @@ def pruning_cell(
 
     model = load_speechllm(model_dir, with_encoder=False)
     L = len(decoder_layers(model.decoder))
-    feats, texts = _split_data(*test, cell["test_utterances"])
-    ids = utterance_ids(test[1], len(texts))
+    feats, texts = _split_data(*test, cell["test_utterances"], [task])
+    ids = utterance_ids(test[1], len(texts), task)
     records: list[dict] = []
     sim = None
     if strategy in SCORED:
-        cal = _split_data(*calibration, cell["calibration_utterances"])
+        cal = _split_data(*calibration, cell["calibration_utterances"], [task])
         reduce = cell["settings"].get("reduce", "last")
         sim = decoder_similarity(model, *cal, task, cell["calibration_input"], reduce,
                                  cell["batch_size"])  # fmt: skip
@@ -278,7 +290,7 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
         return []
     if train is None:
         raise ValueError("healing is on but no training features were given")
-    feats, texts = _split_data(*train, hc["train_utterances"])
+    feats, texts = _split_data(*train, hc["train_utterances"], [task])
     done = []
     for r in todo:
         t0 = time.time()

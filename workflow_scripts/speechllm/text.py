@@ -194,9 +194,14 @@ def sentence_id(sentence: str) -> str:
 
 def target_text(sentence: str, task: str) -> str:
     """What a SpeechLLM should write for ``task``: the transcript (``asr``) or its translation
-    into the task's language (``st``: German, ``st_es``: Spanish)."""
+    into the task's language (``st``: German, ``st_es``: Spanish); for an utterance of a real
+    corpus (:class:`workflow_scripts.speechllm.splits.Sentence`), its reference."""
     if task not in TASK_LANGUAGE:
         raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")
+    if (targets := getattr(sentence, "targets", None)) is not None:
+        if task not in targets:
+            raise ValueError(f"{sentence!r} has no reference for {task!r}, only {list(targets)}")
+        return targets[task]
     if task_kind(task) == "asr":
         return sentence
     return translate(sentence, TASK_LANGUAGE[task])

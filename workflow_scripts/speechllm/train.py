@@ -45,8 +45,11 @@ def trainable(model: SpeechLLM) -> list[torch.nn.Parameter]:
 def fit(model: SpeechLLM, feats: list[torch.Tensor], texts: list[str], spec: dict,
         log=print) -> list[dict]:  # fmt: skip
     """Train ``model``'s trainable parameters (projector, LoRA) for ``spec["steps"]`` AdamW
-    steps on the features ``feats`` of utterances saying ``texts``; returns the loss history."""
+    steps on the features ``feats`` of utterances saying ``texts``; returns the loss history.
+    Each drawn utterance gets one of the model's tasks uniformly; an utterance of a real
+    corpus gets its own task (:func:`~workflow_scripts.speechllm.splits.own_task`)."""
     from workflow_scripts.backbones.finetune import lr_at
+    from workflow_scripts.speechllm.splits import own_task
 
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
@@ -62,6 +65,7 @@ def fit(model: SpeechLLM, feats: list[torch.Tensor], texts: list[str], spec: dic
             g["lr"] = lr_at(step, steps, spec["lr"], spec["warmup_frac"])
         idx = rng.choice(len(feats), size=bs, replace=False)
         task = [tasks[int(k)] for k in rng.integers(len(tasks), size=bs)]
+        task = [own_task(texts[i], t) for i, t in zip(idx, task, strict=True)]  # corpora
         targets = [
             model.target_ids([target_text(texts[i], t)])[0] for i, t in zip(idx, task, strict=True)
         ]
@@ -113,13 +117,18 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
     )
     from workflow_scripts.speechllm.settings import DEFAULT_PROMPTS
     from workflow_scripts.speechllm.speech import read_manifest
+    from workflow_scripts.speechllm.splits import Rows, by_task, positions, texts
     from workflow_scripts.speechllm.tokenizer import load_tokenizer
 
     spec = resolve_train(spec)
     t0 = time.time()
     enc = load_encoder(encoder)
-    rows = read_manifest(train_dir, spec["train_utterances"])
-    val = read_manifest(val_dir)
+    rows, val = read_manifest(train_dir), read_manifest(val_dir)
+    if by_task(rows):  # made from corpora: each task's own utterances
+        rows = rows.iloc[positions(rows, spec["tasks"], spec["train_utterances"])]
+        val = val.iloc[positions(val, spec["tasks"], None)].reset_index(drop=True)
+    else:
+        rows = rows.head(spec["train_utterances"]) if spec["train_utterances"] else rows
     with tempfile.TemporaryDirectory(prefix="speechllm-features-") as scratch:
         for name, folder, r in (("training", train_dir, rows), ("validation", val_dir, val)):
             encode_split(enc, folder, r, spec["encoder_layer"],
@@ -131,7 +140,7 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
         log(f"encoder features of {len(feats)} + {len(val_feats)} utterances: {t_feat:.0f} s")
         model = build_speechllm(spec, load_decoder(decoder), load_tokenizer(decoder),
                                 feats.dim, spec["prompts"] or DEFAULT_PROMPTS)  # fmt: skip
-        history = fit(model, feats, list(rows.text), spec, log)
+        history = fit(model, feats, texts(rows, np.arange(len(rows))), spec, log)
         summary = {"train_utterances": len(feats), "validation_utterances": len(val_feats),
                    "feature_seconds": round(t_feat, 1),
                    "train_seconds": round(time.time() - t0 - t_feat, 1),
@@ -139,7 +148,8 @@ def train_job(spec: dict, encoder: str, decoder: str, train_dir: str, val_dir: s
                    "first_loss": history[0]["loss"],
                    "final_loss": history[-1]["loss"]}  # fmt: skip
         for task in model.prompts:
-            refs, hyps = evaluate(model, val_feats, list(val.text), task)
+            pos = positions(val, [task], None)
+            refs, hyps = evaluate(model, Rows(val_feats, pos), texts(val, pos), task)
             for k, v in scores(refs, hyps).items():
                 summary[f"validation_{task}_{k}"] = round(v, 5)
             log(f"validation {task}: {summary}")
