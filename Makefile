@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight cluster real-models smoke-paper readme-numbers
+.PHONY: venv run dryrun test lint fmt audit rerun-stale report clean compare plan preflight cluster real-models real-decoders smoke-paper readme-numbers
 
 venv: $(STAMP)
 
@@ -90,6 +90,12 @@ preflight: $(STAMP)  ## config, data, weights, disk (and --slurm: one GPU job) c
 REAL_MODELS := models/real
 real-models: $(STAMP)  ## wav2vec2-base/-large, wavlm-base/-large, hubert-base as random checkpoints
 	$(BIN)/python -m workflow_scripts.backbones.architectures $(REAL_MODELS)
+
+# The two LLM decoders of config/speechllm-paper.yaml (Qwen2.5-0.5B, Llama-3.2-1B) at real size
+# with random weights and an offline stand-in tokenizer, from config/architectures.yaml
+# (`decoders`; float16 safetensors, ~3.4 GB; skipped when already current). docs/speechllm.md.
+real-decoders: $(STAMP)  ## models/real/qwen2.5-0.5b and llama3.2-1b as random checkpoints
+	$(BIN)/python -m workflow_scripts.speechllm.real_decoders $(REAL_MODELS)
 
 # config/paper-smoke.yaml end to end on CPU in its own folder (smoke/paper/: results, logs,
 # Snakemake's metadata; results_dir=results there, whatever the site file says), so the

@@ -34,6 +34,8 @@ import math
 import os
 from pathlib import Path
 
+from workflow_scripts.core.resources import decoder_architectures
+
 GB = 1_000_000_000
 #: CUDA context, library workspaces, allocator slack.
 OVERHEAD = int(1.0 * GB)
@@ -46,28 +48,10 @@ PROMPT_TOKENS = 32
 TEXT_TOKENS = 24
 #: Samples of a 1-s clip: the input of the backbones' CNN front end.
 CLIP_SAMPLES = 16_000
-#: The public config.json of the hub decoders config/speechllm-paper.yaml names (used when the
-#: checkpoint is not in the local Hugging Face cache to read).
-KNOWN_DECODERS = {
-    "Qwen/Qwen2.5-0.5B": {
-        "num_hidden_layers": 24,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "vocab_size": 151_936,
-        "tie_word_embeddings": True,
-    },
-    "meta-llama/Llama-3.2-1B": {
-        "num_hidden_layers": 16,
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "vocab_size": 128_256,
-        "tie_word_embeddings": True,
-    },
-}
+#: The public config.json of the hub decoders config/speechllm-paper.yaml names (the
+#: ``decoders`` section of config/architectures.yaml; used when the checkpoint is not in the
+#: local Hugging Face cache to read).
+KNOWN_DECODERS = {hub: e["config"] for hub, e in decoder_architectures().items()}
 #: GPU rules (profiles/slurm: one GPU each).
 GPU_RULES = (
     "pretrain_backbone",

@@ -30,11 +30,22 @@ SAME_SIZE_AS = {
 @functools.cache
 def hub_architectures(path: str | Path = ARCHITECTURES_FILE) -> dict[str, dict]:
     """hub id -> {"name": short name, "config": transformers config keys}, from
-    config/architectures.yaml (keys starting with ``_`` are YAML anchors, not models)."""
+    config/architectures.yaml (keys starting with ``_`` are YAML anchors, not models; ``decoders``
+    is the LLM decoders' section, :func:`decoder_architectures`)."""
     import yaml
 
     entries = yaml.safe_load(Path(path).read_text())
-    return {hub: entry for hub, entry in entries.items() if not hub.startswith("_")}
+    return {hub: entry for hub, entry in entries.items()
+            if not hub.startswith("_") and hub != "decoders"}  # fmt: skip
+
+
+def decoder_architectures(path: str | Path = ARCHITECTURES_FILE) -> dict[str, dict]:
+    """hub id -> {"name", "config" (the public config.json's architecture keys), "tokenizer"
+    (the offline stand-in's special tokens)} of the LLM decoders, from the ``decoders`` section
+    of config/architectures.yaml (workflow_scripts/speechllm/real_decoders.py writes them)."""
+    import yaml
+
+    return dict(yaml.safe_load(Path(path).read_text()).get("decoders") or {})
 
 
 def config_params(cfg: dict, conv: dict | None = None) -> int:
