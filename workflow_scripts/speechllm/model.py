@@ -166,7 +166,7 @@ class SpeechLLM(nn.Module):
         return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
 
     def _ids(self, text: str) -> list[int]:
-        text = text.strip()
+        text = text.strip(" ")  # the spaces around {speech}; a newline is part of the prompt
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
     def target_ids(self, texts: list[str], eos: bool = True) -> list[list[int]]:
@@ -252,11 +252,13 @@ class SpeechLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, feats: list[torch.Tensor], task: str, max_new_tokens: int) -> list[str]:
-        """Greedy decoding (key-value cache) of each utterance's features; the decoded texts."""
+        """Greedy decoding (key-value cache) of each utterance's features; the decoded texts.
+        Only the last position's logits are computed (a real LM head: batch x vocabulary, not
+        batch x tokens x vocabulary)."""
         emb, mask, pos, _ = self.batch(feats, task)
         eos = self.tokenizer.eos_token_id
         out = self.decoder(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
-                           use_cache=True)  # fmt: skip
+                           use_cache=True, logits_to_keep=1)  # fmt: skip
         tokens = []
         done = torch.zeros(emb.shape[0], dtype=torch.bool, device=emb.device)
         for step in range(max_new_tokens):
@@ -287,10 +289,12 @@ def reference(target: str, folder: str | os.PathLike) -> str:
 
 def weights_sha256(folder: str | os.PathLike) -> str:
     """SHA-256 of a model folder's weights: its ``*.safetensors`` files (names and contents),
-    not its logs or provenance, which may be edited without changing the model."""
-    from workflow_scripts.core.provenance import sha256_path
+    not its logs or provenance, which may be edited without changing the model. Files the
+    workflow's digest cache holds unchanged (a decoder Snakemake hashed as a source input) are
+    not read again: a real decoder is gigabytes, and every features job checks it."""
+    from workflow_scripts.core.sources import job_cache
 
-    return sha256_path(folder, "*.safetensors")
+    return job_cache().path_digest(folder, "*.safetensors")
 
 
 def resolve(ref: str, folder: str | os.PathLike) -> str:

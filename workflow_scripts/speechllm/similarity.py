@@ -37,7 +37,8 @@ def residual_states(decoder, emb, mask, pos) -> list[torch.Tensor]:
         lambda _m, _i, out: states.append(out[0] if isinstance(out, tuple) else out))
         for layer in decoder_layers(decoder)]  # fmt: skip
     try:
-        decoder(inputs_embeds=emb, attention_mask=mask, position_ids=pos)
+        # the LM head on the last position only: the states are the blocks' outputs
+        decoder(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=1)
     finally:
         for h in hooks:
             h.remove()
