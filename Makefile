@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
+# The run's cost (wall time, jobs, job time per rule) goes to <results root>/logs/make_run.json
+# when it ran a job; `make readme-numbers` quotes it (workflow_scripts/report/runtime.py).
 run: $(STAMP)  ## the default grid, offline, with the local profile
-	$(BIN)/snakemake --profile profiles/local
+	root="$$($(RESULTS_ROOT))" && start=$$(date +%s) && \
+	  $(BIN)/snakemake --profile profiles/local && \
+	  $(BIN)/python -m workflow_scripts.report.runtime "$$root" "$$start"
 
 dryrun: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local -n

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from workflow_scripts.report import runtime
+
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 #: The pruning strategies the findings row names, in this order (those the run has).
 STRATEGIES = ("block_influence", "knn_block_influence", "backward")
@@ -201,10 +203,12 @@ def speechllm_table(summary: pd.DataFrame) -> str:
 def findings_block(overview: pd.DataFrame, commit: str,
                    speechllm: pd.DataFrame | None = None,
                    spread: pd.DataFrame | None = None,
-                   spread_file: str = "results/tables/latency_spread.csv") -> str:  # fmt: skip
-    """The text between the markers: the commit line, the findings table (latency ratios
-    with their run-to-run ``spread``, read from ``spread_file``) and (with the SpeechLLM stage)
-    the SpeechLLM table."""
+                   spread_file: str = "results/tables/latency_spread.csv",
+                   run_record: dict | None = None) -> str:  # fmt: skip
+    """The text between the markers: the commit line, what the run cost (``run_record``:
+    :mod:`.runtime`'s record of the ``make run`` that made the results, when there is one),
+    the findings table (latency ratios with their run-to-run ``spread``, read from
+    ``spread_file``) and (with the SpeechLLM stage) the SpeechLLM table."""
     timing = (
         f"Latency ratios with their run-to-run spread from `{spread_file}` "
         "(`benchmarks/latency_spread.py`: the same cells timed again on the saved models)."
@@ -217,6 +221,7 @@ def findings_block(overview: pd.DataFrame, commit: str,
         f"commit `{commit}`. Accuracies, retained shares, WER and parameter cuts in percent; "
         f"layers numbered 1..L. {timing}",
         "",
+        *([runtime.sentence(run_record), ""] if run_record else []),
         findings_table(overview, spread=spread),
     ]
     if speechllm is not None and len(speechllm):
@@ -262,8 +267,15 @@ def main(argv=None) -> int:
     sllm = pd.read_csv(a.speechllm) if a.speechllm.is_file() else None
     spread_csv = a.spread or a.overview.with_name("latency_spread.csv")
     spread = pd.read_csv(spread_csv) if spread_csv.is_file() else None
+    record = runtime.read(a.overview.parent.parent)  # <results root>/logs/make_run.json
+    if (
+        record
+        and a.commit is None
+        and record.get("git_commit", "")[:7] != run_commit(a.overview).removesuffix("-dirty")
+    ):
+        record = None  # the record of another run than the one the tables come from
     block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread,
-                           str(spread_csv))  # fmt: skip
+                           str(spread_csv), record)  # fmt: skip
     a.readme.write_text(rewrite(a.readme.read_text(), block))
     print(f"{a.readme}: findings rewritten from {a.overview}", file=sys.stderr)
     return 0
