@@ -103,3 +103,17 @@ def test_synthesized_test_split_says_the_test_sentences_in_order(tmp_path):
                           sessions=20)  # fmt: skip
     assert df.text.tolist() == text.Sentences(cfg).test_order[:4]
     assert df.text.nunique() == 4
+
+
+def test_extra_sentence_file_is_found_from_another_working_directory(tmp_path, monkeypatch):
+    """`snakemake --directory smoke/paper` (make smoke-paper) runs with another working
+    directory: the config's relative sentence file is still the project's."""
+    from workflow_scripts.speechllm.text import extra_test_sentences, read_sentences
+
+    rel = "config/speechllm_extra_test_sentences.txt"
+    expected = read_sentences(rel)
+    monkeypatch.chdir(tmp_path)
+    assert extra_test_sentences({"extra_test_sentences": rel}) == expected
+    (tmp_path / "config").mkdir()
+    (tmp_path / rel).write_text("one two three four\n")  # a file of the working directory wins
+    assert extra_test_sentences({"extra_test_sentences": rel}) == ["one two three four"]

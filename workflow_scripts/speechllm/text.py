@@ -285,7 +285,16 @@ def extra_test_sentences(text_cfg: dict) -> list[str]:
     extra = text_cfg.get("extra_test_sentences")
     if not extra:
         return []
-    return read_sentences(extra) if isinstance(extra, str | os.PathLike) else list(extra)
+    if not isinstance(extra, str | os.PathLike):
+        return list(extra)
+    from pathlib import Path
+
+    path = Path(extra)
+    if not path.is_absolute() and not path.exists():
+        # a run in another working directory (snakemake --directory, make smoke-paper) reads
+        # the project's own file: relative paths are the project folder's
+        path = Path(__file__).resolve().parents[2] / path
+    return read_sentences(path)
 
 
 class Sentences:
