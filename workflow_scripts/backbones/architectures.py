@@ -13,30 +13,20 @@ pretrained backbone. Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from workflow_scripts.core.files import apply_umask
+from workflow_scripts.core import random_checkpoints
+from workflow_scripts.core.random_checkpoints import DTYPES
 from workflow_scripts.core.resources import hub_architectures
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def hub_id_of(name_or_hub_id: str) -> str:
     """The hub id of an architecture given by hub id or short name (``wavlm-large``)."""
-    archs = hub_architectures()
-    if name_or_hub_id in archs:
-        return name_or_hub_id
-    for hub, entry in archs.items():
-        if entry["name"] == name_or_hub_id:
-            return hub
-    names = [e["name"] for e in archs.values()]
-    raise KeyError(f"unknown architecture {name_or_hub_id!r}; known: {names + list(archs)}")
+    return random_checkpoints.hub_id_in(hub_architectures(), name_or_hub_id, "architecture")
 
 
 def architecture_config(hub_id: str):
@@ -64,37 +54,21 @@ def random_checkpoint(hub_id: str, out_dir: str | Path, seed: int = 0,
     umask's permissions. ``dtype`` is the stored precision (float16 halves the size and the
     load time; the workflow loads every checkpoint in float32)."""
     hub = hub_id_of(hub_id)
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = random_model(hub, seed).to(DTYPES[dtype])
-    model.save_pretrained(tmp, safe_serialization=True)
-    info = {
-        "hub_id": hub,
-        "weights": "random (transformers' initialisation); not the pretrained checkpoint",
-        "seed": seed,
-        "dtype": dtype,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "architectures_file": "config/architectures.yaml",
-    }
-    (tmp / "random_checkpoint.json").write_text(json.dumps(info, indent=1) + "\n")
-    (tmp / "DONE").write_text("complete\n")
-    apply_umask(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+
+    def write(tmp: Path) -> dict:
+        model = random_model(hub, seed).to(DTYPES[dtype])
+        model.save_pretrained(tmp, safe_serialization=True)
+        return {"parameters": sum(p.numel() for p in model.parameters())}
+
+    return random_checkpoints.publish(out_dir, hub, seed, dtype, write)
 
 
 def is_current(out_dir: str | Path, hub_id: str, seed: int, dtype: str) -> bool:
     """``out_dir`` is a finished random checkpoint of this architecture, seed and dtype, with
     the architecture's current config (an edited config/architectures.yaml rewrites it)."""
-    out = Path(out_dir)
-    if not (out / "DONE").is_file() or not (out / "random_checkpoint.json").is_file():
+    if random_checkpoints.recorded_matches(out_dir, hub_id, seed, dtype) is None:
         return False
-    info = json.loads((out / "random_checkpoint.json").read_text())
-    if (info.get("hub_id"), info.get("seed"), info.get("dtype")) != (hub_id, seed, dtype):
-        return False
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((Path(out_dir) / "config.json").read_text())
     want = architecture_config(hub_id).to_dict()
     return all(saved.get(k) == want.get(k) for k in hub_architectures()[hub_id]["config"])
 
@@ -103,28 +77,13 @@ def write_all(root: str | Path, names: list[str] | None = None, seed: int = 0,
               dtype: str = "float16", log=print) -> dict[str, Path]:  # fmt: skip
     """``random_checkpoint`` of each named architecture (default: all) into ``root/<name>``,
     skipping folders that are already current. Returns name -> folder."""
-    out = {}
-    for hub in [hub_id_of(n) for n in names] if names else list(hub_architectures()):
-        name = hub_architectures()[hub]["name"]
-        folder = Path(root) / name
-        if is_current(folder, hub, seed, dtype):
-            log(f"{folder}: current")
-        else:
-            log(f"{folder}: writing {hub} ({dtype}, seed {seed})")
-            random_checkpoint(hub, folder, seed, dtype)
-        out[name] = folder
-    return out
+    return random_checkpoints.write_all(
+        root, names, hub_architectures(), hub_id_of, is_current, random_checkpoint, seed, dtype, log
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", help="folder to write <name>/ checkpoints into (e.g. models/real)")
-    ap.add_argument("names", nargs="*", help="short names or hub ids (default: all five)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    args = ap.parse_args(argv)
-    write_all(args.root, args.names or None, args.seed, args.dtype)
-    return 0
+    return random_checkpoints.main(argv, __doc__, write_all, "checkpoints", "all five")
 
 
 if __name__ == "__main__":

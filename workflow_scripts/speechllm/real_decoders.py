@@ -17,18 +17,15 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from workflow_scripts.core.files import apply_umask
+from workflow_scripts.core import random_checkpoints
+from workflow_scripts.core.random_checkpoints import DTYPES
 from workflow_scripts.core.resources import decoder_architectures
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 #: config.json keys that are not the architecture (compared by :func:`is_current`).
 NOT_ARCHITECTURE = ("transformers_version", "dtype", "torch_dtype", "_name_or_path",
                     "architectures")  # fmt: skip
@@ -36,14 +33,7 @@ NOT_ARCHITECTURE = ("transformers_version", "dtype", "torch_dtype", "_name_or_pa
 
 def hub_id_of(name_or_hub_id: str) -> str:
     """The hub id of a decoder given by hub id or short name (``qwen2.5-0.5b``)."""
-    archs = decoder_architectures()
-    if name_or_hub_id in archs:
-        return name_or_hub_id
-    for hub, entry in archs.items():
-        if entry["name"] == name_or_hub_id:
-            return hub
-    names = [e["name"] for e in archs.values()]
-    raise KeyError(f"unknown decoder {name_or_hub_id!r}; known: {names + list(archs)}")
+    return random_checkpoints.hub_id_in(decoder_architectures(), name_or_hub_id, "decoder")
 
 
 def decoder_config(hub_id: str):
@@ -80,34 +70,24 @@ def random_checkpoint(hub_id: str, out_dir: str | Path, seed: int = 0,
     umask's permissions."""
     hub = hub_id_of(hub_id)
     entry = decoder_architectures()[hub]
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = random_decoder(hub, seed, dtype)
-    model.save_pretrained(tmp)
-    tokenizer = stand_in_tokenizer(hub)
-    tokenizer.save_pretrained(tmp)
-    info = {
-        "hub_id": hub,
-        "weights": "random (transformers' initialisation); not the pretrained checkpoint",
-        "seed": seed,
-        "dtype": dtype,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": model.config.vocab_size,
-        "tokenizer": {
-            "kind": "stand-in byte-level BPE trained offline (speechllm/tokenizer.py); "
-            "not the real tokenizer",
-            "tokens": len(tokenizer),
-            **entry["tokenizer"],
-        },
-        "architectures_file": "config/architectures.yaml",
-    }
-    (tmp / "random_checkpoint.json").write_text(json.dumps(info, indent=1) + "\n")
-    (tmp / "DONE").write_text("complete\n")
-    apply_umask(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+
+    def write(tmp: Path) -> dict:
+        model = random_decoder(hub, seed, dtype)
+        model.save_pretrained(tmp)
+        tokenizer = stand_in_tokenizer(hub)
+        tokenizer.save_pretrained(tmp)
+        return {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": model.config.vocab_size,
+            "tokenizer": {
+                "kind": "stand-in byte-level BPE trained offline (speechllm/tokenizer.py); "
+                "not the real tokenizer",
+                "tokens": len(tokenizer),
+                **entry["tokenizer"],
+            },
+        }
+
+    return random_checkpoints.publish(out_dir, hub, seed, dtype, write)
 
 
 def is_current(out_dir: str | Path, hub_id: str, seed: int = 0, dtype: str = "float16") -> bool:
@@ -115,17 +95,14 @@ def is_current(out_dir: str | Path, hub_id: str, seed: int = 0, dtype: str = "fl
     current architecture and tokenizer spec (an edited config/architectures.yaml rewrites it)."""
     from transformers import AutoConfig
 
-    out = Path(out_dir)
     hub = hub_id_of(hub_id)
-    if not (out / "DONE").is_file() or not (out / "random_checkpoint.json").is_file():
-        return False
-    info = json.loads((out / "random_checkpoint.json").read_text())
-    if (info.get("hub_id"), info.get("seed"), info.get("dtype")) != (hub, seed, dtype):
+    info = random_checkpoints.recorded_matches(out_dir, hub, seed, dtype)
+    if info is None:
         return False
     spec = decoder_architectures()[hub]["tokenizer"]
     if any((info.get("tokenizer") or {}).get(k) != v for k, v in spec.items()):
         return False
-    saved = AutoConfig.from_pretrained(str(out)).to_dict()
+    saved = AutoConfig.from_pretrained(str(out_dir)).to_dict()
     want = decoder_config(hub).to_dict()
     return all(saved.get(k) == v for k, v in want.items() if k not in NOT_ARCHITECTURE)
 
@@ -134,29 +111,14 @@ def write_all(root: str | Path, names: list[str] | None = None, seed: int = 0,
               dtype: str = "float16", log=print) -> dict[str, Path]:  # fmt: skip
     """``random_checkpoint`` of each named decoder (default: both) into ``root/<name>``,
     skipping folders that are already current. Returns name -> folder."""
-    out = {}
     archs = decoder_architectures()
-    for hub in [hub_id_of(n) for n in names] if names else list(archs):
-        name = archs[hub]["name"]
-        folder = Path(root) / name
-        if is_current(folder, hub, seed, dtype):
-            log(f"{folder}: current")
-        else:
-            log(f"{folder}: writing {hub} ({dtype}, seed {seed})")
-            random_checkpoint(hub, folder, seed, dtype)
-        out[name] = folder
-    return out
+    return random_checkpoints.write_all(
+        root, names, archs, hub_id_of, is_current, random_checkpoint, seed, dtype, log
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", help="folder to write <name>/ decoders into (e.g. models/real)")
-    ap.add_argument("names", nargs="*", help="short names or hub ids (default: both)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    args = ap.parse_args(argv)
-    write_all(args.root, args.names or None, args.seed, args.dtype)
-    return 0
+    return random_checkpoints.main(argv, __doc__, write_all, "decoders", "both")
 
 
 if __name__ == "__main__":
