@@ -53,7 +53,7 @@ def test_installed_packages_are_the_pinned_ones():
 def test_every_script_rule_names_an_existing_env():
     checked = 0
     for smk in Path("rules").glob("*.smk"):
-        for block in re.split(r"\n(?=rule )", smk.read_text()):
+        for block in re.split(r"\n(?=[ \t]*rule )", smk.read_text()):  # rules under if/else too
             if "script:" not in block:
                 continue
             envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', block)

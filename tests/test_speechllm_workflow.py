@@ -25,8 +25,9 @@ TINY_SPEECHLLM = {
     "batch_size": 4,
     "max_new_tokens": 3,
     "pruning": {"strategies": {"angular_block": {}, "backward": {}},
-                # the sweep over every n of L = 3, its n = 0 control, joint healing
-                "heal": {"n": [1, 2], "steps": 2, "batch_size": 4, "joint": True}},
+                # healing at n = 1, its n = 0 control, joint healing (the sweep's prefix rule:
+                # tests/test_speechllm_healing.py)
+                "heal": {"n": [1], "steps": 2, "batch_size": 4, "joint": True}},
     "overlap_n": 1,
 }  # fmt: skip
 
@@ -48,18 +49,18 @@ def test_tiny_speechllm_grid_end_to_end(tmp_path):
     prun = pd.read_parquet(tables["pruning"])
     assert set(prun.strategy) == {"angular_block", "backward"} and set(prun.task) == {"asr", "st"}
     assert prun.groupby("strategy").n_removed.max().tolist() == [2, 2]  # L = 3
-    assert prun[prun.n_removed > 0].healed.all()
+    assert prun[prun.n_removed == 1].healed.all() and not prun[prun.n_removed == 2].healed.any()
     # healing against its n = 0 control, per task and jointly, removable after healing
     for healing in ("control", "joint-angular_block", "joint-backward"):
         for f in ("speechllm_heal_cell", "speechllm_heal_records"):
             assert (d / paths.path(f, str(res), sllm="tiny", healing=healing)).is_file()
     heal = pd.read_csv(tables["healing_csv"])
-    assert len(heal) == 2 * 2 * 2 * 2  # tasks x strategies x (task, joint) x n = 1, 2
+    assert len(heal) == 2 * 2 * 2 * 1  # tasks x strategies x (task, joint) x n = 1
     assert heal.control_wer_pct.notna().all() and heal.delta_wer_control.notna().all()
     summary = pd.read_csv(tables["summary_csv"])
-    assert (summary.healed_upto == 2).all()
+    assert (summary.healed_upto == 1).all()
     for col in ("max_removed_healed_prefix", "max_removed_joint_prefix"):
-        assert summary[col].between(0, 2).all() and summary[f"{col}_ci"].between(0, 2).all()
+        assert summary[col].between(0, 1).all() and summary[f"{col}_ci"].between(0, 1).all()
     sim = pd.read_parquet(tables["similarity"])
     assert set(sim.input) == {"text", "speech"} and sim.value.notna().all()
     cell = paths.path("speechllm_pruning_cell", str(res), sllm="tiny", task="st",
