@@ -181,16 +181,25 @@ def _conditions(row, device: str, batch, warmup, repeats) -> dict:
 # ----------------------------------------------------------------------------------------
 # one cell per stage: its settings and the cell's own timing code
 # ----------------------------------------------------------------------------------------
-def structured_cell(path: Path, results: Path, root: Path, device: str | None = None) -> Cell:
-    """The pruned model the cell saved against the fine-tuned model
-    (:func:`~workflow_scripts.structured.run._latency`)."""
+def _one_row_cell(path: Path, stage: str, label, device: str | None):
+    """(row, slice, inputs, model, setting, device, why, latency settings, conditions) of a
+    one-row cell (structured, mimic); ``label(row)`` names its setting."""
     row = pd.read_parquet(path).iloc[0]
     sl, inputs = recorded(path)
     model = str(row.model)
-    setting = Setting("structured", model, f"target {row.target_sparsity:g}", float(row.speedup))
+    setting = Setting(stage, model, label(row), float(row.speedup))
     dev, why = _device(row, device)
     lat = sl["latency"]
     cond = _conditions(row, dev, lat["batch_size"], lat["warmup"], lat["repeats"])
+    return row, sl, inputs, model, setting, dev, why, lat, cond
+
+
+def structured_cell(path: Path, results: Path, root: Path, device: str | None = None) -> Cell:
+    """The pruned model the cell saved against the fine-tuned model
+    (:func:`~workflow_scripts.structured.run._latency`)."""
+    row, sl, inputs, model, setting, dev, why, lat, cond = _one_row_cell(
+        path, "structured", lambda r: f"target {r.target_sparsity:g}", device
+    )
     saved = Path(paths.path("structured_model", str(results), model=model, sparsity=path.stem))
     if not why and not (saved / "structure.json").is_file():
         why = f"{saved}: the pruned model is not saved"
@@ -219,13 +228,9 @@ def structured_cell(path: Path, results: Path, root: Path, device: str | None = 
 def mimic_cell(path: Path, results: Path, root: Path, device: str | None = None) -> Cell:
     """The exported mimicked model against the fine-tuned model
     (:func:`~workflow_scripts.mimic.cost.cost_report`'s ``speedup``)."""
-    row = pd.read_parquet(path).iloc[0]
-    sl, inputs = recorded(path)
-    model = str(row.model)
-    setting = Setting("mimic", model, f"{row.kind}-{int(row.depth)}", float(row.speedup))
-    dev, why = _device(row, device)
-    lat = sl["latency"]
-    cond = _conditions(row, dev, lat["batch_size"], lat["warmup"], lat["repeats"])
+    row, sl, inputs, model, setting, dev, why, lat, cond = _one_row_cell(
+        path, "mimic", lambda r: f"{r.kind}-{int(r.depth)}", device
+    )
     kind, _, depth = path.stem.rpartition("-")
     export = Path(paths.path("mimic_export", str(results), model=model, kind=kind, depth=depth))
     if not why and not (export / "config.json").is_file():
