@@ -80,6 +80,29 @@ def never_ending(dec_src: str) -> None:
     dec.save_pretrained(dec_src)
 
 
+def speech_world(tmp, sizes: dict[str, int]) -> dict[str, tuple[str, str]]:
+    """A saved tiny SpeechLLM (``tmp/sllm``, decoder rewritten by :func:`never_ending`, so
+    hypotheses are non-empty and differ between states) and, per split of ``sizes``, that many
+    synthesized utterances with their features: {split: (features file, speech folder)}."""
+    from helpers import TINY
+
+    from workflow_scripts.core.config import validate_config
+    from workflow_scripts.speechllm.model import save_speechllm
+    from workflow_scripts.speechllm.run import write_features
+    from workflow_scripts.speechllm.speech import synthesize_split
+
+    model, enc_src, dec_src = tiny_speechllm(tmp)
+    save_speechllm(model, tmp / "sllm", enc_src, dec_src)
+    never_ending(dec_src)
+    corpus = validate_config({"corpus": TINY["corpus"]})["corpus"]
+    data = {}
+    for split, n in sizes.items():
+        synthesize_split(tmp / split, split, n, corpus, TEXT_CFG, 0, augment=False)
+        write_features(str(tmp / "sllm"), str(tmp / split), str(tmp / f"{split}.st"))
+        data[split] = (str(tmp / f"{split}.st"), str(tmp / split))
+    return data
+
+
 def waves(n=3, seed=0):
     rng = np.random.default_rng(seed)
     return [

@@ -77,24 +77,10 @@ def test_joint_healing_needs_two_tasks_and_a_configured_removal_task():
 def tiny(tmp_path_factory):
     """A tiny 4-layer SpeechLLM (both tasks), its training and test features, and its backward
     pruning cell for ASR healed at n = 1, 2 (the budget: 3 steps of 3)."""
-    from helpers import TINY
-    from test_speechllm import TEXT_CFG, never_ending, tiny_speechllm
-
-    from workflow_scripts.core.config import validate_config
-    from workflow_scripts.speechllm.model import save_speechllm
-    from workflow_scripts.speechllm.run import write_features
-    from workflow_scripts.speechllm.speech import synthesize_split
+    from test_speechllm import speech_world
 
     tmp = tmp_path_factory.mktemp("healing")
-    model, enc_src, dec_src = tiny_speechllm(tmp)
-    save_speechllm(model, tmp / "sllm", enc_src, dec_src)
-    never_ending(dec_src)  # non-empty hypotheses that differ between the states
-    corpus = validate_config({"corpus": TINY["corpus"]})["corpus"]
-    data = {}
-    for split, n in (("training", 6), ("testing", 4)):
-        synthesize_split(tmp / split, split, n, corpus, TEXT_CFG, 0, augment=False)
-        write_features(str(tmp / "sllm"), str(tmp / split), str(tmp / f"{split}.st"))
-        data[split] = (str(tmp / f"{split}.st"), str(tmp / split))
+    data = speech_world(tmp, {"training": 6, "testing": 4})
     cfg = _config(n=[1, 2], steps=3, batch_size=3, joint=True)
     return {"dir": str(tmp / "sllm"), "data": data, "cfg": cfg, "tmp": tmp}
 

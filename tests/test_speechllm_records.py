@@ -20,26 +20,14 @@ from workflow_scripts.speechllm.text import normalize
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def st_cell(tmp_path_factory):
-    from helpers import TINY
-    from test_speechllm import TEXT_CFG, never_ending, tiny_speechllm
+    from test_speechllm import speech_world
     from test_speechllm_cells import config
 
-    from workflow_scripts.core.config import validate_config
     from workflow_scripts.speechllm import plan
-    from workflow_scripts.speechllm.model import save_speechllm
-    from workflow_scripts.speechllm.run import pruning_cell, write_features
-    from workflow_scripts.speechllm.speech import synthesize_split
+    from workflow_scripts.speechllm.run import pruning_cell
 
     tmp = tmp_path_factory.mktemp("records")
-    model, enc_src, dec_src = tiny_speechllm(tmp)
-    save_speechllm(model, tmp / "sllm", enc_src, dec_src)
-    never_ending(dec_src)  # non-empty hypotheses that differ between the states
-    corpus = validate_config({"corpus": TINY["corpus"]})["corpus"]
-    data = {}
-    for split, n in (("training", 6), ("testing", 5)):
-        synthesize_split(tmp / split, split, n, corpus, TEXT_CFG, 0, augment=False)
-        write_features(str(tmp / "sllm"), str(tmp / split), str(tmp / f"{split}.st"))
-        data[split] = (str(tmp / f"{split}.st"), str(tmp / split))
+    data = speech_world(tmp, {"training": 6, "testing": 5})
     cell = plan.cell_slice(config(outputs=["speechllm"]), task="st", strategy="random")
     cell["settings"]["seeds"] = [0, 1]
     cell["max_new_tokens"] = 4  # hypotheses about as long as the references
