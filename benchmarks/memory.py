@@ -106,7 +106,9 @@ def default_config() -> dict:
 
     from workflow_scripts import grid
 
-    return grid.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["models"].setdefault("hubert-small", {"hf": "models/hubert-small"})  # MODEL
+    return grid.validate(raw)
 
 
 def job_extraction(world: dict, work: Path, n: int) -> None:

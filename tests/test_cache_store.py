@@ -120,10 +120,12 @@ def test_structured_teacher_setting_enters_only_when_computed():
 
 
 def test_mimic_export_estimate_counts_what_the_export_holds():
-    """The default grid's exports (hubert-small): front end 198,208 + feature projection
-    16,768 + head 10,531 parameters, + the mimicker (linear-2: 33,408; transformer-1 with
-    conv positions: 85,312), float32 - not the whole fine-tuned model."""
-    cfg = grid.validate(default_config())
+    """A shipped backbone's exports in the default grid (hubert-small): front end 198,208 +
+    feature projection 16,768 + head 10,531 parameters, + the mimicker (linear-2: 33,408;
+    transformer-1 with conv positions: 85,312), float32 - not the whole fine-tuned model."""
+    raw = default_config()
+    raw["models"]["hubert-small"] = {"hf": "models/hubert-small"}  # a shipped backbone
+    cfg = grid.validate(raw)
     got = {k: mplan.export_bytes(cfg, model="hubert-small", kind=k, depth=d) - 100_000
            for k, d in (("no_mimic", 0), ("linear", 2), ("transformer", 1))}  # fmt: skip
     base = 198_208 + 16_768 + 10_531

@@ -17,10 +17,10 @@ from helpers import TINY_MODEL, default_config, project_copy, run_smk
 def test_bad_mimic_config_stops_before_any_job(tmp_path):
     cfg = default_config()
     cfg["outputs"] = ["mimic"]
-    cfg["mimic"] = {"targets": {"layers": {"hubert-small": 10}}}
+    cfg["mimic"] = {"targets": {"layers": {"wavlm-small": 10}}}
     proc = run_smk(project_copy(tmp_path, cfg), "-n", check=False)
     assert proc.returncode != 0
-    assert "config.mimic.targets.layers.hubert-small: layer 10 out of range 1..9" in (
+    assert "config.mimic.targets.layers.wavlm-small: layer 10 out of range 1..9" in (
         proc.stdout + proc.stderr
     )
     assert not (tmp_path / "results").exists()

@@ -57,6 +57,30 @@ def test_healing_cells_their_slices_and_inputs():
     assert _config(n=[]) and plan.heal_cells(_config(n=[])) == []
 
 
+def test_heal_strategies_heal_only_the_listed_strategies_cells():
+    """``heal.strategies`` limits healing (and its training inputs, and the joint cells) to
+    the listed strategies; the healed cells' slices are those of healing every strategy, so
+    listing a strategy reruns no other cell; an unlisted name is a config error."""
+    every, some = _config(joint=True), _config(joint=True, strategies=["angular_block"])
+    assert plan.healed_strategies(every) == ["backward", "angular_block", "random"]
+    assert plan.healed_strategies(some) == ["angular_block"]
+    assert plan.healed_strategies(_config(n=[], strategies=["random"])) == []
+    for strategy in ("backward", "angular_block", "random"):
+        healed = strategy == "angular_block"
+        cell = plan.cell_slice(some, task="asr", strategy=strategy)
+        assert (cell["heal"] is not None) == healed
+        if healed:
+            assert cell == plan.cell_slice(every, task="asr", strategy=strategy)
+        inputs = plan.cell_inputs(some, sllm="a", task="asr", strategy=strategy)
+        assert ("training_features" in inputs) == healed
+    assert [c["healing"] for c in plan.heal_cells(some) if c["sllm"] == "a"] == [
+        "control", "joint-angular_block"]  # fmt: skip
+    assert plan.heal_slice(some, healing="control") == plan.heal_slice(every, healing="control")
+    with pytest.raises(ConfigError) as err:
+        _config(strategies=["angular_block", "forward"])
+    assert "heal.strategies: ['forward'] are not in" in str(err.value)
+
+
 def test_joint_healing_needs_two_tasks_and_a_configured_removal_task():
     from test_speechllm_cells import SECTION, config
 

@@ -300,11 +300,25 @@ def heal_settings(config: dict) -> dict | None:
     return heal
 
 
-def _pruning_heal(config: dict) -> dict | None:
-    """A pruning cell's healing settings: the budget and ``n`` (per-task healing; the joint
-    switch is the healing cells', so turning it on reruns no pruning cell)."""
+def healed_strategies(config: dict) -> list[str]:
+    """The strategies whose removal sets are healed: ``heal.strategies`` (null = every
+    strategy), in the order of ``strategies``; [] when healing is off."""
     heal = heal_settings(config)
-    return heal and {k: v for k, v in heal.items() if k not in ("joint", "joint_removal_task")}
+    if not heal:
+        return []
+    chosen = heal["strategies"]
+    return [s for s in strategies(config) if chosen is None or s in chosen]
+
+
+def _pruning_heal(config: dict, strategy: str) -> dict | None:
+    """A pruning cell's healing settings: the budget and ``n`` (per-task healing), None for a
+    strategy that is not healed (the joint switch and the list of healed strategies are not
+    in it, so turning joint healing on, or healing another strategy, reruns no other cell)."""
+    heal = heal_settings(config)
+    if not heal or strategy not in healed_strategies(config):
+        return None
+    drop = ("joint", "joint_removal_task", "strategies")
+    return {k: v for k, v in heal.items() if k not in drop}
 
 
 def heal_cells(config: dict) -> list[dict[str, str]]:
@@ -315,7 +329,7 @@ def heal_cells(config: dict) -> list[dict[str, str]]:
         return []
     names = [HEAL_CONTROL]
     if heal["joint"]:
-        names += [f"{HEAL_JOINT}-{s}" for s in strategies(config)]
+        names += [f"{HEAL_JOINT}-{s}" for s in healed_strategies(config)]
     return [{"sllm": m, "healing": h} for m in speechllms(config) for h in names]
 
 
@@ -376,7 +390,8 @@ def cell_slice(config: dict, *, task: str, sllm: str | None = None, input: str |
     keep_first = own.pop("keep_first", None)
     cell = {"task": task, "strategy": strategy, "settings": own, "keep_first": keep_first,
             "batch_size": s["batch_size"], "max_new_tokens": s["max_new_tokens"],
-            "test_utterances": p["test_utterances"], "heal": _pruning_heal(config)}  # fmt: skip
+            "test_utterances": p["test_utterances"],
+            "heal": _pruning_heal(config, strategy)}  # fmt: skip
     if strategy in SCORED:
         cell.update(
             calibration_input=p["calibration_input"],
@@ -409,7 +424,7 @@ def cell_inputs(
     out.update(_features(results, sllm, "testing"))
     if strategy in SCORED:
         out.update(_features(results, sllm, "validation"))
-    if heal_settings(config):
+    if strategy in healed_strategies(config):
         out.update(_features(results, sllm, "training"))
     return out
 
@@ -507,6 +522,10 @@ def config_problems(config: dict) -> list[str]:
             f"{where}.speech.utterances.training: 0, but healing or training needs "
             "training utterances"
         )
+    unknown = sorted(set((heal or {}).get("strategies") or []) - set(strategies(config)))
+    if unknown:
+        problems.append(f"{where}.pruning.heal.strategies: {unknown} are not in "
+                        f"{where}.pruning.strategies {strategies(config)}")  # fmt: skip
     if heal and heal["joint"] and len(tasks(config)) < 2:
         problems.append(f"{where}.pruning.heal.joint: joint healing needs two or more "
                         f"{where}.tasks, not {tasks(config)}")  # fmt: skip

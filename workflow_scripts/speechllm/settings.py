@@ -34,7 +34,7 @@ TRAIN_DEFAULTS = {
 HEAL_DEFAULTS = {"n": [], "steps": 60, "lr": 1e-3, "r": 8, "alpha": 16,
                  "targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "batch_size": 16,
                  "warmup_frac": 0.05, "seed": 0, "train_utterances": None, "joint": False,
-                 "joint_removal_task": None}  # fmt: skip
+                 "joint_removal_task": None, "strategies": None}  # fmt: skip
 #: The healing budget: what a healed model and its n = 0 control share (the control's slice
 #: holds only these, so listing another n reruns no control).
 HEAL_BUDGET = ("steps", "lr", "r", "alpha", "targets", "batch_size", "warmup_frac", "seed",
