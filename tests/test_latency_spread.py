@@ -209,6 +209,15 @@ def test_readme_puts_the_spread_next_to_each_latency_ratio(measured, tmp_path):
                  "--speechllm", str(tmp_path / "none.csv"), "--commit", "abc1234"])  # fmt: skip
     assert copy.read_text().count("(run-to-run ") == 4
     assert "latency_spread.csv" in copy.read_text()
+    # a results root anywhere (a scratch folder) is named as the project's results/
+    tables = tmp_path / "scratch" / "tables"
+    tables.mkdir(parents=True)
+    ov.to_csv(tables / "overview.csv", index=False)
+    table.to_csv(tables / "latency_spread.csv", index=False)
+    readme.main(["--overview", str(tables / "overview.csv"), "--readme", str(copy),
+                 "--speechllm", str(tmp_path / "none.csv"), "--commit", "abc1234"])  # fmt: skip
+    assert "from `results/tables/latency_spread.csv`" in copy.read_text()
+    assert str(tmp_path) not in copy.read_text()
 
 
 def test_a_cell_without_provenance_is_listed_not_fatal(results, tmp_path):

@@ -253,6 +253,17 @@ def run_commit(overview_csv: Path) -> str:
     return commit + ("-dirty" if prov.get("git_dirty") == "true" else "")  # recorded as text
 
 
+def shown_path(path: Path, overview_csv: Path) -> str:
+    """``path`` as the README names it: under the results root as ``results/...`` (the root
+    may be anywhere, e.g. a fresh clone's or a scratch folder, the README is the project's),
+    else as given."""
+    root = overview_csv.resolve().parent.parent
+    try:
+        return f"results/{path.resolve().relative_to(root).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--overview", default="results/tables/overview.csv", type=Path)
@@ -275,7 +286,7 @@ def main(argv=None) -> int:
     ):
         record = None  # the record of another run than the one the tables come from
     block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread,
-                           str(spread_csv), record)  # fmt: skip
+                           shown_path(spread_csv, a.overview), record)  # fmt: skip
     a.readme.write_text(rewrite(a.readme.read_text(), block))
     print(f"{a.readme}: findings rewritten from {a.overview}", file=sys.stderr)
     return 0

@@ -646,7 +646,7 @@ def delta_wer_chart(df: pd.DataFrame, threshold: float):
     d["wer_pct"] = 100.0 * d.pop("wer").astype(float)
     base = alt.Chart().encode(x=alt.X("layers_removed_pct:Q", title="decoder layers removed (%)"))
     lines = base.mark_line(point=True).encode(
-        y=alt.Y("delta_wer:Q", title="ΔWER = (WER_n - WER_0) / WER_0"),
+        y=alt.Y("delta_wer:Q", title="ΔWER"),
         color="strategy:N",
         tooltip=["strategy", "n_removed",
                  alt.Tooltip("wer_pct:Q", title="WER (%)", format=".1f")],
@@ -660,10 +660,19 @@ def delta_wer_chart(df: pd.DataFrame, threshold: float):
         .encode(y="t:Q")
         .transform_calculate(t=str(threshold))
     )
+    title = alt.TitleParams(
+        "ΔWER = (WER_n - WER_0) / WER_0 after removing decoder layers",
+        subtitle=[
+            f"dashed: the threshold {threshold:g}; triangles: after LoRA healing "
+            "(against the unhealed WER_0)"
+        ],  # fmt: skip
+        anchor="start",
+    )
     return (
         alt.layer(lines, healed, rule, data=d)
-        .properties(width=220, height=160)
+        .properties(width=220, height=180)
         .facet(row=alt.Row("model:N"), column=alt.Column("task:N"))
+        .properties(title=title)
     )
 
 
