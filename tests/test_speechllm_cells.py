@@ -27,6 +27,9 @@ SECTION = {
 
 def config(section=None, **top):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    # the SpeechLLM specs below name their encoder by its registry entry, as
+    # config/pretrain_speechllm.yaml does (hubert-small is not in the default keyword grid)
+    cfg["models"].setdefault("hubert-small", {"hf": "models/hubert-small"})
     cfg["speechllm"] = copy.deepcopy(SECTION if section is None else section)
     cfg.update(top)
     return grid.validate(cfg)

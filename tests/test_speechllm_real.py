@@ -75,6 +75,7 @@ def real_config(decoder: Path) -> dict:
                     "heal": {"n": [1], "steps": 1, "batch_size": 2}},
         "overlap_n": 1,
     }  # fmt: skip
+    cfg["models"].setdefault("hubert-small", {"hf": "models/hubert-small"})  # the encoder
     cfg.update(corpus=TINY["corpus"], outputs=["speechllm_pretrained", "speechllm"],
                pretrained_dir="results/speechllm_models", speechllm=speechllm)  # fmt: skip
     return cfg

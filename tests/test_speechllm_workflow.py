@@ -35,6 +35,7 @@ TINY_SPEECHLLM = {
 @pytest.mark.slow
 def test_tiny_speechllm_grid_end_to_end(tmp_path):
     cfg = default_config()
+    cfg["models"].setdefault("hubert-small", {"hf": "models/hubert-small"})  # the encoder
     cfg.update(corpus=TINY["corpus"], outputs=["speechllm_pretrained", "speechllm"],
                pretrained_dir="results/speechllm_models", speechllm=TINY_SPEECHLLM)  # fmt: skip
     d = project_copy(tmp_path / "proj", cfg)
