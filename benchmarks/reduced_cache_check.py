@@ -33,7 +33,7 @@ from workflow_scripts.core import paths  # noqa: E402
 from workflow_scripts.data.plan import data_root  # noqa: E402
 from workflow_scripts.mimic import plan as mplan  # noqa: E402
 from workflow_scripts.mimic.run import run_cell  # noqa: E402
-from workflow_scripts.mimic.targets import block_target_states  # noqa: E402
+from workflow_scripts.mimic.targets import block_target_states, blocks_of  # noqa: E402
 
 TIMING = ("seconds", "latency", "_ms", "speedup", "timing", "threads", "clock")
 
@@ -52,7 +52,7 @@ def main() -> None:
     inputs = cache_plan.cache_inputs(cfg, str(res), model=model, split="training")
     slice_ = cache_plan.cache_slice(cfg, model, "training")
     store = slice_["store"]
-    blocks = pd.concat([pd.read_csv(p) for k, p in inputs.items() if k.startswith("blocks_")])
+    blocks = blocks_of(inputs)
     old = CacheFile(paths.path("cache", str(res), model=model, split="training"))
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "training.safetensors")

@@ -4,7 +4,8 @@ encoders' features, decoder-similarity and decoder-pruning cells and their table
 `speechllm`). The plan: workflow_scripts/speechllm/plan.py."""
 
 speechllm = grid.plan("speechllm")
-
+from workflow_scripts.speechllm import corpus_plan as speechllm_corpus
+from workflow_scripts.speechllm import disk_plan as speechllm_disk
 
 if speechllm.speech_source(config) == "corpora":
 
@@ -12,7 +13,7 @@ if speechllm.speech_source(config) == "corpora":
     # utterances from its corpus part, resampled to 16 kHz; the same split folders
     rule speechllm_speech:
         input:
-            unpack(inputs_of(speechllm.speech_inputs)),
+            unpack(inputs_of(speechllm_corpus.speech_inputs)),
         output:
             directory(path("speechllm_speech")),
         log:
@@ -25,12 +26,12 @@ if speechllm.speech_source(config) == "corpora":
             "../envs/torch.yaml"
         threads: 1
         resources:
-            disk_mb=disk_mb(speechllm.speech_bytes),
+            disk_mb=disk_mb(speechllm_disk.speech_bytes),
             mem_mb=attempt_mem_mb(3000),
             runtime=240,
         params:
-            slice=lambda w: cell_json(speechllm.corpus_slice(config, w.split)),
-            sources=sources_of(speechllm.speech_inputs),
+            slice=lambda w: cell_json(speechllm_corpus.corpus_slice(config, w.split)),
+            sources=sources_of(speechllm_corpus.speech_inputs),
             code=code_of("speechllm_corpus_speech"),
         script:
             "../workflow_scripts/scripts/speechllm_corpus_speech.py"
@@ -50,7 +51,7 @@ else:
             "../envs/torch.yaml"
         threads: 1
         resources:
-            disk_mb=disk_mb(speechllm.speech_bytes),
+            disk_mb=disk_mb(speechllm_disk.speech_bytes),
             mem_mb=attempt_mem_mb(3000),
             runtime=60,
         params:
@@ -73,7 +74,7 @@ rule speechllm_decoder:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=disk_mb(speechllm.decoder_bytes),
+        disk_mb=disk_mb(speechllm_disk.decoder_bytes),
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime", 4),
         gpu=speechllm.resource(config, "gpu"),
@@ -99,7 +100,7 @@ rule speechllm_train:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=disk_mb(speechllm.train_bytes),  # scratch features: $TMPDIR
+        disk_mb=disk_mb(speechllm_disk.train_bytes),  # scratch features: $TMPDIR
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime", 4),
         gpu=speechllm.resource(config, "gpu"),
@@ -126,7 +127,7 @@ rule speechllm_features:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        disk_mb=disk_mb(speechllm.features_bytes),
+        disk_mb=disk_mb(speechllm_disk.features_bytes),
         mem_mb=speechllm.resource(config, "mem_mb"),
         runtime=speechllm.resource(config, "runtime"),
         gpu=speechllm.resource(config, "gpu"),

@@ -121,30 +121,28 @@ def test_summary_counts_the_largest_fraction_within_the_threshold():
     assert d.delta_wer.iloc[3] == pytest.approx(1.0)  # 0.2 vs 0.1: twice the WER, ΔWER 1
 
 
-def _sim_rows(model, task, inp, D):
+def _sim_rows(model, task, inp, D, **extra):
+    """Angular-distance rows of one SpeechLLM x task x input from the distance matrix ``D``
+    (``extra``: more columns, e.g. condition, encoder, decoder, language)."""
     from workflow_scripts.speechllm.similarity import distance_rows
 
-    return [
-        {
-            "model": model,
-            "task": task,
-            "input": inp,
-            "metric": "angular",
-            "n_layers": 4,
-            "value": r["distance"],
-            "layer": r["layer"],
-            "n": r["n"],
-        }
-        for r in distance_rows(D)
-    ]
+    return [{"model": model, "task": task, "input": inp, "metric": "angular", "n_layers": 4,
+             "value": r["distance"], "layer": r["layer"], "n": r["n"], **extra}
+            for r in distance_rows(D)]  # fmt: skip
 
 
-def test_overlap_table_compares_blocks_across_encoders_tasks_and_inputs():
-    rng = np.random.default_rng(0)
-    D = rng.uniform(0.3, 0.6, (5, 5))
+def two_block_distances() -> tuple[np.ndarray, np.ndarray]:
+    """Two 5 x 5 angular-distance matrices whose most redundant block of n = 2 layers differs:
+    layers 1..2 in the first, 2..3 in the second."""
+    D = np.random.default_rng(0).uniform(0.3, 0.6, (5, 5))
     D[1, 3] = 0.01  # n = 2: block 1..2
     other = D.copy()
     other[2, 4] = 0.005  # n = 2: block 2..3
+    return D, other
+
+
+def test_overlap_table_compares_blocks_across_encoders_tasks_and_inputs():
+    D, other = two_block_distances()
     rows = _sim_rows("a", "asr", "speech", D) + _sim_rows("b", "asr", "speech", D)
     rows += _sim_rows("a", "st", "speech", other) + _sim_rows("a", "asr", "text", D)
     blocks = report.redundant_blocks(pd.DataFrame(rows))

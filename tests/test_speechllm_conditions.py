@@ -195,21 +195,17 @@ def test_tasks_a_model_was_not_trained_for_are_refused():
 # The overlap table's labels
 # ----------------------------------------------------------------------------------------
 def _rows(model, task, inp, condition, D, encoder="hubert-small", decoder="decoder-small"):
-    from workflow_scripts.speechllm.similarity import distance_rows
+    from test_speechllm_cells import _sim_rows
 
     enc = "" if condition == "base" else encoder
-    return [{"model": model, "task": task, "input": inp, "condition": condition,
-             "metric": "angular", "n_layers": 4, "value": r["distance"], "layer": r["layer"],
-             "n": r["n"], "encoder": enc, "decoder": decoder, "language": "en"}
-            for r in distance_rows(D)]  # fmt: skip
+    return _sim_rows(model, task, inp, D, condition=condition, encoder=enc, decoder=decoder,
+                     language="en")  # fmt: skip
 
 
 def test_overlap_labels_pairs_by_condition_and_target_language():
-    rng = np.random.default_rng(0)
-    D = rng.uniform(0.3, 0.6, (5, 5))
-    D[1, 3] = 0.01  # n = 2: block 1..2
-    E = D.copy()
-    E[2, 4] = 0.005  # n = 2: block 2..3
+    from test_speechllm_cells import two_block_distances
+
+    D, E = two_block_distances()
     rows = (_rows("lora", "st", "speech", "lora", D) + _rows("lora", "st", "text", "lora", D)
             + _rows("lora", "st", "text", "base", E) + _rows("lora", "st_es", "speech", "lora", E)
             + _rows("frozen", "st", "speech", "frozen", D)

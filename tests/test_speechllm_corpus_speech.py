@@ -20,7 +20,7 @@ from helpers import ROOT, default_config, planned_jobs, project_copy, run_smk
 
 from workflow_scripts import grid, preflight
 from workflow_scripts.core.config import ConfigError
-from workflow_scripts.speechllm import plan
+from workflow_scripts.speechllm import corpus_plan, disk_plan, plan
 from workflow_scripts.speechllm.corpora import SPLIT_COLUMNS, AudioLoader, write_corpus_split
 from workflow_scripts.speechllm.speech import MANIFEST, read_audio, read_manifest
 from workflow_scripts.speechllm.text import sentence_id
@@ -218,8 +218,8 @@ def test_config_checks_name_the_key(trees):
     ls, cv = trees
     speech = corpora_section(ls, cv)
     cfg = grid.validate(_config(speech))
-    assert plan.corpus_tasks(cfg) == ["asr", "st"]
-    assert plan.corpus_slice(cfg, "validation") == {
+    assert corpus_plan.corpus_tasks(cfg) == ["asr", "st"]
+    assert corpus_plan.corpus_slice(cfg, "validation") == {
         "split": "validation", "utterances": 4,
         "parts": {"asr": _part("librispeech", ls, subset="dev-clean"),
                   "st": _part("covost", cv, tsv=TSV.format("dev"))}}  # fmt: skip
@@ -240,7 +240,7 @@ def test_config_checks_name_the_key(trees):
         grid.validate(_config({**speech, "corpora": {"x": {"reader": "mls", "root": "/d"}}}))
     # the synthetic source ignores the corpora; its slice is unchanged by them
     syn = grid.validate(_config({**bad, "source": "synthetic"}))
-    assert "parts" not in plan.speech_slice(syn, "testing") and not plan.speech_inputs(
+    assert "parts" not in plan.speech_slice(syn, "testing") and not corpus_plan.speech_inputs(
         syn, split="testing"
     )
 
@@ -248,13 +248,13 @@ def test_config_checks_name_the_key(trees):
 def test_plan_sources_disk_and_the_site_file(trees):
     ls, cv = trees
     cfg = grid.validate(_config(corpora_section(ls, cv)))
-    inputs = plan.speech_inputs(cfg, split="testing")
+    inputs = corpus_plan.speech_inputs(cfg, split="testing")
     assert inputs == {"asr_corpus": [str(ls / "test-clean/1089/134686/1089-134686.trans.txt")],
                       "st_corpus": [str(cv / TSV.format("test"))]}  # fmt: skip
     assert all(type(p).__name__ == "Source" for v in inputs.values() for p in v)
     synthetic = grid.validate(_config({}))
-    assert plan.speech_bytes(cfg, split="testing") > 3 * 2 * 16_000 * 6
-    assert plan.speech_bytes(synthetic, split="testing") == 200 * 80_444 + 100_000  # unchanged
+    assert disk_plan.speech_bytes(cfg, split="testing") > 3 * 2 * 16_000 * 6
+    assert disk_plan.speech_bytes(synthetic, split="testing") == 200 * 80_444 + 100_000  # unchanged
     # the site file sets the roots of the grid's corpora only (a corpus it also lists that
     # the grid lacks is not added)
     shipped = corpora_section("<site>", "<site>")
@@ -289,8 +289,8 @@ def test_paper_config_reads_the_corpora_through_the_site_file():
 
     cfg = load_config(["config/speechllm-paper.yaml"])
     assert plan.speech_source(cfg) == "corpora"
-    assert plan.corpus_tasks(cfg) == cfg["speechllm"]["tasks"]
-    parts = plan.corpus_slice(cfg, "testing")["parts"]
+    assert corpus_plan.corpus_tasks(cfg) == cfg["speechllm"]["tasks"]
+    parts = corpus_plan.corpus_slice(cfg, "testing")["parts"]
     assert parts["asr"]["subset"] == "test-clean" and parts["st"]["tsv"].endswith("test.tsv")
     example = yaml.safe_load((ROOT / "config/site.example.yaml").read_text())
     named = example["config"]["speechllm"]["speech"]["corpora"]
@@ -373,7 +373,7 @@ def test_cells_healing_and_training_read_each_tasks_own_utterances(trees, tmp_pa
     cfg = grid.validate(_config(corpora_section(ls, cv)))
     data = {}
     for split in ("training", "validation", "testing"):
-        s = plan.corpus_slice(cfg, split)
+        s = corpus_plan.corpus_slice(cfg, split)
         write_corpus_split(tmp_path / split, split, s["parts"], s["utterances"])
         write_features(str(tmp_path / "sllm"), str(tmp_path / split), str(tmp_path / f"{split}.st"))
         data[split] = (str(tmp_path / f"{split}.st"), str(tmp_path / split))

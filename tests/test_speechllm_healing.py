@@ -14,7 +14,7 @@ import pytest
 import sacrebleu
 
 from workflow_scripts.core.config import ConfigError
-from workflow_scripts.speechllm import plan, report
+from workflow_scripts.speechllm import healing_report, plan, report
 from workflow_scripts.speechllm.text import normalize
 
 
@@ -183,13 +183,13 @@ def test_the_control_gets_the_budget_of_the_healed_runs(cells):
         assert all(torch_equal(a, b) for a, b in zip(c["feats"], ref["feats"], strict=True))
     # the recorded budgets agree, and the tables refuse a control given another budget
     df, ctrl = cells["pruning"][0], cells["control"][0]
-    cols = list(report.BUDGET)
+    cols = list(healing_report.BUDGET)
     healed = df[df.healed]
     assert (healed[cols].to_numpy() == ctrl[cols].iloc[0].to_numpy()).all()
     assert ctrl.heal_examples.iloc[0] == 3 * 3 and ctrl.heal_utterances.iloc[0] == 6
     other = ctrl.assign(heal_steps=ctrl.heal_steps * 2)
     with pytest.raises(ValueError, match="differs from the control's"):
-        report.healing_table(df.assign(model="m"), other, 0.25)
+        healing_report.healing_table(df.assign(model="m"), other, 0.25)
 
 
 def torch_equal(a, b) -> bool:
@@ -289,25 +289,18 @@ def test_healing_table_and_counts_of_the_tiny_cells(cells):
 # Removable after healing: the prefix rule, on the point estimate and with confidence
 # ----------------------------------------------------------------------------------------
 def test_healed_prefix_counts_only_a_healed_prefix():
-    assert report.healed_prefix(np.array([1, 2, 3, 4]), np.array([1, 1, 0, 1], bool)) == 2
-    assert report.healed_prefix(np.array([1, 2, 4]), np.array([1, 1, 1], bool)) == 2  # gap
-    assert report.healed_prefix(np.array([2]), np.array([True])) is None  # n = 1 not healed
-    assert report.healed_prefix(np.array([1, 2]), np.array([0, 1], bool)) == 0
+    assert healing_report.healed_prefix(np.array([1, 2, 3, 4]), np.array([1, 1, 0, 1], bool)) == 2
+    assert healing_report.healed_prefix(np.array([1, 2, 4]), np.array([1, 1, 1], bool)) == 2  # gap
+    assert healing_report.healed_prefix(np.array([2]), np.array([True])) is None  # n = 1 not healed
+    assert healing_report.healed_prefix(np.array([1, 2]), np.array([0, 1], bool)) == 0
 
 
 def _records(wers: dict[tuple[str, int, bool], np.ndarray], words: int = 1000) -> pd.DataFrame:
     """Records of one SpeechLLM x task: per (strategy, n, healed) one error rate per
     sentence."""
-    rows = []
-    for (strategy, n, healed), w in wers.items():
-        for s, e in enumerate(w):
-            rows.append({"model": "m", "task": "asr", "strategy": strategy, "seed": pd.NA,
-                         "n_removed": n, "healed": healed, "utterance_id": f"u{s}",
-                         "sentence_id": f"s{s}", "errors": round(e * words),
-                         "words": words})  # fmt: skip
-    df = pd.DataFrame(rows)
-    df["seed"] = df.seed.astype("Int64")
-    return df
+    from test_speechllm_records import sentence_records
+
+    return sentence_records(wers, words=words)
 
 
 def test_removable_after_healing_on_the_point_estimate_and_with_confidence():
@@ -327,7 +320,7 @@ def test_removable_after_healing_on_the_point_estimate_and_with_confidence():
     heal_rec = _records({("control", 0, True): ctrl}).assign(healing="task")
     sums = rec.groupby(["n_removed", "healed"])[["errors", "words"]].sum()
     point = sums.errors / sums.words
-    budget = {c: 1 for c in report.BUDGET}
+    budget = {c: 1 for c in healing_report.BUDGET}
     df = pd.DataFrame({"model": "m", "task": "asr", "strategy": "backward", "seed": pd.NA,
                        "n_removed": range(5), "n_layers": 8, "fraction_removed": 0.0,
                        "removed": [list(range(n)) for n in range(5)],

@@ -79,20 +79,27 @@ def test_bootstrap_of_the_cell_brackets_its_point_wer(st_cell):
 # ----------------------------------------------------------------------------------------
 # Bootstrap over sentences, removable counts
 # ----------------------------------------------------------------------------------------
-def _records(wers_by_n: dict[int, list[float]], per_sentence: int = 1, words: int = 10):
-    """Records of one cell: per n, one error rate per sentence, each sentence spoken
-    ``per_sentence`` times with ``words`` reference words."""
+def sentence_records(wers: dict[tuple[str, int, bool], list[float]], per_sentence: int = 1,
+                     words: int = 10) -> pd.DataFrame:  # fmt: skip
+    """Records of one SpeechLLM x task: per (strategy, n, healed), one error rate per
+    sentence, each sentence spoken ``per_sentence`` times with ``words`` reference words."""
     rows = []
-    for n, wers in wers_by_n.items():
-        for s, w in enumerate(wers):
+    for (strategy, n, healed), w_s in wers.items():
+        for s, w in enumerate(w_s):
             for u in range(per_sentence):
-                rows.append({"model": "m", "task": "asr", "strategy": "backward", "seed": pd.NA,
-                             "n_removed": n, "healed": False, "utterance_id": f"{s}-{u}",
+                rows.append({"model": "m", "task": "asr", "strategy": strategy, "seed": pd.NA,
+                             "n_removed": n, "healed": healed, "utterance_id": f"{s}-{u}",
                              "sentence_id": f"s{s}", "errors": round(w * words),
                              "words": words})  # fmt: skip
     df = pd.DataFrame(rows)
     df["seed"] = df.seed.astype("Int64")
     return df
+
+
+def _records(wers_by_n: dict[int, list[float]], per_sentence: int = 1, words: int = 10):
+    """:func:`sentence_records` of one unhealed backward cell, per n."""
+    wers = {("backward", n, False): w for n, w in wers_by_n.items()}
+    return sentence_records(wers, per_sentence, words)
 
 
 def test_bootstrap_resamples_sentences_not_utterances():

@@ -73,6 +73,7 @@ def check_speechllm_corpora(config: dict) -> list[tuple[bool, str]]:
     host, and each part the grid names in it (a LibriSpeech subset folder; a CoVoST TSV and
     the ``clips`` folder)."""
     from workflow_scripts.speechllm import plan as sp
+    from workflow_scripts.speechllm.corpus_plan import corpus_parts
     from workflow_scripts.speechllm.text import SPLITS
 
     if not _families(config) & SPEECHLLM_FAMILIES or sp.speech_source(config) != "corpora":
@@ -80,7 +81,7 @@ def check_speechllm_corpora(config: dict) -> list[tuple[bool, str]]:
     used: dict[str, list[dict]] = {}
     counts = sp.section(config)["speech"]["utterances"]
     for split in SPLITS:
-        for part in sp.corpus_parts(config, split).values() if counts[split] else ():
+        for part in corpus_parts(config, split).values() if counts[split] else ():
             used.setdefault(part["corpus"], []).append(part)
     out = []
     for name, parts in used.items():

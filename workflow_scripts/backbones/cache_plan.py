@@ -97,14 +97,15 @@ def cache_modules(config: dict, *, model: str, split: str) -> list[str]:
     return [BLOCK_TARGETS_MODULE] if cache_store(config, model, split).get("block_targets") else []
 
 
-def stored_states(config: dict, model: str, split: str) -> int:
+def stored_states(config: dict, model: str, split: str, store: dict | None = None) -> int:
     """How many hidden states one cache stores (the feature projection and ``final`` not
     counted): the resolved ``states``, plus one per intermediate layer of each
     ``block_targets`` spec (depth - 1). An upper bound: a picked layer that another stage also
-    stores (say L/3) is stored once, so the file can be one state smaller per spec."""
+    stores (say L/3) is stored once, so the file can be one state smaller per spec. ``store``:
+    :func:`cache_store` when the caller has it already."""
     from workflow_scripts.core import sizes
 
-    store = cache_store(config, model, split)
+    store = store or cache_store(config, model, split)
     layers = sizes.model_dims(config["models"][model])["layers"]
     picked = sum(int(s["depth"]) - 1 for s in store.get("block_targets", []))
     return len(resolve_states(store["states"], layers)) + picked
@@ -121,5 +122,6 @@ def cache_bytes(config: dict, model: str, split: str, results: str = RESULTS) ->
     n = split_size(config, split, cache_clips(config, split), results)
     final = bool(architecture(config, model).get("do_stable_layer_norm"))
     return sizes.cache_bytes(n, dims["frames"], dims["hidden"],
-                             stored_states(config, model, split), store["feature_projection"],
+                             stored_states(config, model, split, store),
+                             store["feature_projection"],
                              final)  # fmt: skip

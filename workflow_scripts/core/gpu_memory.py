@@ -338,7 +338,9 @@ def _structured(config: dict, model: str) -> int:
         + training_state_bytes(trainable)
         + activation_bytes(batch, m["frames"], m["hidden"], m["heads"], m["layers"])
     )
-    if ((s.get("distill") or {}).get("teacher") or "cached") == "computed":
+    from workflow_scripts.structured.plan import teacher_computed
+
+    if teacher_computed(s):
         # the frozen teacher blocks (float32) and one layer's forward pass of the batch
         train += 4 * trainable + layer_transient_bytes(
             batch, m["frames"], m["hidden"], m["heads"], m["ffn"]

@@ -138,6 +138,15 @@ def target_layers(
         return even, f"even (fallback: {metric} blocks {[list(s) for s in spans]}: {err})"
 
 
+def blocks_of(inputs):
+    """The blocks tables a cache job's ``inputs`` (name -> path) hold as ``blocks_{metric}``,
+    concatenated into one DataFrame; None without any."""
+    import pandas as pd
+
+    tables = [pd.read_csv(p) for k, p in inputs.items() if k.startswith("blocks_")]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
 def block_target_states(specs, n_layers: int, model: str, blocks) -> list[int]:
     """The intermediate hidden states that the mimic cells of ``model`` whose target comes
     from the similarity blocks will be trained to predict: :func:`target_layers` of each spec

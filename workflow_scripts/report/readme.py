@@ -279,14 +279,15 @@ def main(argv=None) -> int:
     spread_csv = a.spread or a.overview.with_name("latency_spread.csv")
     spread = pd.read_csv(spread_csv) if spread_csv.is_file() else None
     record = runtime.read(a.overview.parent.parent)  # <results root>/logs/make_run.json
+    commit = a.commit or run_commit(a.overview)
     if (
         record
         and a.commit is None
-        and record.get("git_commit", "")[:7] != run_commit(a.overview).removesuffix("-dirty")
+        and record.get("git_commit", "")[:7] != commit.removesuffix("-dirty")
     ):
         record = None  # the record of another run than the one the tables come from
-    block = findings_block(overview, a.commit or run_commit(a.overview), sllm, spread,
-                           shown_path(spread_csv, a.overview), record)  # fmt: skip
+    block = findings_block(overview, commit, sllm, spread, shown_path(spread_csv, a.overview),
+                           record)  # fmt: skip
     a.readme.write_text(rewrite(a.readme.read_text(), block))
     print(f"{a.readme}: findings rewritten from {a.overview}", file=sys.stderr)
     return 0

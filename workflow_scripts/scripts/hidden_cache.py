@@ -4,7 +4,6 @@ mimic cells will pick from the blocks tables (inputs ``blocks_{metric}``) are st
 
 import importlib
 
-import pandas as pd
 import torch
 
 from workflow_scripts.backbones.run import run_cache
@@ -20,10 +19,8 @@ block_targets = ctx.slice["store"].get("block_targets", [])
 def picked(n_layers: int) -> list[int]:
     # loaded by name: planned into these jobs' code only (backbones.cache_plan.cache_modules)
     targets = importlib.import_module("workflow_scripts.mimic.targets")
-    tables = [pd.read_csv(p) for k, p in inp.items() if k.startswith("blocks_")]
-    blocks = pd.concat(tables, ignore_index=True) if tables else None
     return targets.block_target_states(block_targets, n_layers, snakemake.wildcards.model,
-                                       blocks)  # fmt: skip
+                                       targets.blocks_of(inp))  # fmt: skip
 
 
 summary = run_cache(ctx.slice, inp.model, inp.manifest, snakemake.params.root,

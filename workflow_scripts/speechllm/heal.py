@@ -51,6 +51,16 @@ def budget(heal_cfg: dict, utterances: int) -> dict:
             "heal_r": int(heal_cfg["r"])}  # fmt: skip
 
 
+def healed_columns(scores: dict, model: SpeechLLM, seconds: float, heal_cfg: dict,
+                   utterances: int) -> dict:  # fmt: skip
+    """The columns of a healed state's row, in a pruning cell and a healing cell alike: its
+    test ``scores`` (:func:`workflow_scripts.speechllm.metrics.scores`: WER, BLEU, sentence
+    error rate), the healing time, the adapter's digest and the :func:`budget`."""
+    return {"healed": True, "healed_wer": scores["wer"], "healed_bleu": scores["bleu"],
+            "healed_ser": scores["ser"], "heal_seconds": seconds,
+            "adapter_sha256": adapter_digest(model), **budget(heal_cfg, utterances)}  # fmt: skip
+
+
 def adapter_digest(model: SpeechLLM) -> str:
     """SHA-256 of a healed model's LoRA adapter weights (names and float32 values, in name
     order): equal digests = the same adapter."""

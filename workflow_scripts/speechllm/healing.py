@@ -62,14 +62,6 @@ def _frames(rows: list[dict], records: list[dict], sllm: str, model_dir: str,
     return df, rec
 
 
-def _healed(state: dict, res: dict, model, seconds: float, hc: dict, n_train: int) -> dict:
-    from workflow_scripts.speechllm.heal import adapter_digest, budget
-
-    return {**state, "healed": True, "healed_wer": res["wer"], "healed_bleu": res["bleu"],
-            "healed_ser": res["ser"], "heal_seconds": seconds,
-            "adapter_sha256": adapter_digest(model), **budget(hc, n_train)}  # fmt: skip
-
-
 def heal_cell(
     cell: dict,
     *,
@@ -86,7 +78,7 @@ def heal_cell(
     :func:`~workflow_scripts.speechllm.plan.heal_slice`; ``test`` and ``train`` are (features
     file, speech folder) pairs; ``pruning`` is the joint cell's removal-set source (the pruning
     cell of ``joint_removal_task`` and its strategy)."""
-    from workflow_scripts.speechllm.heal import heal
+    from workflow_scripts.speechllm.heal import heal, healed_columns
     from workflow_scripts.speechllm.model import decoder_layers, load_speechllm
     from workflow_scripts.speechllm.pruning import removed_layers
     from workflow_scripts.speechllm.run import _records, _score, _split_data, utterance_ids
@@ -123,8 +115,8 @@ def heal_cell(
                 res = scored(healed, task)
                 rows.append({**state, "n_layers": L, "wer": math.nan, "bleu": math.nan,
                              "ser": math.nan,
-                             **_healed(state, res, healed, seconds, hc,
-                                       len(data[1]))})  # fmt: skip
+                             **healed_columns(res, healed, seconds, hc,
+                                              len(data[1]))})  # fmt: skip
                 records += _records({**state, "healed": True}, res, ids[task])
                 log(f"control ({mode}, {task}): healed WER {res['wer']:.4f} ({seconds:.1f} s)")
     else:  # joint healing of the removal task's sets
@@ -149,7 +141,7 @@ def heal_cell(
                 state = {"task": task, **base}
                 rows.append({**state, "n_layers": L, "wer": b["wer"], "bleu": b["bleu"],
                              "ser": b["ser"],
-                             **_healed(state, res, healed, seconds, hc, n_train)})  # fmt: skip
+                             **healed_columns(res, healed, seconds, hc, n_train)})  # fmt: skip
                 records += _records({**state, "healed": True}, res, ids[task])
                 log(f"joint {removed} ({task}): WER {b['wer']:.4f} -> {res['wer']:.4f}")
     df, rec = _frames(rows, records, sllm, model_dir, {t: len(d[1]) for t, d in test_data.items()})

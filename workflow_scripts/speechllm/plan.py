@@ -4,7 +4,7 @@ Jobs:
 
 * ``speechllm_speech`` per split: the spoken command sentences (``speechllm/speech/{split}``),
   or with ``speechllm.speech.source: corpora`` each task's utterances of real corpora
-  (:func:`corpus_slice`; the corpus files as sources, :func:`speech_inputs`);
+  (:mod:`.corpus_plan`: the split's slice, the corpus files as sources);
 * ``speechllm_decoder`` per decoder with a ``pretrain`` spec and ``speechllm_train`` per
   SpeechLLM with a ``train`` spec: written to ``{pretrained_dir}/{name}`` (the family
   ``speechllm_pretrained``; ``config/pretrain_speechllm.yaml`` regenerates ``models/``);
@@ -13,7 +13,8 @@ Jobs:
   ``{sllm}/{task}-{strategy}``, then ``speechllm_tables``.
 
 Wildcards: ``sllm`` (a SpeechLLM of ``speechllm.models``), ``decoder``, ``task``, ``input``,
-``strategy``, ``split``.
+``strategy``, ``split``. The rules' disk estimates are in :mod:`.disk_plan`, the cross-field
+config checks beyond this module's in :mod:`.checks`.
 """
 
 from __future__ import annotations
@@ -126,72 +127,15 @@ def speech_slice(config: dict, split: str) -> dict:
             "corpus": config["corpus"]}  # fmt: skip
 
 
-#: The corpus readers of ``speechllm.speech.corpora`` (``speechllm.corpora``), each with the
-#: key of a split entry that names its part: a LibriSpeech subset folder, a CoVoST TSV.
-CORPUS_READERS = {"librispeech": "subset", "covost": "tsv"}
-#: Mean seconds of an utterance per reader, with a margin (LibriSpeech train-clean-100: 12.7 s,
-#: dev-/test-clean 7.3 s; CoVoST 2 English clips about 5.5 s): the disk estimates.
-CORPUS_SECONDS = {"librispeech": 14.0, "covost": 6.5}
+def split_utterances(config: dict, split: str) -> int:
+    """The utterances ``speechllm.speech.utterances`` asks of a speech split (0 when none)."""
+    return int((section(config).get("speech") or {}).get("utterances", {}).get(split) or 0)
 
 
 def speech_source(config: dict) -> str:
     """Where the speech splits come from: ``synthetic`` (espeak-ng command sentences) or
     ``corpora`` (``speechllm.speech.corpora`` / ``splits``)."""
     return (section(config).get("speech") or {}).get("source") or "synthetic"
-
-
-def corpus_tasks(config: dict) -> list[str]:
-    """The tasks a split made from the corpora holds utterances of: the cells' tasks and every
-    trained SpeechLLM's, in :data:`TASKS` order."""
-    want = set(tasks(config))
-    for m in trained_speechllms(config):
-        want |= set(resolve_train(section(config)["models"][m]["train"])["tasks"])
-    return [t for t in TASKS if t in want]
-
-
-def corpus_parts(config: dict, split: str) -> dict[str, dict]:
-    """task -> the corpus part its utterances of ``split`` come from: ``{"corpus", "reader",
-    "root", "subset" | "tsv"}`` (entries the config lacks are left out; config_problems names
-    them)."""
-    sp = section(config).get("speech") or {}
-    out = {}
-    for task in corpus_tasks(config):
-        entry = ((sp.get("splits") or {}).get(task) or {}).get(split)
-        corpus = (sp.get("corpora") or {}).get((entry or {}).get("corpus")) or {}
-        key = CORPUS_READERS.get(corpus.get("reader"))
-        if entry and key:
-            out[task] = {"corpus": entry["corpus"], "reader": corpus["reader"],
-                         "root": str(corpus["root"]), key: entry.get(key)}  # fmt: skip
-    return out
-
-
-def corpus_slice(config: dict, split: str) -> dict:
-    """A speech split's slice when it is made from the corpora: the split, its utterance cap
-    (per task) and each task's corpus part."""
-    return {"split": split, "utterances": section(config)["speech"]["utterances"][split],
-            "parts": corpus_parts(config, split)}  # fmt: skip
-
-
-def speech_inputs(config: dict, results: str = RESULTS, *, split: str) -> dict:
-    """The corpus files that say which utterances a split made from the corpora holds, as
-    :class:`~workflow_scripts.core.sources.Source` inputs (their digests rerun the split):
-    a LibriSpeech subset's ``*.trans.txt`` files, a CoVoST TSV. The audio is not hashed (a
-    corpus release's clips do not change; Common Voice's clips folder holds a million files).
-    A root absent on this host gives no input, so a dry run plans the grid without the data;
-    the job then stops naming the missing path (``make preflight`` names the key)."""
-    if speech_source(config) != "corpora" or not _utterances(config, split):
-        return {}
-    out = {}
-    for task, part in corpus_parts(config, split).items():
-        root = Path(part["root"])
-        if part["reader"] == "librispeech":
-            files = sorted(str(p) for p in (root / part["subset"]).glob("*/*/*.trans.txt"))
-        else:
-            tsv = Path(part["tsv"]) if Path(part["tsv"]).is_absolute() else root / part["tsv"]
-            files = [str(tsv)] if tsv.is_file() else []
-        if files:
-            out[f"{task}_corpus"] = [Source(f) for f in files]
-    return out
 
 
 def decoder_slice(config: dict, decoder: str) -> dict:
@@ -494,6 +438,8 @@ def config_problems(config: dict) -> list[str]:
     """Cross-field checks, each naming its key: strategies (decoder ones only, registry
     settings), names unique across the pretrained folders, decoders referenced by a ``train``
     spec, utterance counts the cells and healing need."""
+    from workflow_scripts.speechllm.checks import text_and_task_problems
+
     s = section(config)
     if not s:
         return []
@@ -501,7 +447,7 @@ def config_problems(config: dict) -> list[str]:
     chosen = (s.get("pruning") or {}).get("strategies") or {}
     problems = registry.config_problems(chosen)
     problems = [p.replace("config.pruning.", f"{where}.pruning.") for p in problems]
-    problems += _text_and_task_problems(config)
+    problems += text_and_task_problems(config)
     bad = [k for k in chosen if k in registry.STRATEGIES and k not in STRATEGIES]
     if bad:
         problems.append(f"{where}.pruning.strategies: {bad} are not decoder strategies; "
@@ -533,158 +479,6 @@ def config_problems(config: dict) -> list[str]:
         problems.append(f"{where}.pruning.heal.joint_removal_task: "
                         f"{heal['joint_removal_task']!r} is not one of {where}.tasks "
                         f"{tasks(config)}")  # fmt: skip
-    return problems + _corpus_problems(config)
+    from workflow_scripts.speechllm.checks import corpus_problems
 
-
-def _corpus_problems(config: dict) -> list[str]:
-    """With ``speech.source: corpora``: a corpus part for every task of :func:`corpus_tasks`
-    and every split with utterances, naming a corpus of ``speech.corpora`` with the key its
-    reader needs; translation tasks only from a corpus with translations (CoVoST); no SpeechLLM
-    trained on the small decoder's command-language vocabulary."""
-    if speech_source(config) != "corpora":
-        return []
-    s, where, problems = section(config), "config.speechllm.speech", []
-    corpora, splits = s["speech"].get("corpora") or {}, s["speech"].get("splits") or {}
-    for task in corpus_tasks(config):
-        for split in SPLITS:
-            entry = (splits.get(task) or {}).get(split)
-            at = f"{where}.splits.{task}.{split}"
-            if not _utterances(config, split):
-                continue
-            if entry is None:
-                problems.append(f"{at}: missing; with source: corpora every task of the cells "
-                                f"and of the trained SpeechLLMs ({corpus_tasks(config)}) needs "
-                                "a corpus part for every split with utterances")  # fmt: skip
-                continue
-            corpus = corpora.get(entry["corpus"])
-            if corpus is None:
-                problems.append(f"{at}.corpus: {entry['corpus']!r} is not one of "
-                                f"{where}.corpora {sorted(corpora)}")  # fmt: skip
-                continue
-            reader = corpus["reader"]
-            key = CORPUS_READERS[reader]
-            if not entry.get(key):
-                problems.append(f"{at}: the {reader} corpus {entry['corpus']!r} needs `{key}`")
-            if wrong := [k for k in CORPUS_READERS.values() if k != key and k in entry]:
-                problems.append(f"{at}: {wrong} are no keys of a {reader} part (it takes "
-                                f"`{key}`)")  # fmt: skip
-            if task != "asr" and reader != "covost":
-                problems.append(f"{at}: {task} needs translations; {reader} has none (a "
-                                "covost corpus has)")  # fmt: skip
-    for m in trained_speechllms(config):
-        dec = resolve_train(s["models"][m]["train"])["decoder"]
-        if dec in pretrained_decoders(config):
-            problems.append(f"config.speechllm.models.{m}.train.decoder: {dec!r} is a small "
-                            "decoder pretrained on the command language (a word vocabulary "
-                            f"of its sentences); {where}.source: corpora needs a decoder "
-                            "with a real tokenizer (an `hf` decoder or hub id)")  # fmt: skip
-    return problems
-
-
-def _local_prompts(folder: str) -> list[str] | None:
-    """The tasks a SpeechLLM folder's ``config.json`` has prompts for (None: no such file)."""
-    f = Path(folder) / "config.json"
-    return list(json.loads(f.read_text()).get("prompts") or {}) if f.is_file() else None
-
-
-def _text_and_task_problems(config: dict) -> list[str]:
-    """The extra test sentences (a readable file of sentences of the language, in neither
-    held-out set) and the tasks: every cell task is one each SpeechLLM was trained for (a
-    ``train`` spec's ``tasks``, a local folder's prompts), and a SpeechLLM on the small
-    decoder's token prompts only has tasks its pretrained decoder learnt (its ``tasks``)."""
-    from workflow_scripts.speechllm.settings import PRETRAIN_TASKS
-    from workflow_scripts.speechllm.text import Sentences
-
-    s, where, problems = section(config), "config.speechllm", []
-    try:
-        Sentences(text_slice(config))
-    except ValueError as e:
-        problems.append(f"{where}.text.extra_test_sentences: {e}")
-    want = tasks(config)
-    decoders = s.get("decoders") or {}
-    for m, spec in (s.get("models") or {}).items():
-        if "train" in spec:
-            t = resolve_train(spec["train"])
-            if missing := [x for x in want if x not in t["tasks"]]:
-                problems.append(f"{where}.models.{m}.train.tasks: {t['tasks']} lacks "
-                                f"{missing} of {where}.tasks")  # fmt: skip
-            dec = decoders.get(t["decoder"]) or {}
-            if t["prompts"] is None and "pretrain" in dec:
-                learnt = dec["pretrain"].get("tasks") or list(PRETRAIN_TASKS)
-                if missing := [x for x in t["tasks"] if x not in learnt]:
-                    problems.append(
-                        f"{where}.models.{m}.train.tasks: {missing} are not tasks of its "
-                        f"decoder {t['decoder']!r} (its pretrain.tasks: {learnt})"
-                    )
-            if t["prompts"] is not None:
-                if missing := [x for x in t["tasks"] if x not in t["prompts"]]:
-                    problems.append(f"{where}.models.{m}.train.prompts: no prompt for {missing}")
-        elif (have := _local_prompts(spec["hf"])) is not None:
-            if missing := [x for x in want if x not in have]:
-                problems.append(f"{where}.models.{m}: {spec['hf']} was trained for {have}, "
-                                f"not for {missing} of {where}.tasks")  # fmt: skip
-    return problems
-
-
-# ----------------------------------------------------------------------------------------
-# Disk: the rules' disk_mb and `make plan` (estimates, like backbones.cache_plan.cache_bytes)
-# ----------------------------------------------------------------------------------------
-#: Mean seconds of a spoken command sentence (2-6 words: about 2 s, docs/speechllm.md), with
-#: a margin; the features are 50 frames per second.
-SPEECH_SECONDS = 2.5
-FRAMES_PER_SECOND = 50
-
-
-def _utterances(config: dict, split: str) -> int:
-    return int((section(config).get("speech") or {}).get("utterances", {}).get(split) or 0)
-
-
-def _speech_seconds(config: dict, split: str) -> tuple[int, float]:
-    """(utterances, seconds of speech) of a speech split: :data:`SPEECH_SECONDS` per command
-    sentence; made from the corpora, the cap per task at :data:`CORPUS_SECONDS` of its
-    reader."""
-    n = _utterances(config, split)
-    if speech_source(config) != "corpora":
-        return n, n * SPEECH_SECONDS
-    readers = [p["reader"] for p in corpus_parts(config, split).values()]
-    return n * len(readers), sum(n * CORPUS_SECONDS[r] for r in readers)
-
-
-def speech_bytes(config: dict, results: str = RESULTS, *, split: str, **_w) -> int:
-    """A speech split: 16-bit 16-kHz wav files (:func:`_speech_seconds`), and its manifest (a
-    few hundred bytes per utterance)."""
-    n, seconds = _speech_seconds(config, split)
-    return int(2 * 16_000 * seconds + n * 444 + 100_000)
-
-
-def decoder_bytes(config: dict, results: str = RESULTS, *, decoder: str, **_w) -> int:
-    """A pretrained decoder folder: its weights (``save_dtype``, float16 by default) and
-    tokenizer."""
-    from workflow_scripts.core.gpu_memory import decoder as dims
-
-    spec = section(config)["decoders"][decoder]["pretrain"]
-    per = 2 if spec.get("save_dtype", "float16") == "float16" else 4
-    return int(dims(spec)["params"] * per + 2_000_000)
-
-
-def train_bytes(config: dict, results: str = RESULTS, *, sllm: str, **_w) -> int:
-    """A trained SpeechLLM folder: the projector and the decoder's LoRA adapter, float32 (the
-    encoder and decoder are referenced, not copied). Its scratch feature file is in $TMPDIR
-    on the node, not here (docs/speechllm.md, "On a cluster")."""
-    from workflow_scripts.core.gpu_memory import lora_params, speechllm_parts
-
-    s = speechllm_parts(config, sllm)
-    inner, dec = s["projector_hidden"], s["decoder"]
-    projector = s["encoder"]["hidden"] * s["stack"] * inner + inner * dec["hidden"]
-    return int(4 * (projector + lora_params(dec, s["lora"])) + 2_000_000)
-
-
-def features_bytes(config: dict, results: str = RESULTS, *, sllm: str, split: str,
-                   **_w) -> int:  # fmt: skip
-    """A features file (``speechllm.features``): float32 frames x the encoder's width of
-    every utterance of the split, and their lengths."""
-    from workflow_scripts.core.gpu_memory import speechllm_parts
-
-    hidden = speechllm_parts(config, sllm)["encoder"]["hidden"]
-    n, seconds = _speech_seconds(config, split)
-    return int(seconds * FRAMES_PER_SECOND * hidden * 4 + n * 8 + 100_000)
+    return problems + corpus_problems(config)

@@ -273,7 +273,8 @@ def _row(seed, removed, L, res, base, params) -> dict:
         "removed": list(map(int, removed)), "wer": res["wer"], "bleu": res["bleu"],
         "ser": res["ser"], "base_wer": base["wer"], "base_bleu": base["bleu"],
         "decoder_params": params, "example": res["example"], "healed": False,
-        "healed_wer": math.nan, "healed_bleu": math.nan, "heal_seconds": math.nan,
+        "healed_wer": math.nan, "healed_bleu": math.nan, "healed_ser": math.nan,
+        "heal_seconds": math.nan,
     }  # fmt: skip
 
 
@@ -282,7 +283,7 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
     """Heal the set of every row whose n is listed in ``heal.n`` on the training utterances of
     ``train`` and fill its healed columns from the test utterances ``test_data``; returns the
     (row, scores) of each healed set."""
-    from workflow_scripts.speechllm.heal import adapter_digest, budget, heal
+    from workflow_scripts.speechllm.heal import heal, healed_columns
 
     hc = cell.get("heal")
     todo = [r for r in rows if hc and 0 < r["n_removed"] and r["n_removed"] in hc["n"]]
@@ -296,9 +297,7 @@ def _heal_rows(model, rows: list[dict], task: str, test_data, train, cell: dict,
         t0 = time.time()
         healed = heal(model, r["removed"], task, feats, texts, hc)
         res = _score(healed, *test_data, task, cell)
-        r.update(healed=True, healed_wer=res["wer"], healed_bleu=res["bleu"],
-                 heal_seconds=time.time() - t0, adapter_sha256=adapter_digest(healed),
-                 **budget(hc, len(texts)))  # fmt: skip
+        r.update(healed_columns(res, healed, time.time() - t0, hc, len(texts)))
         log(f"healed {r['removed']}: WER {r['wer']:.4f} -> {res['wer']:.4f}")
         done.append((r, res))
     return done

@@ -93,15 +93,15 @@ def run_cell(inputs: Mapping[str, str], config_slice: dict, root: str, *, model:
     device = pick_device()
     classifier = load_classifier(inputs["model"]).to(device).eval()
     layers = distill_layers(cell, classifier.config.num_hidden_layers)
-    if teacher_computed(cell):
-        x0 = CachedRows(CacheFile(inputs["train_cache"]), 0, cell["train_clips"])
+    computed = teacher_computed(cell)
+    x0, teacher = training_views(inputs["train_cache"], [] if computed else layers,
+                                 cell["train_clips"])  # fmt: skip
+    if computed:
         teacher = ComputedTeacher(classifier, layers)
-    else:
-        x0, teacher = training_views(inputs["train_cache"], layers, cell["train_clips"])
     manifest = pd.read_parquet(inputs["manifest"])
     test_rows = evaluation_rows(manifest, cell)
     log(f"{model}, target {cell['target']}: {len(x0)} cached training clips, distilled layers "
-        f"{layers} ({'computed' if teacher_computed(cell) else 'cached'} teacher states), "
+        f"{layers} ({'computed' if computed else 'cached'} teacher states), "
         f"{len(test_rows)} test clips, device {device}")  # fmt: skip
 
     def test_batches():
